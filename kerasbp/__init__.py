@@ -1,0 +1,22 @@
+"""kerasbp: where backpropagation happens inside a Keras 3 model, checked against a NumPy twin."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from kerasbp.data import linear_data, load_xy_csv, xor_data  # noqa: E402
+from kerasbp.models import compile_model, dense_model, linear_model, xor_model  # noqa: E402
+from kerasbp.training import train  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "compile_model",
+    "dense_model",
+    "linear_data",
+    "linear_model",
+    "load_xy_csv",
+    "train",
+    "xor_data",
+    "xor_model",
+]

@@ -1,0 +1,217 @@
+"""Input checks shared by every public entry point.
+
+Each check validates at the boundary and raises a `ValueError` or `TypeError` whose message names
+the argument, what was expected and what was received, in the style of Keras's
+`keras/src/layers/core/dense.py` and scikit-learn's `utils/validation.py`. Only NumPy is imported
+here, so the NumPy reference can use these checks without importing Keras.
+"""
+
+import math
+import numbers
+
+import numpy as np
+
+_FLOAT_DTYPES = ("float16", "float32", "float64")
+
+
+def check_positive_int(name, value):
+    """Return `value` as an `int` if it is an integer >= 1.
+
+    Args:
+        name: str, the argument's name, used in the message.
+        value: the received value. Booleans are refused.
+
+    Returns:
+        int.
+
+    Raises:
+        TypeError: if `value` is not an integer.
+        ValueError: if `value` < 1.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+    if value < 1:
+        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+    return int(value)
+
+
+def check_seed(seed):
+    """Return `seed` as an `int` >= 0, or None.
+
+    Raises:
+        TypeError: if `seed` is neither None nor an integer.
+        ValueError: if `seed` < 0.
+    """
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"`seed` must be None or an integer >= 0. Received: seed={seed!r}")
+    if seed < 0:
+        raise ValueError(f"`seed` must be None or an integer >= 0. Received: seed={seed!r}")
+    return int(seed)
+
+
+def check_positive_float(name, value):
+    """Return `value` as a `float` if it is a finite real number > 0.
+
+    Args:
+        name: str, the argument's name, used in the message.
+        value: the received value. Booleans and strings are refused.
+
+    Returns:
+        float.
+
+    Raises:
+        TypeError: if `value` is not a real number.
+        ValueError: if `value` is not finite or not > 0.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` must be a positive finite number. Received: {name}={value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"`{name}` must be a positive finite number. Received: {name}={value!r}")
+    return float(value)
+
+
+def check_range(name, value, low, high, *, low_inclusive=True, high_inclusive=False):
+    """Return `value` as a `float` if it lies in the interval between `low` and `high`.
+
+    Args:
+        name: str, the argument's name, used in the message.
+        value: the received value, a real number.
+        low, high: float, the bounds of the interval.
+        low_inclusive, high_inclusive: bool, whether each bound belongs to the interval.
+            Default to `[low, high)`.
+
+    Returns:
+        float.
+
+    Raises:
+        TypeError: if `value` is not a real number.
+        ValueError: if `value` is outside the interval or not finite.
+    """
+    left, right = ("[" if low_inclusive else "("), ("]" if high_inclusive else ")")
+    expected = f"a number in {left}{low}, {high}{right}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` must be {expected}. Received: {name}={value!r}")
+    ok_low = value >= low if low_inclusive else value > low
+    ok_high = value <= high if high_inclusive else value < high
+    if not (math.isfinite(value) and ok_low and ok_high):
+        raise ValueError(f"`{name}` must be {expected}. Received: {name}={value!r}")
+    return float(value)
+
+
+def check_choice(name, value, choices):
+    """Return `value` lower-cased if it is one of `choices` (any case).
+
+    Raises:
+        TypeError: if `value` is not a string.
+        ValueError: if `value` is not one of `choices`.
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"`{name}` must be one of {list(choices)}. Received: {name}={value!r}")
+    if value.lower() not in choices:
+        raise ValueError(f"`{name}` must be one of {list(choices)}. Received: {name}={value!r}")
+    return value.lower()
+
+
+def check_dtype(name, value):
+    """Return the float dtype name (`"float16"`, `"float32"` or `"float64"`) of `value`.
+
+    Raises:
+        ValueError: if `value` is not a floating dtype.
+    """
+    try:
+        dtype = np.dtype(value)
+    except TypeError:
+        dtype = None
+    if dtype is None or dtype.name not in _FLOAT_DTYPES:
+        raise ValueError(f"`{name}` must be one of {list(_FLOAT_DTYPES)}. Received: {name}={value!r}")
+    return dtype.name
+
+
+def check_array(name, a, *, dtype="float32", ndim=2):
+    """Convert `a` to a finite, non-empty float array.
+
+    A 1-D array becomes a column `(n, 1)` when `ndim=2`. Booleans and integers are converted to
+    `dtype`; strings, objects and complex numbers are refused.
+
+    Args:
+        name: str, the argument's name, used in the message.
+        a: array-like of numbers.
+        dtype: float dtype of the result. Defaults to `"float32"`.
+        ndim: 1 or 2, the number of dimensions of the result. Defaults to 2.
+
+    Returns:
+        `np.ndarray` of `dtype`, 2-D of shape `(n, k)` (or 1-D when `ndim=1`).
+
+    Raises:
+        TypeError: for non-numeric contents.
+        ValueError: for an empty array, the wrong number of dimensions, or NaN/Inf (naming the
+            first bad row and column).
+    """
+    dtype = check_dtype("dtype", dtype)
+    try:
+        arr = np.asarray(a)
+    except ValueError as e:  # ragged nested lists
+        raise ValueError(f"`{name}` must be a rectangular array of numbers. Received: {e}") from None
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(
+            f"`{name}` must hold numbers (bool, int or float). Received an array of dtype "
+            f"{arr.dtype} (for example {arr.ravel()[:1].tolist()})"
+        )
+    if arr.ndim == 1 and ndim == 2:
+        arr = arr.reshape(-1, 1)
+    if arr.ndim != ndim:
+        raise ValueError(f"`{name}` must be {ndim}-D. Received an array of shape {arr.shape}")
+    if arr.size == 0:
+        raise ValueError(f"`{name}` must not be empty. Received an array of shape {arr.shape}")
+    arr = arr.astype(dtype, copy=False)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        index = tuple(int(i[0]) for i in np.nonzero(bad))
+        where = f"row {index[0]}" + (f", column {index[1]}" if ndim == 2 else "")
+        raise ValueError(
+            f"`{name}` must be finite. Received {arr[index]} at {where} "
+            f"({int(bad.sum())} non-finite value(s) in all)"
+        )
+    return arr
+
+
+def check_xy(X, y, *, n_features=None, dtype="float32"):
+    """Check and normalize a pair of training arrays.
+
+    Normalization: a 1-D `y` of length n becomes `(n, 1)`; a 1-D `X` becomes `(n, 1)` only when the
+    model has one input (`n_features` is None or 1). Booleans and integers become `dtype`.
+
+    Args:
+        X: array-like of shape `(n_samples, n_features)`, or `(n_samples,)` for one feature.
+        y: array-like of shape `(n_samples, n_outputs)` or `(n_samples,)`.
+        n_features: int or None, the model's input width; checked when given.
+        dtype: float dtype of the results. Defaults to `"float32"`.
+
+    Returns:
+        `(X, y)`: arrays of `dtype` of shapes `(n, k)` and `(n, m)`.
+
+    Raises:
+        TypeError: for non-numeric contents.
+        ValueError: for empty arrays, NaN/Inf, lengths that differ, or a width that does not
+            match `n_features`; the message names the argument and both shapes.
+    """
+    if n_features is not None and n_features > 1 and np.ndim(X) == 1:
+        raise ValueError(
+            f"`X` must be 2-D of shape (n_samples, {n_features}) for a model with {n_features} "
+            f"inputs. Received a 1-D array of shape {np.shape(X)}"
+        )
+    X = check_array("X", X, dtype=dtype)
+    y = check_array("y", y, dtype=dtype)
+    if X.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"`X` and `y` must have the same number of rows. Received: X with {X.shape[0]} rows "
+            f"(shape {X.shape}), y with {y.shape[0]} rows (shape {y.shape})"
+        )
+    if n_features is not None and X.shape[1] != n_features:
+        raise ValueError(
+            f"`X` has {X.shape[1]} features, but the model expects {n_features}. "
+            f"Received: X of shape {X.shape}"
+        )
+    return X, y

@@ -1,0 +1,162 @@
+"""The seed's two data sets, a CSV loader for a user's own data, and standardization.
+
+Only NumPy and the standard library are imported here.
+"""
+
+import csv
+import os
+
+import numpy as np
+
+from kerasbp.checks import check_array, check_dtype, check_positive_int, check_range
+
+
+def xor_data(dtype="float32"):
+    """The XOR truth table of the seed notebook.
+
+    Args:
+        dtype: float dtype of the arrays. Defaults to `"float32"`.
+
+    Returns:
+        `(X, y)`: `X` of shape `(4, 2)` with rows `[0, 0], [0, 1], [1, 0], [1, 1]`, and `y` of shape
+        `(4, 1)` with `[0], [1], [1], [0]`.
+
+    Raises:
+        ValueError: if `dtype` is not a float dtype.
+
+    Example:
+        >>> X, y = xor_data()
+        >>> X.shape, y.ravel().tolist()
+        ((4, 2), [0.0, 1.0, 1.0, 0.0])
+    """
+    dtype = check_dtype("dtype", dtype)
+    X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=dtype)
+    y = np.array([[0], [1], [1], [0]], dtype=dtype)
+    return X, y
+
+
+def linear_data(n_samples=100, slope=2.0, intercept=1.0, noise=0.1, seed=42):
+    """Noisy points on a line, `y = slope * x + intercept + noise * N(0, 1)`, with `x ~ U[0, 1)`.
+
+    With the defaults this reproduces the seed notebook's arrays exactly:
+    `np.random.seed(42); X = np.random.rand(100, 1); y = 2 * X + 1 + 0.1 * np.random.randn(100, 1)`.
+    It draws from its own `np.random.RandomState(seed)` (the same generator as `np.random.seed`),
+    so NumPy's global random state is left untouched.
+
+    Args:
+        n_samples: int >= 1, the number of points. Defaults to 100.
+        slope: float, the true coefficient. Defaults to 2.0.
+        intercept: float, the true intercept. Defaults to 1.0.
+        noise: float >= 0, standard deviation of the Gaussian noise, in units of y. Defaults to 0.1.
+        seed: int, seed of the generator. Defaults to 42.
+
+    Returns:
+        `(X, y)`: float64 arrays of shape `(n_samples, 1)`.
+
+    Raises:
+        TypeError, ValueError: for a non-integer or non-positive `n_samples`, a negative `noise`
+            or a non-finite `slope`/`intercept`.
+    """
+    n_samples = check_positive_int("n_samples", n_samples)
+    slope = check_range("slope", slope, -np.inf, np.inf, low_inclusive=False)
+    intercept = check_range("intercept", intercept, -np.inf, np.inf, low_inclusive=False)
+    noise = check_range("noise", noise, 0.0, np.inf)
+    rng = np.random.RandomState(seed)
+    X = rng.rand(n_samples, 1)
+    y = slope * X + intercept + noise * rng.randn(n_samples, 1)
+    return X, y
+
+
+def load_xy_csv(path, x_columns, y_column):
+    """Read a user's data from a CSV file with a header row.
+
+    Args:
+        path: str or path-like, the CSV file (comma-separated, first row holds the column names).
+        x_columns: str or list of str, the input column names, in the order of the model's inputs.
+            A comma-separated string is split.
+        y_column: str, the target column name.
+
+    Returns:
+        `(X, y)`: float64 arrays of shapes `(n_rows, len(x_columns))` and `(n_rows, 1)`.
+
+    Raises:
+        FileNotFoundError: if `path` does not exist.
+        ValueError: for a file with no header or no data rows, a column that is not in the header
+            (naming it and the columns found), or a cell that is empty, not a number, NaN or Inf
+            (naming its line and column).
+    """
+    if isinstance(x_columns, str):
+        x_columns = [c.strip() for c in x_columns.split(",") if c.strip()]
+    x_columns = list(x_columns)
+    if not x_columns:
+        raise ValueError("`x_columns` must name at least one column. Received: x_columns=[]")
+    if not isinstance(y_column, str) or not y_column.strip():
+        raise ValueError(f"`y_column` must be a column name. Received: y_column={y_column!r}")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"`path` must be an existing CSV file. Received: path={str(path)!r}")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            raise ValueError(f"`path` must be a CSV file with a header row. Received an empty file: {str(path)!r}")
+        header = [h.strip() for h in header]
+        wanted = x_columns + [y_column.strip()]
+        for col in wanted:
+            if col not in header:
+                raise ValueError(f"column {col!r} is not in the CSV header of {str(path)!r}. Columns found: {header}")
+        index = [header.index(col) for col in wanted]
+        rows = []
+        for line_no, row in enumerate(reader, start=2):
+            if not any(cell.strip() for cell in row):
+                continue  # blank line
+            values = []
+            for col, i in zip(wanted, index, strict=True):
+                cell = row[i].strip() if i < len(row) else ""
+                try:
+                    value = float(cell)
+                except ValueError:
+                    value = None
+                if value is None or not np.isfinite(value):
+                    raise ValueError(
+                        f"CSV {str(path)!r}, line {line_no}, column {col!r}: expected a finite number. Received: {cell!r}"
+                    )
+                values.append(value)
+            rows.append(values)
+    if not rows:
+        raise ValueError(f"`path` must hold at least one data row. Received a header only: {str(path)!r}")
+    data = np.array(rows, dtype="float64")
+    return data[:, :-1], data[:, -1:]
+
+
+class Standardizer:
+    """Scales each column to zero mean and unit variance: `(a - mean) / std`.
+
+    Args:
+        a: float array of shape `(n_samples, n_columns)` to take the mean and (population)
+            standard deviation from.
+        name: str, the array's name used in messages. Defaults to `"X"`.
+        columns: optional list of column names used in messages.
+
+    Raises:
+        ValueError: if a column is constant (its standard deviation is 0), naming the column.
+    """
+
+    def __init__(self, a, name="X", columns=None):
+        a = check_array(name, a, dtype="float64")
+        self.mean = a.mean(axis=0)  # (n_columns,)
+        self.std = a.std(axis=0)  # (n_columns,)
+        for j, s in enumerate(self.std):
+            if not s > 0:
+                label = repr(columns[j]) if columns else str(j)
+                raise ValueError(
+                    f"cannot standardize column {label} of `{name}`: it is constant "
+                    f"(every value is {self.mean[j]!r}, standard deviation 0)"
+                )
+
+    def transform(self, a):
+        """`(a - mean) / std`, column by column."""
+        return (np.asarray(a, dtype="float64") - self.mean) / self.std
+
+    def inverse(self, a):
+        """`a * std + mean`, column by column."""
+        return np.asarray(a, dtype="float64") * self.std + self.mean

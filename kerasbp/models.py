@@ -1,0 +1,160 @@
+"""Thin model factories for the teaching networks, and `compile_model`.
+
+Every model is a `keras.Sequential` of `Dense` layers, so the NumPy twin
+(`kerasbp.reference.NumpyMLP.from_keras`) can copy it.
+"""
+
+import keras
+
+from kerasbp.checks import check_choice, check_positive_float, check_positive_int, check_seed
+
+#: The optimizer names `compile_model` accepts, with their Keras classes.
+OPTIMIZERS = {
+    "sgd": keras.optimizers.SGD,
+    "adam": keras.optimizers.Adam,
+    "rmsprop": keras.optimizers.RMSprop,
+}
+
+ACTIVATIONS = ("linear", "sigmoid", "tanh", "relu")
+
+
+def dense_model(layer_sizes, activations, seed=None):
+    """A `Sequential` stack of `Dense` layers.
+
+    Kernels use Glorot-uniform initialization and biases start at zero, as in `keras.layers.Dense`.
+
+    Args:
+        layer_sizes: sequence of ints `[n_inputs, units_1, ..., units_L]`: the input width, then the
+            units of each of the L Dense layers.
+        activations: one activation name for every layer, or a sequence of L names, each of
+            `"linear"`, `"sigmoid"`, `"tanh"`, `"relu"`.
+        seed: int or None. The same seed gives the same initial weights (layer i is initialized
+            with seed `seed + i`); None draws them from Keras's global generator. Defaults to None.
+
+    Returns:
+        A built `keras.Sequential` in `keras.config.floatx()`.
+
+    Raises:
+        TypeError, ValueError: for sizes that are not positive integers, fewer than two sizes, an
+            unknown activation, or a number of activations that is not L.
+
+    Example:
+        >>> model = dense_model([2, 4, 1], ["sigmoid", "sigmoid"], seed=0)
+        >>> [w.shape for w in model.get_weights()]
+        [(2, 4), (4,), (4, 1), (1,)]
+    """
+    if isinstance(layer_sizes, (str, bytes)) or not hasattr(layer_sizes, "__len__"):
+        raise TypeError(f"`layer_sizes` must be a list of positive integers. Received: layer_sizes={layer_sizes!r}")
+    if len(layer_sizes) < 2:
+        raise ValueError(
+            "`layer_sizes` must give the input width and at least one layer, e.g. [2, 4, 1]. "
+            f"Received: layer_sizes={list(layer_sizes)!r}"
+        )
+    sizes = [check_positive_int(f"layer_sizes[{i}]", s) for i, s in enumerate(layer_sizes)]
+    n_layers = len(sizes) - 1
+    if isinstance(activations, str):
+        activations = [activations] * n_layers
+    activations = list(activations)
+    if len(activations) != n_layers:
+        raise ValueError(
+            f"`activations` must hold one name per Dense layer ({n_layers}). "
+            f"Received {len(activations)}: activations={activations!r}"
+        )
+    activations = [check_choice(f"activations[{i}]", a, ACTIVATIONS) for i, a in enumerate(activations)]
+    seed = check_seed(seed)
+    layers = [keras.Input(shape=(sizes[0],))]
+    for i, (units, activation) in enumerate(zip(sizes[1:], activations, strict=True)):
+        init = keras.initializers.GlorotUniform(seed=None if seed is None else seed + i)
+        layers.append(keras.layers.Dense(units, activation=activation, kernel_initializer=init, name=f"dense_{i}"))
+    return keras.Sequential(layers)
+
+
+def xor_model(hidden_units=4, activation="sigmoid", output_activation="sigmoid", seed=None):
+    """The seed's 2-4-1 network for XOR: `Input(2) -> Dense(hidden_units) -> Dense(1)`.
+
+    Args:
+        hidden_units: int >= 1, units of the hidden layer. Defaults to 4.
+        activation: hidden activation, one of `"linear"`, `"sigmoid"`, `"tanh"`, `"relu"`.
+            Defaults to `"sigmoid"`.
+        output_activation: output activation, same choices. Defaults to `"sigmoid"`.
+        seed: int or None, see `dense_model`. Defaults to None.
+
+    Returns:
+        `keras.Sequential`.
+
+    Raises:
+        TypeError, ValueError: as `dense_model`.
+    """
+    hidden_units = check_positive_int("hidden_units", hidden_units)
+    return dense_model([2, hidden_units, 1], [activation, output_activation], seed=seed)
+
+
+def linear_model(n_features=1, seed=None):
+    """Linear regression as a network: `Input(n_features) -> Dense(1)` with no activation.
+
+    Args:
+        n_features: int >= 1, the number of inputs. Defaults to 1.
+        seed: int or None, see `dense_model`. Defaults to None.
+
+    Returns:
+        `keras.Sequential`.
+
+    Raises:
+        TypeError, ValueError: as `dense_model`.
+    """
+    n_features = check_positive_int("n_features", n_features)
+    return dense_model([n_features, 1], ["linear"], seed=seed)
+
+
+def compile_model(model, optimizer="sgd", learning_rate=None, loss="mse", **compile_kwargs):
+    """Compile `model` with a named optimizer and loss.
+
+    Args:
+        model: a `keras.Model`.
+        optimizer: `"sgd"`, `"adam"` or `"rmsprop"` (any case), or a `keras.optimizers.Optimizer`
+            instance. Defaults to `"sgd"`.
+        learning_rate: positive float, or None to keep Keras's default for that optimizer
+            (0.01 for SGD, 0.001 for Adam and RMSprop). Must be None when `optimizer` is an
+            instance. Defaults to None.
+        loss: a Keras loss name (`"mse"`, `"binary_crossentropy"`, ...) or a `keras.losses.Loss`.
+            Defaults to `"mse"`.
+        **compile_kwargs: passed on to `model.compile` (e.g. `metrics`, `steps_per_execution`).
+
+    Returns:
+        The same `model`, compiled.
+
+    Raises:
+        TypeError: if `model` is not a Keras model, or `optimizer` is neither a name nor an
+            optimizer.
+        ValueError: for an unknown optimizer or loss name, or a learning rate that is not a
+            positive finite number.
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"`model` must be a keras.Model. Received: model={model!r}")
+    if isinstance(optimizer, keras.optimizers.Optimizer):
+        if learning_rate is not None:
+            raise ValueError(
+                "`learning_rate` must be None when `optimizer` is an Optimizer instance (set it on the "
+                f"instance). Received: learning_rate={learning_rate!r}"
+            )
+        opt = optimizer
+    elif isinstance(optimizer, str):
+        name = check_choice("optimizer", optimizer, OPTIMIZERS)
+        kwargs = {}
+        if learning_rate is not None:
+            kwargs["learning_rate"] = check_positive_float("learning_rate", learning_rate)
+        opt = OPTIMIZERS[name](**kwargs)
+    else:
+        raise TypeError(
+            f"`optimizer` must be one of {list(OPTIMIZERS)} or a keras.optimizers.Optimizer. "
+            f"Received: optimizer={optimizer!r}"
+        )
+    if isinstance(loss, str):
+        try:
+            keras.losses.get(loss)
+        except ValueError:
+            raise ValueError(
+                f"`loss` must be a Keras loss name such as 'mse' or 'binary_crossentropy'. Received: loss={loss!r}"
+            ) from None
+    model.compile(optimizer=opt, loss=loss, **compile_kwargs)
+    return model

@@ -1,0 +1,177 @@
+"""`train`: many small epochs fast, with the results of `model.fit(..., shuffle=False)`.
+
+`model.fit` pays about 50 ms of fixed cost per epoch (building an epoch iterator, a tf.data
+pipeline, callbacks), which dominates when an epoch is one step of a 4-sample XOR batch. `train`
+runs a whole run of epochs inside one compiled TensorFlow function that calls the model's own
+`train_step`, so the loss, gradients, optimizer and metrics are exactly Keras's.
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kerasbp.checks import check_positive_int, check_xy
+
+#: Steps that one call of the compiled loop runs at most when `epochs_per_call` is automatic.
+MAX_STEPS_PER_CALL = 4096
+
+
+def _is_kerasbp_aware(callback):
+    # These callbacks read their data after each call of the compiled loop, so they stay exact
+    # when one call runs several epochs.
+    from kerasbp.callbacks import GradientLogger
+
+    return isinstance(callback, (GradientLogger, keras.callbacks.History))
+
+
+def _input_width(model):
+    try:
+        shape = model.inputs[0].shape
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None
+    return None if shape[-1] is None else int(shape[-1])
+
+
+def train(model, X, y, epochs=1, batch_size=None, callbacks=None, verbose=0, epochs_per_call=None):
+    """Train a compiled model like `model.fit(X, y, shuffle=False)`, fast for tiny epochs.
+
+    Batches are consecutive slices of `X` and `y` in order, the last partial batch kept, as in
+    `fit(shuffle=False)`. Each step is the model's own `train_step` (forward pass, loss, gradient
+    tape, `optimizer.apply_gradients`, metrics), traced once into a `tf.function` that loops over
+    the epochs of a call; the History holds the same per-epoch logs as `fit`'s: the batch-size
+    weighted mean of each batch's loss computed before that batch's update.
+
+    What differs from `fit`:
+        - The batch-level callback hooks run once per call of the compiled loop, as with
+          `steps_per_execution` (`GradientLogger` still records every step).
+        - With `epochs_per_call > 1`, the epoch hooks of a call run after the call has trained all
+          its epochs, so a callback that stops training (e.g. `EarlyStopping`) acts at the end of
+          the call. That is why the automatic choice is one epoch per call whenever a callback
+          other than `GradientLogger` or `History` is passed.
+        - No validation data, sample weights or shuffling.
+
+    Args:
+        model: a compiled `keras.Model` with the TensorFlow backend.
+        X: float array of shape `(n_samples, n_features)` (1-D for a one-input model).
+        y: float array of shape `(n_samples, n_outputs)` or `(n_samples,)`.
+        epochs: int >= 1, passes over the data. Defaults to 1.
+        batch_size: int >= 1 or None for 32, as in `fit`. Defaults to None.
+        callbacks: list of `keras.callbacks.Callback`. Defaults to None.
+        verbose: 0 (silent) or 1 (a progress bar per epoch). Defaults to 0.
+        epochs_per_call: int >= 1 or None. None runs up to `MAX_STEPS_PER_CALL` steps per call
+            when the callbacks allow it (see above), else one epoch per call.
+
+    Returns:
+        `keras.callbacks.History`, also set as `model.history`.
+
+    Raises:
+        ValueError, TypeError: for bad arrays (see `kerasbp.checks.check_xy`), bad
+            hyperparameters, or a model that is not compiled.
+
+    Example:
+        >>> from kerasbp import xor_data, xor_model, compile_model
+        >>> X, y = xor_data()
+        >>> model = compile_model(xor_model(seed=0), "adam", learning_rate=0.1)
+        >>> history = train(model, X, y, epochs=500, batch_size=4)
+        >>> len(history.history["loss"])
+        500
+    """
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError(
+            f"kerasbp.train supports the TensorFlow backend only. Keras is running on {keras.backend.backend()!r}"
+        )
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"`model` must be a keras.Model. Received: model={model!r}")
+    if getattr(model, "optimizer", None) is None or not getattr(model, "compiled", False):
+        raise ValueError("`model` must be compiled before training: call compile_model(model, ...) first")
+    epochs = check_positive_int("epochs", epochs)
+    batch_size = 32 if batch_size is None else check_positive_int("batch_size", batch_size)
+    if verbose not in (0, 1, 2):
+        raise ValueError(f"`verbose` must be 0, 1 or 2. Received: verbose={verbose!r}")
+    X, y = check_xy(X, y, n_features=_input_width(model), dtype=keras.config.floatx())
+    n = X.shape[0]
+    batch_size = min(batch_size, n)
+    n_full, rest = divmod(n, batch_size)
+    steps_per_epoch = n_full + (rest > 0)
+    callbacks = list(callbacks or [])
+    if epochs_per_call is None:
+        if all(_is_kerasbp_aware(c) for c in callbacks):
+            epochs_per_call = max(1, MAX_STEPS_PER_CALL // steps_per_epoch)
+        else:
+            epochs_per_call = 1
+    epochs_per_call = min(check_positive_int("epochs_per_call", epochs_per_call), epochs)
+
+    callback_list = keras.callbacks.CallbackList(
+        callbacks,
+        add_history=True,
+        add_progbar=verbose != 0,
+        verbose=verbose,
+        epochs=epochs,
+        steps=steps_per_epoch,
+        steps_per_call=epochs_per_call * steps_per_epoch,
+        model=model,
+    )
+    X_t, y_t = tf.constant(X), tf.constant(y)
+    model.stop_training = False
+    callback_list.on_train_begin()
+    # Traced after on_train_begin, so that callbacks that hook the optimizer are in the graph.
+    run = _make_loop(model, X_t, y_t, batch_size, n_full, rest)
+    epoch = 0
+    logs = None
+    while epoch < epochs and not model.stop_training:
+        n_epochs = min(epochs_per_call, epochs - epoch)
+        callback_list.on_epoch_begin(epoch)
+        callback_list.on_train_batch_begin(0)
+        history = run(tf.constant(n_epochs))
+        history = {k: v.numpy() for k, v in history.items()}
+        last = {k: float(v[-1]) for k, v in history.items()}
+        callback_list.on_train_batch_end(steps_per_epoch - 1, last)
+        for i in range(n_epochs):
+            if i > 0:
+                callback_list.on_epoch_begin(epoch)
+            logs = {k: float(v[i]) for k, v in history.items()}
+            callback_list.on_epoch_end(epoch, logs)
+            epoch += 1
+            if model.stop_training:
+                break
+    callback_list.on_train_end(logs=logs)
+    return model.history
+
+
+def _make_loop(model, X, y, batch_size, n_full, rest):
+    """Build the compiled function that runs `n_epochs` epochs and returns their logs."""
+    n_features, n_outputs = X.shape[1], y.shape[1]
+
+    def epoch_body():
+        for metric in model.metrics:
+            metric.reset_state()
+
+        def step(i):
+            start = i * batch_size
+            xb = tf.slice(X, [start, 0], [batch_size, n_features])  # (batch, n_features)
+            yb = tf.slice(y, [start, 0], [batch_size, n_outputs])  # (batch, n_outputs)
+            model.train_step((xb, yb))
+            return i + 1
+
+        if n_full:
+            tf.while_loop(lambda i: i < n_full, step, [tf.constant(0)])
+        if rest:
+            model.train_step((X[n_full * batch_size :], y[n_full * batch_size :]))
+        return model.get_metrics_result()
+
+    # Build the model, its compiled loss and metrics, and the optimizer's variables now, as
+    # `fit` and `train_on_batch` do, so that no variable is created inside the loop.
+    model._symbolic_build(data_batch=(X[:1], y[:1], None))
+    names = list(model.get_metrics_result())
+
+    @tf.function
+    def run(n_epochs):
+        def body(e, *acc):
+            logs = epoch_body()
+            return (e + 1,) + tuple(a.write(e, tf.cast(logs[k], tf.float64)) for k, a in zip(names, acc, strict=True))
+
+        arrays = tuple(tf.TensorArray(tf.float64, size=n_epochs) for _ in names)
+        out = tf.while_loop(lambda e, *acc: e < n_epochs, body, (tf.constant(0),) + arrays)
+        return {k: a.stack() for k, a in zip(names, out[1:], strict=True)}
+
+    return run
