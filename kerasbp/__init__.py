@@ -4,6 +4,10 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from kerasbp._quiet import import_tensorflow_quietly  # noqa: E402
+
+import_tensorflow_quietly()
+
 from kerasbp.data import linear_data, load_xy_csv, xor_data  # noqa: E402
 from kerasbp.models import compile_model, dense_model, linear_model, xor_model  # noqa: E402
 from kerasbp.training import train  # noqa: E402

@@ -171,7 +171,7 @@ def check_array(name, a, *, dtype="float32", ndim=2):
         index = tuple(int(i[0]) for i in np.nonzero(bad))
         where = f"row {index[0]}" + (f", column {index[1]}" if ndim == 2 else "")
         raise ValueError(
-            f"`{name}` must be finite. Received {arr[index]} at {where} "
+            f"`{name}` must be finite. Received {float(arr[index])} at {where} "
             f"({int(bad.sum())} non-finite value(s) in all)"
         )
     return arr

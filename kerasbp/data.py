@@ -150,7 +150,7 @@ class Standardizer:
                 label = repr(columns[j]) if columns else str(j)
                 raise ValueError(
                     f"cannot standardize column {label} of `{name}`: it is constant "
-                    f"(every value is {self.mean[j]!r}, standard deviation 0)"
+                    f"(every value is {float(self.mean[j])!r}, standard deviation 0)"
                 )
 
     def transform(self, a):

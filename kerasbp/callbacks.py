@@ -1,0 +1,682 @@
+"""GradientLogger: the exact gradients Keras applies, every step, from inside `model.fit`.
+
+Keras callbacks receive metrics, never gradients, and recomputing a gradient in
+`on_train_batch_end` is wrong: the weights have already moved. The gradients that count are the
+ones handed to `optimizer.apply` (via `apply_gradients`) inside the compiled train step.
+`GradientLogger` wraps that method on the model's optimizer instance for the duration of `fit`,
+so the capture runs inside the compiled step: per logged step it writes the statistics (and, if
+asked, the whole gradient arrays) into ring-buffer variables on the device, and the callback reads
+them back once per call of the train function (once per `steps_per_execution` steps).
+
+Source of the capture point: `keras/src/backend/tensorflow/trainer.py` (`train_step` calls
+`optimizer.scale_loss(loss)` and then `optimizer.apply_gradients(zip(grads, weights))`) and
+`keras/src/optimizers/base_optimizer.py` (`apply_gradients` calls `apply`, which drops `None`
+gradients, unscales, clips, applies weight decay, updates, and increments `iterations`).
+"""
+
+import csv
+import json
+import math
+import os
+import tempfile
+import warnings
+
+import keras
+import numpy as np
+
+from kerasbp.checks import check_choice, check_positive_float, check_positive_int
+
+#: The statistics recorded per variable per logged step, in this order.
+STATS = ("norm", "mean", "std", "min", "max", "max_abs", "nonfinite", "weight_norm", "update_ratio")
+_STAT = {name: i for i, name in enumerate(STATS)}
+
+
+def _atomic_write(path, write):
+    """Call `write(file)` on a temporary file beside `path`, then rename it to `path`.
+
+    An interrupted save leaves the previous file (or none) in place, never a half-written one.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "w+b") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+class Health:
+    """What `GradientLog.health()` found: a list of flags and the figures behind them.
+
+    Attributes:
+        vanishing: bool, the first layer's gradient norm is a tiny fraction of the last layer's.
+        exploding: bool, a gradient norm above the threshold, or a non-finite gradient.
+        nonfinite: bool, a gradient held NaN or Inf.
+        dead_units: dict `{variable name: list of unit indices}` of relu units whose gradient was
+            zero at every logged step.
+        figures: dict of the numbers behind each flag.
+    """
+
+    def __init__(self, vanishing, exploding, nonfinite, dead_units, figures):
+        self.vanishing = vanishing
+        self.exploding = exploding
+        self.nonfinite = nonfinite
+        self.dead_units = dead_units
+        self.figures = figures
+
+    @property
+    def ok(self):
+        """True when nothing is flagged."""
+        return not (self.vanishing or self.exploding or self.nonfinite or self.dead_units)
+
+    def __str__(self):
+        f = self.figures
+        lines = [f"gradient health over {f['n_logged']} logged steps: {'ok' if self.ok else 'FLAGGED'}"]
+        if "first_last_ratio" in f:
+            lines.append(
+                f"  {'VANISHING' if self.vanishing else 'vanishing: no'} - median |grad| of first kernel "
+                f"{f['first_kernel']!r} / last kernel {f['last_kernel']!r} = {f['first_last_ratio']:.3g} "
+                f"(threshold {f['vanishing_ratio']:.3g})"
+            )
+        lines.append(
+            f"  {'EXPLODING' if self.exploding else 'exploding: no'} - largest gradient norm "
+            f"{f['max_norm']:.3g} (threshold {f['exploding_norm']:.3g})"
+        )
+        if self.nonfinite:
+            lines.append(f"  NON-FINITE - first at step {f['first_nonfinite_step']}, variable {f['first_nonfinite_variable']!r}")
+        else:
+            lines.append("  non-finite: none")
+        if self.dead_units:
+            for name, units in self.dead_units.items():
+                lines.append(f"  DEAD UNITS in {name!r}: {len(units)} of {f['units'][name]} (units {units})")
+        else:
+            lines.append("  dead relu units: none")
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+class GradientLog:
+    """Gradients recorded at logged optimizer steps: a `GradientLogger`'s data, or one loaded back.
+
+    Attributes:
+        names: list of str, the variable paths in `model.trainable_weights` order.
+        layers: list of str, the layer name of each variable.
+        activations: list of str, the activation of each variable's layer ("" when it has none).
+        shapes: list of tuples, each variable's shape.
+        record: `"stats"` or `"full"`.
+        every_n_steps: int, the logging period in optimizer steps.
+    """
+
+    def __init__(self):
+        self.names, self.layers, self.activations, self.shapes = [], [], [], []
+        self.record = "stats"
+        self.every_n_steps = 1
+        self._chunks = {"steps": [], "epochs": [], "losses": [], "stats": []}
+        self._cache = {}
+        self._grads = None  # list per variable: list of chunks, or a file-backed store
+        self._alive = None  # list per variable: bool array over units (last axis), or None
+
+    # Data are appended in chunks while training and joined on first read.
+    def _sync(self):
+        """Hook for GradientLogger: read rows still on the device."""
+
+    def _joined(self, key, empty_shape, dtype):
+        self._sync()
+        if key not in self._cache:
+            chunks = self._chunks[key]
+            self._cache[key] = np.concatenate(chunks) if chunks else np.zeros(empty_shape, dtype)
+        return self._cache[key]
+
+    @property
+    def steps(self):
+        """1-D int64 array `(n_logged,)`: the optimizer iteration (0-based) of each logged row."""
+        return self._joined("steps", (0,), np.int64)
+
+    @property
+    def epochs(self):
+        """1-D int64 array `(n_logged,)`: the epoch (0-based, within its `fit` call) of each row."""
+        return self._joined("epochs", (0,), np.int64)
+
+    @property
+    def losses(self):
+        """1-D float64 array `(n_logged,)`: the loss of each logged step's batch, before its update."""
+        return self._joined("losses", (0,), np.float64)
+
+    def stats_array(self):
+        """float64 array `(n_logged, n_variables, len(STATS))` of all statistics."""
+        return self._joined("stats", (0, len(self.names), len(STATS)), np.float64)
+
+    @property
+    def stats(self):
+        """dict `{variable name: {stat: 1-D float64 array (n_logged,)}}`, stats as in `STATS`.
+
+        `norm` is the L2 norm of the gradient, `mean`/`std`/`min`/`max`/`max_abs` its entries'
+        statistics, `nonfinite` the number of NaN/Inf entries, `weight_norm` the L2 norm of the
+        variable before the step, and `update_ratio` = `|w_after - w_before| / |w_before|`
+        (inf or NaN when the weights were zero). A variable whose gradient was `None` has NaN rows.
+        """
+        a = self.stats_array()
+        return {name: {s: a[:, j, i] for i, s in enumerate(STATS)} for j, name in enumerate(self.names)}
+
+    def gradients(self):
+        """The whole gradients, with `record="full"`.
+
+        Returns:
+            list, in `model.trainable_weights` order, of float arrays shaped
+            `(n_logged, *variable.shape)` (memory-mapped when streamed to a file).
+
+        Raises:
+            ValueError: if the log was recorded with `record="stats"`.
+        """
+        if self.record != "full":
+            raise ValueError('gradients() needs GradientLogger(record="full"). This log was recorded with record="stats"')
+        self._sync()
+        return [self._grad_array(j) for j in range(len(self.names))]
+
+    def _grad_array(self, j):
+        key = ("grad", j)
+        if key not in self._cache:
+            chunks = self._grads[j]
+            shape = (0, *self.shapes[j])
+            self._cache[key] = np.concatenate(chunks) if chunks else np.zeros(shape, np.float32)
+        return self._cache[key]
+
+    def __len__(self):
+        return len(self.steps)
+
+    def to_csv(self, path):
+        """Write the statistics as a long table: one row per logged step and variable.
+
+        Columns: `step, epoch, loss, variable, layer`, then every name in `STATS`. The file is
+        written atomically.
+        """
+        steps, epochs, losses, a = self.steps, self.epochs, self.losses, self.stats_array()
+
+        def write(f):
+            import io
+
+            text = io.TextIOWrapper(f, encoding="utf-8", newline="")
+            w = csv.writer(text)
+            w.writerow(["step", "epoch", "loss", "variable", "layer", *STATS])
+            for r in range(len(steps)):
+                for j, name in enumerate(self.names):
+                    w.writerow([int(steps[r]), int(epochs[r]), repr(float(losses[r])), name, self.layers[j], *(repr(float(v)) for v in a[r, j])])
+            text.flush()
+            text.detach()
+
+        _atomic_write(path, write)
+
+    def to_npz(self, path):
+        """Write everything (and, with `record="full"`, the gradient arrays `grad_<i>`) to `path`.
+
+        Read it back with `kerasbp.load_gradient_log(path)`. The file is written atomically.
+        """
+        arrays = {
+            "steps": self.steps,
+            "epochs": self.epochs,
+            "losses": self.losses,
+            "stats": self.stats_array(),
+            "meta": np.array(
+                json.dumps(
+                    {
+                        "names": self.names,
+                        "layers": self.layers,
+                        "activations": self.activations,
+                        "shapes": [list(s) for s in self.shapes],
+                        "record": self.record,
+                        "every_n_steps": self.every_n_steps,
+                        "stats": list(STATS),
+                    }
+                )
+            ),
+        }
+        for j, alive in enumerate(self._alive or []):
+            if alive is not None:
+                arrays[f"alive_{j}"] = alive
+        if self.record == "full":
+            for j, g in enumerate(self.gradients()):
+                arrays[f"grad_{j}"] = g
+        _atomic_write(path, lambda f: np.savez(f, **arrays))
+
+    def health(self, vanishing_ratio=1e-3, exploding_norm=1e3):
+        """Flag vanishing, exploding and non-finite gradients, and dead relu units.
+
+        Vanishing: the median over logged steps of `|grad(first kernel)| / |grad(last kernel)|` is
+        below `vanishing_ratio` (kernels are the variables with 2 or more dimensions). Exploding:
+        a gradient L2 norm above `exploding_norm`. Dead units: units (last axis of a relu layer's
+        kernel) whose gradient was exactly zero at every logged step.
+
+        Args:
+            vanishing_ratio: positive float. Defaults to 1e-3.
+            exploding_norm: positive float. Defaults to 1e3.
+
+        Returns:
+            `Health`, printable.
+        """
+        vanishing_ratio = check_positive_float("vanishing_ratio", vanishing_ratio)
+        exploding_norm = check_positive_float("exploding_norm", exploding_norm)
+        a = self.stats_array()
+        steps = self.steps
+        figures = {"n_logged": len(steps), "vanishing_ratio": vanishing_ratio, "exploding_norm": exploding_norm}
+        norms = a[:, :, _STAT["norm"]]  # (n_logged, n_variables)
+        kernels = [j for j, s in enumerate(self.shapes) if len(s) >= 2]
+        vanishing = False
+        if len(kernels) >= 2 and len(steps):
+            first, last = kernels[0], kernels[-1]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = float(np.nanmedian(norms[:, first] / norms[:, last]))
+            figures.update(first_kernel=self.names[first], last_kernel=self.names[last], first_last_ratio=ratio)
+            vanishing = bool(ratio < vanishing_ratio)
+        finite_norms = norms[np.isfinite(norms)]
+        figures["max_norm"] = float(finite_norms.max()) if finite_norms.size else float("nan")
+        bad = a[:, :, _STAT["nonfinite"]] > 0
+        nonfinite = bool(bad.any())
+        if nonfinite:
+            r, j = np.argwhere(bad)[0]
+            figures.update(first_nonfinite_step=int(steps[r]), first_nonfinite_variable=self.names[j])
+        exploding = nonfinite or bool(figures["max_norm"] > exploding_norm)
+        dead, units = {}, {}
+        for j, alive in enumerate(self._alive or []):
+            if alive is not None and len(self.shapes[j]) >= 2 and self.activations[j] == "relu" and len(steps):
+                units[self.names[j]] = int(alive.size)
+                never = np.flatnonzero(~alive).tolist()
+                if never:
+                    dead[self.names[j]] = never
+        figures["units"] = units
+        return Health(vanishing, exploding, nonfinite, dead, figures)
+
+
+def load_gradient_log(path):
+    """Read a log written by `GradientLog.to_npz`.
+
+    Args:
+        path: str or path-like of the `.npz` file.
+
+    Returns:
+        `GradientLog` with the same steps, losses, stats, and (if recorded) gradients.
+
+    Raises:
+        FileNotFoundError: if `path` does not exist.
+        ValueError: if the file is not a kerasbp gradient log.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"`path` must be an existing .npz gradient log. Received: path={str(path)!r}")
+    with np.load(path, allow_pickle=False) as data:
+        if "meta" not in data:
+            raise ValueError(f"`path` is not a kerasbp gradient log (no 'meta' entry): {str(path)!r}")
+        meta = json.loads(str(data["meta"]))
+        log = GradientLog()
+        log.names, log.layers, log.activations = meta["names"], meta["layers"], meta["activations"]
+        log.shapes = [tuple(s) for s in meta["shapes"]]
+        log.record, log.every_n_steps = meta["record"], meta["every_n_steps"]
+        for key in ("steps", "epochs", "losses", "stats"):
+            log._chunks[key] = [data[key]]
+        log._alive = [data[f"alive_{j}"] if f"alive_{j}" in data else None for j in range(len(log.names))]
+        if log.record == "full":
+            log._grads = [[data[f"grad_{j}"]] for j in range(len(log.names))]
+    return log
+
+
+class GradientLogger(keras.callbacks.Callback, GradientLog):
+    """Records the gradients the optimizer applies, at every `every_n_steps`-th step of `fit`.
+
+    It works with a plain `model.fit(..., callbacks=[logger])` on any compiled Keras model with
+    the TensorFlow backend (and with `kerasbp.train`). The gradients are those handed to
+    `optimizer.apply_gradients` in the train step, before loss-scale division, clipping and
+    weight decay, so they are exact with `shuffle=True`, a last partial batch and
+    `steps_per_execution > 1` (every step of an execution is recorded).
+
+    Args:
+        every_n_steps: int >= 1, log optimizer steps whose 0-based iteration is a multiple of it.
+            Defaults to 1.
+        record: `"stats"` (per variable per step: `STATS`) or `"full"` (also the whole gradient
+            arrays). Defaults to `"stats"`.
+        on_nonfinite: what to do when a gradient holds NaN or Inf: `"warn"` (a warning naming the
+            first step, layer and variable), `"stop"` (also stop training after that call of the
+            train function) or `"raise"` (raise `FloatingPointError`). Defaults to `"warn"`.
+        path: folder to stream full gradients to (one raw file per variable, memory-mapped back
+            by `gradients()`), or None to hold them in memory. Defaults to None.
+        max_memory_mb: positive float, the bound on full gradients held in memory without `path`
+            and on the device-side buffer; past it, training stops with a `MemoryError` that
+            suggests `path=` or a larger `every_n_steps`. Defaults to 512.
+        tensorboard_dir: folder for TensorBoard event files (per variable gradient norms and
+            histograms, and the loss), or None. Defaults to None.
+
+    Raises:
+        TypeError, ValueError: for bad arguments.
+        RuntimeError: at `fit` on a backend other than TensorFlow, or a model without optimizer.
+
+    Example:
+        >>> logger = GradientLogger()
+        >>> model.fit(X, y, epochs=2, callbacks=[logger])  # doctest: +SKIP
+        >>> logger.stats["sequential/dense_0/kernel"]["norm"]  # doctest: +SKIP
+    """
+
+    def __init__(self, every_n_steps=1, record="stats", on_nonfinite="warn", path=None, max_memory_mb=512, tensorboard_dir=None):
+        keras.callbacks.Callback.__init__(self)
+        GradientLog.__init__(self)
+        self.every_n_steps = check_positive_int("every_n_steps", every_n_steps)
+        self.record = check_choice("record", record, ("stats", "full"))
+        self.on_nonfinite = check_choice("on_nonfinite", on_nonfinite, ("warn", "stop", "raise"))
+        self.path = None if path is None else os.fspath(path)
+        if self.path is not None and self.record != "full":
+            raise ValueError(f'`path` streams full gradients and needs record="full". Received: record={record!r}, path={path!r}')
+        self.max_memory_mb = check_positive_float("max_memory_mb", max_memory_mb)
+        self.tensorboard_dir = None if tensorboard_dir is None else os.fspath(tensorboard_dir)
+        self._buffers = None
+        self._warned_nonfinite = False
+        self._writer = None
+        self._files = None
+        self.missing = []  # names of variables whose gradient came back None
+
+    # ----------------------------------------------------------------- attaching to the model
+    def on_train_begin(self, logs=None):
+        import tensorflow as tf
+
+        if keras.backend.backend() != "tensorflow":
+            raise RuntimeError(
+                f"GradientLogger supports the TensorFlow backend only; Keras is running on {keras.backend.backend()!r}. "
+                "Set KERAS_BACKEND=tensorflow before importing keras."
+            )
+        model = self.model
+        optimizer = getattr(model, "optimizer", None)
+        if optimizer is None:
+            raise RuntimeError("GradientLogger needs a compiled model with an optimizer")
+        variables = list(model.trainable_weights)
+        names = [v.path for v in variables]
+        if self.names and names != self.names:
+            raise ValueError(f"this GradientLogger already holds a log of variables {self.names}; the model has {names}. Use a new logger")
+        layer_of = {}
+        for layer in model._flatten_layers(include_self=False):
+            for v in layer.trainable_weights:
+                layer_of[id(v)] = layer
+        self.names = names
+        self.shapes = [tuple(int(d) for d in v.shape) for v in variables]
+        self.layers = [layer_of[id(v)].name if id(v) in layer_of else "" for v in variables]
+        self.activations = [_activation_name(layer_of.get(id(v))) for v in variables]
+        if self._grads is None:
+            self._grads = [[] for _ in variables]
+        if self._alive is None:
+            self._alive = [np.zeros(v.shape[-1:], bool) if len(v.shape) >= 1 else None for v in variables]
+
+        detach(model)  # a wrapper left by an interrupted fit
+        steps_per_call = int(self.params.get("steps_per_call") or getattr(model, "steps_per_execution", 1) or 1)
+        capacity = steps_per_call // self.every_n_steps + 1
+        keep_full = self.record == "full" or self.tensorboard_dir is not None
+        n_params = sum(int(np.prod(s)) for s in self.shapes)
+        dtype = tf.float64 if any(v.dtype == "float64" for v in variables) else tf.float32
+        buffer_mb = capacity * n_params * dtype.size / 2**20 if keep_full else 0
+        if buffer_mb > self.max_memory_mb:
+            raise MemoryError(
+                f"GradientLogger(record='full') would need {buffer_mb:.0f} MB of device buffer for {capacity} steps per call "
+                f"of {n_params} parameters, over max_memory_mb={self.max_memory_mb:g}. Lower steps_per_execution or raise max_memory_mb"
+            )
+        self._buffers = _Buffers(variables, capacity, keep_full, dtype)
+        self._n_read = 0
+        self._fit_start = int(optimizer.iterations.numpy())
+        self._steps_per_epoch = self.params.get("steps") or None
+        if self.path is not None and self._files is None:
+            os.makedirs(self.path, exist_ok=True)
+            self._files = [open(os.path.join(self.path, f"grad_{j}.bin"), "ab") for j in range(len(variables))]
+        if self.tensorboard_dir is not None and self._writer is None:
+            self._writer = tf.summary.create_file_writer(self.tensorboard_dir)
+        _attach(model, optimizer, self)
+        model.make_train_function(force=True)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._collect()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._collect()
+
+    def on_train_end(self, logs=None):
+        self._collect()
+        self.detach()
+
+    def detach(self):
+        """Unhook the optimizer and flush files. `on_train_end` calls it; call it yourself after
+        an interrupted `fit` before training the model without this logger."""
+        if self._buffers is not None:
+            self._collect()
+        if self.model is not None:
+            detach(self.model)
+        for f in self._files or []:
+            f.flush()
+        if self._writer is not None:
+            self._writer.flush()
+
+    # ------------------------------------------------------------------ reading the device
+    def _sync(self):
+        if self._buffers is not None:
+            self._collect()
+
+    def _collect(self):
+        """Read the rows written on the device since the last read and append them."""
+        buf = self._buffers
+        count = int(buf.count.numpy())
+        new = count - self._n_read
+        if new <= 0:
+            return
+        if new > buf.capacity:
+            raise RuntimeError(
+                f"GradientLogger lost {new - buf.capacity} logged steps: {new} steps ran between two reads but the "
+                f"buffer holds {buf.capacity}. Pass steps_per_call in the callback params"
+            )
+        slots = np.arange(self._n_read, count) % buf.capacity
+        self._n_read = count
+        steps = buf.steps.numpy()[slots]
+        losses = buf.losses.numpy()[slots].astype(np.float64)
+        stats = buf.stats.numpy()[slots].astype(np.float64)
+        if self._steps_per_epoch:
+            epochs = (steps - self._fit_start) // self._steps_per_epoch
+        else:
+            epochs = np.zeros_like(steps)
+        fulls = None
+        if buf.full is not None:
+            fulls = [g.numpy()[slots] for g in buf.full]
+            if self.record == "full":
+                self._store_full(fulls)
+        for j, alive in enumerate(buf.alive):
+            if alive is not None:
+                self._alive[j] = alive.numpy().copy()
+        for key, value in (("steps", steps), ("epochs", epochs), ("losses", losses), ("stats", stats)):
+            self._chunks[key].append(value)
+        self._cache.clear()
+        if self._writer is not None:
+            self._write_tensorboard(steps, losses, stats, fulls)
+        self._check_nonfinite(steps, epochs, stats)
+
+    def _store_full(self, fulls):
+        if self._files is not None:
+            for f, g in zip(self._files, fulls, strict=True):
+                f.write(np.ascontiguousarray(g).tobytes())
+            return
+        held = sum(sum(c.nbytes for c in chunks) for chunks in self._grads) + sum(g.nbytes for g in fulls)
+        if held > self.max_memory_mb * 2**20:
+            self.model.stop_training = True
+            raise MemoryError(
+                f"GradientLogger(record='full') holds {held / 2**20:.0f} MB of gradients, over max_memory_mb="
+                f"{self.max_memory_mb:g}. Pass path=... to stream them to disk, or raise every_n_steps"
+            )
+        for chunks, g in zip(self._grads, fulls, strict=True):
+            chunks.append(g)
+
+    def _grad_array(self, j):
+        if self._files is None:
+            return GradientLog._grad_array(self, j)
+        self._files[j].flush()
+        shape = self.shapes[j]
+        dtype = np.dtype(self._buffers.dtype.as_numpy_dtype if self._buffers else np.float32)
+        file = self._files[j].name
+        n = os.path.getsize(file) // (dtype.itemsize * max(1, math.prod(shape)))
+        if n == 0:
+            return np.zeros((0, *shape), dtype)
+        return np.memmap(file, dtype=dtype, mode="r", shape=(n, *shape))
+
+    def _write_tensorboard(self, steps, losses, stats, fulls):
+        import tensorflow as tf
+
+        with self._writer.as_default():
+            for r, step in enumerate(steps):
+                step = int(step)
+                tf.summary.scalar("loss", losses[r], step=step)
+                for j, name in enumerate(self.names):
+                    tf.summary.scalar(f"gradient_norm/{name}", stats[r, j, _STAT["norm"]], step=step)
+                    if fulls is not None:
+                        tf.summary.histogram(f"gradients/{name}", fulls[j][r], step=step)
+
+    def _check_nonfinite(self, steps, epochs, stats):
+        bad = stats[:, :, _STAT["nonfinite"]] > 0
+        if not bad.any() or self._warned_nonfinite:
+            return
+        r, j = np.argwhere(bad)[0]
+        message = (
+            f"non-finite gradient at step {int(steps[r])} (epoch {int(epochs[r])}) in layer {self.layers[j]!r}, "
+            f"variable {self.names[j]!r}: {int(stats[r, j, _STAT['nonfinite']])} NaN/Inf entries"
+        )
+        self.first_nonfinite = {"step": int(steps[r]), "epoch": int(epochs[r]), "layer": self.layers[j], "variable": self.names[j]}
+        self._warned_nonfinite = True
+        if self.on_nonfinite == "raise":
+            self.detach()
+            raise FloatingPointError(message)
+        if self.on_nonfinite == "stop":
+            self.model.stop_training = True
+            message += "; training stopped"
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
+
+
+def _activation_name(layer):
+    activation = getattr(layer, "activation", None)
+    return getattr(activation, "__name__", "") if activation is not None else ""
+
+
+class _Buffers:
+    """Ring buffers on the device that the wrapped `optimizer.apply` writes each logged step into."""
+
+    def __init__(self, variables, capacity, keep_full, dtype):
+        import tensorflow as tf
+
+        def var(shape, dt, name):
+            return tf.Variable(tf.zeros(shape, dt), trainable=False, name=f"kerasbp_{name}")
+
+        self.capacity, self.dtype = capacity, dtype
+        self.count = var((), tf.int64, "count")
+        self.steps = var((capacity,), tf.int64, "steps")
+        self.losses = var((capacity,), dtype, "losses")
+        self.stats = var((capacity, len(variables), len(STATS)), dtype, "stats")
+        self.full = [var((capacity, *v.shape), dtype, f"grad_{j}") for j, v in enumerate(variables)] if keep_full else None
+        self.alive = [var(v.shape[-1:], tf.bool, f"alive_{j}") if len(v.shape) >= 1 else None for j, v in enumerate(variables)]
+
+
+def _statistics(g, before, after, dtype):
+    """The `STATS` of one gradient `g` as a vector, computed on the device."""
+    import tensorflow as tf
+
+    g = tf.cast(tf.convert_to_tensor(g), dtype)
+    before, after = tf.cast(before, dtype), tf.cast(after, dtype)
+    nonfinite = tf.reduce_sum(tf.cast(tf.logical_not(tf.math.is_finite(g)), dtype))
+    norm = tf.norm(tf.reshape(g, [-1]))
+    weight_norm = tf.norm(tf.reshape(before, [-1]))
+    update_norm = tf.norm(tf.reshape(after - before, [-1]))
+    return tf.stack(
+        [
+            norm,
+            tf.reduce_mean(g),
+            tf.math.reduce_std(g),
+            tf.reduce_min(g),
+            tf.reduce_max(g),
+            tf.reduce_max(tf.abs(g)),
+            nonfinite,
+            weight_norm,
+            update_norm / weight_norm,
+        ]
+    )
+
+
+def _attach(model, optimizer, logger):
+    """Wrap `optimizer.apply` and `optimizer.scale_loss` on the instance to feed `logger`'s buffers."""
+    import tensorflow as tf
+
+    buf = logger._buffers
+    model_vars = list(model.trainable_weights)
+    index = {id(v): j for j, v in enumerate(model_vars)}
+    original_apply, original_scale_loss = optimizer.apply, optimizer.scale_loss
+    pending = {}
+    every_n = logger.every_n_steps
+    nan_row = tf.fill([len(STATS)], tf.constant(float("nan"), buf.dtype))
+
+    def scale_loss(loss):
+        pending["loss"] = loss  # the step's loss, before loss scaling
+        return original_scale_loss(loss)
+
+    def apply(grads, trainable_variables=None):
+        grads = list(grads)
+        tvars = list(trainable_variables) if trainable_variables is not None else list(optimizer._trainable_variables)
+        by_model_index = {index[id(v)]: (g, v) for g, v in zip(grads, tvars, strict=True) if id(v) in index}
+        missing = [model_vars[j].path for j in range(len(model_vars)) if by_model_index.get(j, (None,))[0] is None]
+        if missing and missing != logger.missing:
+            logger.missing = missing
+            warnings.warn(
+                f"GradientLogger: no gradient for {missing}: the loss does not depend on them (or was computed "
+                "outside the gradient tape); their rows hold NaN",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        loss = pending.pop("loss", None)
+        if loss is None or not (tf.executing_eagerly() or getattr(loss, "graph", None) is tf.compat.v1.get_default_graph()):
+            loss = tf.constant(float("nan"))
+        step = tf.cast(optimizer.iterations, tf.int64)  # before this step's increment
+        befores = [tf.identity(v.value) for v in model_vars]
+        result = original_apply(grads, trainable_variables)
+
+        def write():
+            slot = tf.math.floormod(buf.count, buf.capacity)
+            rows = []
+            for j, v in enumerate(model_vars):
+                g = by_model_index.get(j, (None,))[0]
+                if g is None:
+                    rows.append(nan_row)
+                    continue
+                if isinstance(g, tf.IndexedSlices):
+                    g = tf.convert_to_tensor(g)
+                rows.append(_statistics(g, befores[j], v.value, buf.dtype))
+                if buf.full is not None:
+                    buf.full[j].scatter_nd_update([[slot]], tf.cast(g, buf.dtype)[None])
+                if buf.alive[j] is not None:
+                    axes = list(range(len(v.shape) - 1))
+                    nonzero = tf.reduce_any(tf.not_equal(g, 0), axis=axes) if axes else tf.not_equal(g, 0)
+                    buf.alive[j].assign(tf.logical_or(buf.alive[j], nonzero))
+            buf.stats.scatter_nd_update([[slot]], tf.stack(rows)[None])
+            buf.losses.scatter_nd_update([[slot]], tf.cast(tf.reshape(loss, [1]), buf.dtype))
+            buf.steps.scatter_nd_update([[slot]], tf.reshape(step, [1]))
+            buf.count.assign_add(1)
+            return tf.constant(True)
+
+        if every_n == 1:
+            write()
+        else:
+            tf.cond(tf.equal(tf.math.floormod(step, every_n), 0), write, lambda: tf.constant(False))
+        return result
+
+    optimizer.apply = apply
+    optimizer.scale_loss = scale_loss
+    optimizer._kerasbp_originals = (original_apply, original_scale_loss)
+
+
+def detach(model):
+    """Remove a GradientLogger's hooks from `model.optimizer`, if any, and drop the traced train
+    function so the next `fit` traces a clean one."""
+    optimizer = getattr(model, "optimizer", None)
+    originals = getattr(optimizer, "_kerasbp_originals", None)
+    if originals is None:
+        return
+    for name in ("apply", "scale_loss"):
+        if name in optimizer.__dict__:
+            del optimizer.__dict__[name]
+    del optimizer.__dict__["_kerasbp_originals"]
+    model.train_function = None

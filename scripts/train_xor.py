@@ -1,0 +1,20 @@
+"""The seed notebook's 2-4-1 sigmoid network learning XOR, trained by Keras.
+
+Usage:
+    python scripts/train_xor.py                         # Adam at 0.05, binary cross-entropy, 1000 epochs
+    python scripts/train_xor.py --optimizer sgd --learning-rate 2 --loss mse --epochs 5000 --seed 3
+    python scripts/train_xor.py --json --log-gradients grads.npz
+
+Prints the truth table with the network's outputs, the number of optimizer steps, and whether it
+learned XOR. Exit status: 0 ok (learned or not, as printed), 1 training diverged, 2 bad input.
+Options: --help.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from kerasbp.cli import main_xor, script_main  # noqa: E402
+
+if __name__ == "__main__":
+    script_main(main_xor)

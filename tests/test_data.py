@@ -1,0 +1,130 @@
+import numpy as np
+import pytest
+
+from kerasbp.checks import check_positive_float, check_positive_int, check_range, check_xy
+from kerasbp.data import Standardizer, linear_data, load_xy_csv, xor_data
+
+
+def test_xor_data_is_the_truth_table():
+    X, y = xor_data()
+    assert X.shape == (4, 2) and y.shape == (4, 1) and X.dtype == np.float32
+    np.testing.assert_array_equal(y[:, 0], np.logical_xor(X[:, 0], X[:, 1]).astype(np.float32))
+    assert xor_data("float64")[0].dtype == np.float64
+
+
+def test_linear_data_reproduces_the_seed_arrays_without_touching_global_state():
+    np.random.seed(123)
+    before = np.random.get_state()[1].copy()
+    X, y = linear_data()
+    np.testing.assert_array_equal(np.random.get_state()[1], before)  # global state untouched
+    np.random.seed(42)
+    X_seed = np.random.rand(100, 1)
+    y_seed = 2 * X_seed + 1 + 0.1 * np.random.randn(100, 1)
+    np.testing.assert_array_equal(X, X_seed)  # bit for bit
+    np.testing.assert_array_equal(y, y_seed)
+    # the seed notebook's first point, printed by hand from np.random.seed(42)
+    assert X[0, 0] == pytest.approx(0.3745401188473625, abs=0)
+
+
+def test_linear_data_arguments():
+    X, y = linear_data(n_samples=5, slope=-3.0, intercept=0.5, noise=0.0, seed=1)
+    assert X.shape == y.shape == (5, 1)
+    np.testing.assert_allclose(y, -3.0 * X + 0.5, rtol=0, atol=1e-15)
+    with pytest.raises(ValueError, match="n_samples"):
+        linear_data(n_samples=0)
+    with pytest.raises(ValueError, match="noise"):
+        linear_data(noise=-1.0)
+
+
+def write(tmp_path, text, name="data.csv"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_load_xy_csv_reads_columns_by_name(tmp_path):
+    path = write(tmp_path, "b,y,a\n1,10,4\n2,20,5\n\n3,30,6\n")
+    X, y = load_xy_csv(path, ["a", "b"], "y")
+    np.testing.assert_array_equal(X, [[4, 1], [5, 2], [6, 3]])
+    np.testing.assert_array_equal(y, [[10], [20], [30]])
+    X2, _ = load_xy_csv(path, "a,b", "y")  # comma-separated string
+    np.testing.assert_array_equal(X2, X)
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("a,y\n1,2\nx,3\n", r"line 3, column 'a': expected a finite number. Received: 'x'"),
+        ("a,y\n1,2\n,3\n", r"line 3, column 'a'"),
+        ("a,y\n1,nan\n", r"line 2, column 'y'.*'nan'"),
+        ("a,z\n1,2\n", r"column 'y' is not in the CSV header.*\['a', 'z'\]"),
+        ("a,y\n", r"at least one data row"),
+        ("", r"header row"),
+    ],
+    ids=["non-numeric", "empty-cell", "nan", "missing-column", "no-rows", "empty-file"],
+)
+def test_load_xy_csv_bad_files(tmp_path, text, match):
+    with pytest.raises(ValueError, match=match):
+        load_xy_csv(write(tmp_path, text), ["a"], "y")
+
+
+def test_load_xy_csv_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.csv"):
+        load_xy_csv(tmp_path / "nope.csv", ["a"], "y")
+
+
+def test_standardizer_round_trip_and_constant_column():
+    X = np.array([[1.0, 10.0], [3.0, 30.0], [5.0, 20.0]])
+    s = Standardizer(X)
+    Z = s.transform(X)
+    np.testing.assert_allclose(Z.mean(axis=0), 0, atol=1e-15)
+    np.testing.assert_allclose(Z.std(axis=0), 1, rtol=1e-15)
+    np.testing.assert_allclose(s.inverse(Z), X, rtol=1e-15)
+    with pytest.raises(ValueError, match=r"column 'b' of `X`: it is constant \(every value is 7.0"):
+        Standardizer(np.array([[1.0, 7.0], [2.0, 7.0]]), columns=["a", "b"])
+
+
+def test_check_xy_normalizes_1d_targets_and_refuses_broadcasting_shapes():
+    X, y = check_xy([1, 2, 3, 4], [1, 2, 3, 4])
+    assert X.shape == (4, 1) and y.shape == (4, 1) and X.dtype == np.float32
+    X, y = check_xy(np.array([[True, False]]), np.array([3]), dtype="float64")
+    assert X.dtype == np.float64 and X.tolist() == [[1.0, 0.0]]
+
+
+@pytest.mark.parametrize(
+    "X, y, kwargs, error, match",
+    [
+        (np.zeros((4, 1)), np.zeros(3), {}, ValueError, r"X with 4 rows \(shape \(4, 1\)\), y with 3 rows \(shape \(3, 1\)\)"),
+        (np.zeros((0, 1)), np.zeros(0), {}, ValueError, r"`X` must not be empty"),
+        ([[1.0], [np.nan]], [1, 2], {}, ValueError, r"`X` must be finite. Received nan at row 1, column 0"),
+        ([[1.0], [2.0]], [1, np.inf], {}, ValueError, r"`y` must be finite. Received inf at row 1, column 0"),
+        ([["a"], ["b"]], [1, 2], {}, TypeError, r"`X` must hold numbers.*dtype <U1"),
+        (np.array([[1], [2]], dtype=object), [1, 2], {}, TypeError, r"dtype object"),
+        ([1.0, 2.0], [1, 2], {"n_features": 2}, ValueError, r"2-D of shape \(n_samples, 2\).*shape \(2,\)"),
+        (np.zeros((2, 3)), [1, 2], {"n_features": 2}, ValueError, r"`X` has 3 features, but the model expects 2"),
+        (np.zeros((2, 2, 2)), [1, 2], {}, ValueError, r"`X` must be 2-D. Received an array of shape \(2, 2, 2\)"),
+        ([[1.0], [2.0, 3.0]], [1, 2], {}, ValueError, r"rectangular"),
+    ],
+    ids=["lengths", "empty", "nan-X", "inf-y", "strings", "objects", "1d-X-two-inputs", "width", "3d", "ragged"],
+)
+def test_check_xy_bad_input(X, y, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        check_xy(X, y, **kwargs)
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.5, True, "3", None], ids=str)
+def test_check_positive_int_refuses(value):
+    with pytest.raises((TypeError, ValueError), match=f"`epochs` must be a positive integer. Received: epochs={value!r}"):
+        check_positive_int("epochs", value)
+
+
+@pytest.mark.parametrize("value", [0, -0.1, float("nan"), float("inf"), "0.1", None], ids=str)
+def test_check_positive_float_refuses(value):
+    with pytest.raises((TypeError, ValueError), match="`learning_rate` must be a positive finite number"):
+        check_positive_float("learning_rate", value)
+
+
+def test_check_range_bounds():
+    assert check_range("momentum", 0.0, 0.0, 1.0) == 0.0
+    with pytest.raises(ValueError, match=r"`momentum` must be a number in \[0.0, 1.0\). Received: momentum=1.0"):
+        check_range("momentum", 1.0, 0.0, 1.0)
