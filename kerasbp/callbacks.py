@@ -120,6 +120,9 @@ class GradientLog:
         self._cache = {}
         self._grads = None  # list per variable: list of chunks, or a file-backed store
         self._alive = None  # list per variable: bool array over units (last axis), or None
+        self._weights = None  # with snapshots: list per variable of chunks (weights before each step)
+        self._optimizer_state = None  # with snapshots: list per optimizer variable of chunks
+        self.optimizer_variable_names = []
 
     # Data are appended in chunks while training and joined on first read.
     def _sync(self):
@@ -186,6 +189,37 @@ class GradientLog:
             self._cache[key] = np.concatenate(chunks) if chunks else np.zeros(shape, np.float32)
         return self._cache[key]
 
+    def weights(self):
+        """The weights each logged gradient was taken at (before that step's update).
+
+        Returns:
+            list in `model.trainable_weights` order of arrays `(n_logged, *variable.shape)`.
+
+        Raises:
+            ValueError: unless recorded with `GradientLogger(snapshots=True)`.
+        """
+        return self._snapshot_arrays("_weights", self.shapes)
+
+    def optimizer_state(self):
+        """The optimizer's variables before each logged step (names in `optimizer_variable_names`).
+
+        Returns:
+            list of arrays `(n_logged, *shape)`, one per optimizer variable (`iterations`,
+            `learning_rate`, then the slots such as momentums and velocities, in
+            `optimizer.variables` order).
+
+        Raises:
+            ValueError: unless recorded with `GradientLogger(snapshots=True)`.
+        """
+        return self._snapshot_arrays("_optimizer_state", None)
+
+    def _snapshot_arrays(self, attr, shapes):
+        self._sync()
+        chunks = getattr(self, attr)
+        if chunks is None:
+            raise ValueError("weights() and optimizer_state() need GradientLogger(snapshots=True)")
+        return [np.concatenate(c) for c in chunks]
+
     def __len__(self):
         return len(self.steps)
 
@@ -241,6 +275,10 @@ class GradientLog:
         if self.record == "full":
             for j, g in enumerate(self.gradients()):
                 arrays[f"grad_{j}"] = g
+        if self._weights is not None:
+            arrays.update({f"weights_{j}": w for j, w in enumerate(self.weights())})
+            arrays.update({f"optimizer_{j}": w for j, w in enumerate(self.optimizer_state())})
+            arrays["optimizer_variable_names"] = np.array(self.optimizer_variable_names)
         _atomic_write(path, lambda f: np.savez(f, **arrays))
 
     def health(self, vanishing_ratio=1e-3, exploding_norm=1e3):
@@ -319,6 +357,10 @@ def load_gradient_log(path):
         log._alive = [data[f"alive_{j}"] if f"alive_{j}" in data else None for j in range(len(log.names))]
         if log.record == "full":
             log._grads = [[data[f"grad_{j}"]] for j in range(len(log.names))]
+        if "optimizer_variable_names" in data:
+            log.optimizer_variable_names = data["optimizer_variable_names"].tolist()
+            log._weights = [[data[f"weights_{j}"]] for j in range(len(log.names))]
+            log._optimizer_state = [[data[f"optimizer_{j}"]] for j in range(len(log.optimizer_variable_names))]
     return log
 
 
@@ -346,6 +388,9 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
             suggests `path=` or a larger `every_n_steps`. Defaults to 512.
         tensorboard_dir: folder for TensorBoard event files (per variable gradient norms and
             histograms, and the loss), or None. Defaults to None.
+        snapshots: bool, also record the weights and the optimizer's variables before each logged
+            step (`weights()`, `optimizer_state()`), held in memory, so that any step can be
+            replayed exactly (e.g. by `kerasbp.compare`). Defaults to False.
 
     Raises:
         TypeError, ValueError: for bad arguments.
@@ -357,7 +402,7 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
         >>> logger.stats["sequential/dense_0/kernel"]["norm"]  # doctest: +SKIP
     """
 
-    def __init__(self, every_n_steps=1, record="stats", on_nonfinite="warn", path=None, max_memory_mb=512, tensorboard_dir=None):
+    def __init__(self, every_n_steps=1, record="stats", on_nonfinite="warn", path=None, max_memory_mb=512, tensorboard_dir=None, snapshots=False):
         keras.callbacks.Callback.__init__(self)
         GradientLog.__init__(self)
         self.every_n_steps = check_positive_int("every_n_steps", every_n_steps)
@@ -368,6 +413,12 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
             raise ValueError(f'`path` streams full gradients and needs record="full". Received: record={record!r}, path={path!r}')
         self.max_memory_mb = check_positive_float("max_memory_mb", max_memory_mb)
         self.tensorboard_dir = None if tensorboard_dir is None else os.fspath(tensorboard_dir)
+        if self.tensorboard_dir is not None:
+            try:
+                import tensorboard  # noqa: F401
+            except ImportError:
+                raise ImportError("`tensorboard_dir` needs the tensorboard package: pip install 'kerasbp[tensorboard]'") from None
+        self.snapshots = bool(snapshots)
         self._buffers = None
         self._warned_nonfinite = False
         self._writer = None
@@ -405,6 +456,13 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
             self._alive = [np.zeros(v.shape[-1:], bool) if len(v.shape) >= 1 else None for v in variables]
 
         detach(model)  # a wrapper left by an interrupted fit
+        if not optimizer.built:
+            optimizer.build(variables)  # as its first `apply` would; its slot variables now exist
+        if self.snapshots:
+            self.optimizer_variable_names = [v.path for v in optimizer.variables]
+            if self._weights is None:
+                self._weights = [[] for _ in variables]
+                self._optimizer_state = [[] for _ in optimizer.variables]
         steps_per_call = int(self.params.get("steps_per_call") or getattr(model, "steps_per_execution", 1) or 1)
         capacity = steps_per_call // self.every_n_steps + 1
         keep_full = self.record == "full" or self.tensorboard_dir is not None
@@ -416,7 +474,7 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
                 f"GradientLogger(record='full') would need {buffer_mb:.0f} MB of device buffer for {capacity} steps per call "
                 f"of {n_params} parameters, over max_memory_mb={self.max_memory_mb:g}. Lower steps_per_execution or raise max_memory_mb"
             )
-        self._buffers = _Buffers(variables, capacity, keep_full, dtype)
+        self._buffers = _Buffers(variables, capacity, keep_full, dtype, optimizer.variables if self.snapshots else None)
         self._n_read = 0
         self._fit_start = int(optimizer.iterations.numpy())
         self._steps_per_epoch = self.params.get("steps") or None
@@ -484,6 +542,11 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
         for j, alive in enumerate(buf.alive):
             if alive is not None:
                 self._alive[j] = alive.numpy().copy()
+        if buf.weights is not None:
+            for chunks, w in zip(self._weights, buf.weights, strict=True):
+                chunks.append(w.numpy()[slots])
+            for chunks, w in zip(self._optimizer_state, buf.optimizer_state, strict=True):
+                chunks.append(w.numpy()[slots])
         for key, value in (("steps", steps), ("epochs", epochs), ("losses", losses), ("stats", stats)):
             self._chunks[key].append(value)
         self._cache.clear()
@@ -558,7 +621,7 @@ def _activation_name(layer):
 class _Buffers:
     """Ring buffers on the device that the wrapped `optimizer.apply` writes each logged step into."""
 
-    def __init__(self, variables, capacity, keep_full, dtype):
+    def __init__(self, variables, capacity, keep_full, dtype, optimizer_variables=None):
         import tensorflow as tf
 
         def var(shape, dt, name):
@@ -571,6 +634,10 @@ class _Buffers:
         self.stats = var((capacity, len(variables), len(STATS)), dtype, "stats")
         self.full = [var((capacity, *v.shape), dtype, f"grad_{j}") for j, v in enumerate(variables)] if keep_full else None
         self.alive = [var(v.shape[-1:], tf.bool, f"alive_{j}") if len(v.shape) >= 1 else None for j, v in enumerate(variables)]
+        self.weights = self.optimizer_state = None
+        if optimizer_variables is not None:
+            self.weights = [var((capacity, *v.shape), v.dtype, f"weights_{j}") for j, v in enumerate(variables)]
+            self.optimizer_state = [var((capacity, *v.shape), v.dtype, f"optimizer_{j}") for j, v in enumerate(optimizer_variables)]
 
 
 def _statistics(g, before, after, dtype):
@@ -632,6 +699,7 @@ def _attach(model, optimizer, logger):
             loss = tf.constant(float("nan"))
         step = tf.cast(optimizer.iterations, tf.int64)  # before this step's increment
         befores = [tf.identity(v.value) for v in model_vars]
+        state_before = [tf.identity(v.value) for v in optimizer.variables] if buf.optimizer_state is not None else None
         result = original_apply(grads, trainable_variables)
 
         def write():
@@ -651,6 +719,9 @@ def _attach(model, optimizer, logger):
                     axes = list(range(len(v.shape) - 1))
                     nonzero = tf.reduce_any(tf.not_equal(g, 0), axis=axes) if axes else tf.not_equal(g, 0)
                     buf.alive[j].assign(tf.logical_or(buf.alive[j], nonzero))
+            if buf.weights is not None:
+                for target, value in zip(buf.weights + buf.optimizer_state, befores + state_before, strict=True):
+                    target.scatter_nd_update([[slot]], value[None])
             buf.stats.scatter_nd_update([[slot]], tf.stack(rows)[None])
             buf.losses.scatter_nd_update([[slot]], tf.cast(tf.reshape(loss, [1]), buf.dtype))
             buf.steps.scatter_nd_update([[slot]], tf.reshape(step, [1]))

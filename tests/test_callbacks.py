@@ -1,0 +1,282 @@
+"""GradientLogger records the gradients the optimizer applied, from inside fit."""
+
+import csv
+import glob
+import warnings
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kerasbp import compile_model, dense_model, linear_model, train, xor_data, xor_model
+from kerasbp.callbacks import STATS, GradientLogger, load_gradient_log
+
+
+def regression_data(n=37, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 2)).astype("float32")
+    y = (X @ np.array([[1.5], [-2.0]]) + 0.5 + 0.1 * rng.normal(size=(n, 1))).astype("float32")
+    return X, y
+
+
+def test_worked_case_first_step_gradients():
+    # Dense(1), zero weights, SGD 0.1, X = [-1, 0, 1, 2], y = 2x + 1, one full batch.
+    # yhat = 0, dL/dyhat = 2 (yhat - y) / 4 = -y / 2 with y = [-1, 1, 3, 5]:
+    # dL/dw = sum(x * -y / 2) = -(1 + 0 + 3 + 10) / 2 = -7, dL/db = -(-1 + 1 + 3 + 5) / 2 = -4.
+    X = np.array([[-1.0], [0.0], [1.0], [2.0]], "float32")
+    y = 2 * X + 1
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, kernel_initializer="zeros")])
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    logger = GradientLogger(record="full")
+    model.fit(X, y, epochs=1, batch_size=4, callbacks=[logger], verbose=0)
+    kernel, bias = logger.gradients()
+    assert kernel[0, 0, 0] == -7.0 and bias[0, 0] == -4.0
+    assert logger.losses.tolist() == [9.0]  # mean(y^2) = (1 + 1 + 9 + 25) / 4 at the weights before the step
+    assert logger.stats[logger.names[0]]["norm"].tolist() == [7.0]
+    # The common workaround, recomputing after the step (w = 0.7, b = 0.4), gets another answer.
+    with tf.GradientTape() as tape:
+        loss = keras.losses.mean_squared_error(y[:, 0], model(X)[:, 0])
+    after = [g.numpy().ravel()[0] for g in tape.gradient(loss, model.trainable_weights)]
+    np.testing.assert_allclose(after, [-4.5, -2.5], rtol=1e-6)
+
+
+@pytest.mark.parametrize("steps_per_execution", [1, 4])
+def test_sgd_logged_gradient_is_the_applied_update(steps_per_execution):
+    # w_after = w_before - lr * g exactly, for every step, with shuffle=True and a partial last
+    # batch (37 samples, batch 5: 7 full batches and one of 2).
+    X, y = regression_data()
+    lr = 0.05
+    model = compile_model(dense_model([2, 3, 1], ["tanh", "linear"], seed=0), "sgd", learning_rate=lr, steps_per_execution=steps_per_execution)
+    logger = GradientLogger(record="full", snapshots=True)
+    model.fit(X, y, epochs=3, batch_size=5, shuffle=True, callbacks=[logger], verbose=0)
+    assert logger.steps.tolist() == list(range(24))
+    grads, weights = logger.gradients(), logger.weights()
+    for j, final in enumerate(model.get_weights()):
+        trajectory = np.concatenate([weights[j], final[None]])  # (25, *shape)
+        applied = (trajectory[:-1] - trajectory[1:]) / np.float32(lr)
+        # float32 rounding of w - lr*g, divided by lr: |error| <= ulp(w) / lr
+        tolerance = 2 * np.spacing(np.abs(trajectory[:-1]).max()) / lr
+        np.testing.assert_allclose(applied, grads[j], rtol=0, atol=tolerance)
+    # the partial batch of 2 samples happened: every 8th step
+    assert np.all(np.isfinite(logger.losses))
+
+
+def test_every_n_steps_and_counting_across_fits():
+    X, y = regression_data()
+    model = compile_model(linear_model(2, seed=0), "sgd")
+    logger = GradientLogger(every_n_steps=3)
+    model.fit(X, y, epochs=2, batch_size=10, callbacks=[logger], verbose=0)  # 8 steps: 0, 3, 6
+    model.fit(X, y, epochs=1, batch_size=10, callbacks=[logger], verbose=0)  # steps 8..11: 9
+    assert logger.steps.tolist() == [0, 3, 6, 9]
+    assert logger.epochs.tolist() == [0, 0, 1, 0]  # epochs within each fit
+    assert logger.stats_array().shape == (4, 2, len(STATS))
+
+
+def test_train_fast_path_logs_the_same_as_fit():
+    X, y = xor_data()
+    logs = []
+    for fit in (True, False):
+        model = compile_model(xor_model(seed=3), "adam", learning_rate=0.1, loss="binary_crossentropy")
+        logger = GradientLogger(record="full")
+        if fit:
+            model.fit(X, y, epochs=20, batch_size=3, shuffle=False, callbacks=[logger], verbose=0)
+        else:
+            train(model, X, y, epochs=20, batch_size=3, callbacks=[logger])
+        logs.append(logger)
+    a, b = logs
+    assert a.steps.tolist() == b.steps.tolist() == list(range(40))
+    np.testing.assert_allclose(a.losses, b.losses, rtol=1e-5)  # XLA vs plain TF: float32 rounding
+    for ga, gb in zip(a.gradients(), b.gradients(), strict=True):
+        np.testing.assert_allclose(ga, gb, rtol=1e-4, atol=1e-6)
+
+
+def test_stats_match_the_full_arrays():
+    X, y = regression_data()
+    model = compile_model(dense_model([2, 4, 1], ["relu", "linear"], seed=1), "rmsprop")
+    logger = GradientLogger(record="full")
+    model.fit(X, y, epochs=1, batch_size=8, callbacks=[logger], verbose=0)
+    for j, g in enumerate(logger.gradients()):
+        s = logger.stats[logger.names[j]]
+        flat = g.reshape(len(g), -1).astype(np.float64)
+        np.testing.assert_allclose(s["norm"], np.linalg.norm(flat, axis=1), rtol=1e-5)
+        np.testing.assert_allclose(s["mean"], flat.mean(axis=1), rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(s["std"], flat.std(axis=1), rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(s["min"], flat.min(axis=1), rtol=1e-6)
+        np.testing.assert_allclose(s["max_abs"], np.abs(flat).max(axis=1), rtol=1e-6)
+        assert s["nonfinite"].tolist() == [0.0] * len(g)
+
+
+def test_vanishing_gradients_are_flagged_for_sigmoid_not_relu():
+    X = np.random.default_rng(0).normal(size=(64, 16)).astype("float32")
+    y = np.random.default_rng(1).normal(size=(64, 1)).astype("float32")
+    reports = {}
+    for activation in ("sigmoid", "relu"):
+        model = dense_model([16] + [16] * 10 + [1], [activation] * 10 + ["linear"], seed=0)
+        compile_model(model, "sgd")
+        logger = GradientLogger()
+        model.fit(X, y, epochs=2, batch_size=16, callbacks=[logger], verbose=0)
+        reports[activation] = logger.health()
+    assert reports["sigmoid"].vanishing, str(reports["sigmoid"])
+    assert reports["sigmoid"].figures["first_last_ratio"] < 1e-3
+    assert not reports["relu"].vanishing, str(reports["relu"])
+    assert reports["relu"].figures["first_last_ratio"] > 1e-2
+    assert "VANISHING" in str(reports["sigmoid"])
+
+
+def test_dead_relu_units_are_flagged():
+    X = np.abs(np.random.default_rng(0).normal(size=(32, 3))).astype("float32")
+    y = np.ones((32, 1), "float32")
+    model = dense_model([3, 4, 1], ["relu", "linear"], seed=0)
+    kernel, bias, k2, b2 = model.get_weights()
+    kernel[:, 1] = -1.0  # inputs are positive: unit 1 never fires, so its gradient is always 0
+    model.set_weights([kernel, bias, k2, b2])
+    compile_model(model, "sgd")
+    logger = GradientLogger()
+    model.fit(X, y, epochs=2, batch_size=8, callbacks=[logger], verbose=0)
+    health = logger.health()
+    assert health.dead_units == {logger.names[0]: [1]}
+    assert "DEAD UNITS" in str(health)
+
+
+def diverging_model():
+    X = np.linspace(0, 300, 30, dtype="float32")[:, None]
+    y = 0.05 * X + 7
+    model = compile_model(linear_model(seed=0), "sgd", learning_rate=0.01)
+    return model, X, y
+
+
+def test_divergence_is_reported_at_the_first_non_finite_step_and_variable():
+    model, X, y = diverging_model()
+    logger = GradientLogger(on_nonfinite="warn")
+    with pytest.warns(RuntimeWarning, match=r"non-finite gradient at step (\d+) \(epoch \d+\) in layer 'dense_0', variable '.*dense_0/kernel'"):
+        model.fit(X, y, epochs=10, batch_size=1, shuffle=False, callbacks=[logger], verbose=0)
+    nonfinite = logger.stats_array()[:, :, STATS.index("nonfinite")]
+    first = int(np.argmax(nonfinite.sum(axis=1) > 0))
+    assert logger.first_nonfinite["step"] == logger.steps[first]
+    assert np.all(nonfinite[:first] == 0) and nonfinite[first, 0] > 0
+    assert logger.health().nonfinite and logger.health().exploding
+
+
+def test_on_nonfinite_stop_ends_fit_at_that_step():
+    model, X, y = diverging_model()
+    logger = GradientLogger(on_nonfinite="stop")
+    with pytest.warns(RuntimeWarning, match="training stopped"):
+        model.fit(X, y, epochs=10, batch_size=1, shuffle=False, callbacks=[logger], verbose=0)
+    assert int(model.optimizer.iterations.numpy()) == logger.first_nonfinite["step"] + 1
+    assert logger.steps[-1] == logger.first_nonfinite["step"]
+
+
+def test_on_nonfinite_raise():
+    model, X, y = diverging_model()
+    logger = GradientLogger(on_nonfinite="raise")
+    with pytest.raises(FloatingPointError, match=r"non-finite gradient at step \d+"):
+        model.fit(X, y, epochs=10, batch_size=1, shuffle=False, callbacks=[logger], verbose=0)
+    # the data up to the failing step stays readable, and the optimizer is unhooked
+    assert logger.steps[-1] == logger.first_nonfinite["step"]
+    assert "apply" not in model.optimizer.__dict__
+
+
+def test_exports_round_trip(tmp_path):
+    X, y = regression_data()
+    model = compile_model(dense_model([2, 3, 1], ["relu", "linear"], seed=0), "adam")
+    logger = GradientLogger(record="full", snapshots=True)
+    model.fit(X, y, epochs=2, batch_size=10, callbacks=[logger], verbose=0)
+    logger.to_npz(tmp_path / "log.npz")
+    back = load_gradient_log(tmp_path / "log.npz")
+    np.testing.assert_array_equal(back.steps, logger.steps)
+    np.testing.assert_array_equal(back.losses, logger.losses)
+    np.testing.assert_array_equal(back.stats_array(), logger.stats_array())
+    for a, b in zip(back.gradients(), logger.gradients(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(back.optimizer_state(), logger.optimizer_state(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert back.names == logger.names and back.shapes == logger.shapes
+    assert str(back.health()) == str(logger.health())
+    logger.to_csv(tmp_path / "log.csv")
+    with open(tmp_path / "log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(logger.steps) * 4
+    assert float(rows[5]["norm"]) == logger.stats[logger.names[1]]["norm"][1]
+    assert not glob.glob(str(tmp_path / ".tmp-*"))  # no temporary files left
+
+
+def test_full_gradients_stream_to_disk(tmp_path):
+    X, y = regression_data()
+    results = []
+    for path in (None, tmp_path / "grads"):
+        model = compile_model(dense_model([2, 3, 1], ["tanh", "linear"], seed=0), "sgd")
+        logger = GradientLogger(record="full", path=path)
+        model.fit(X, y, epochs=2, batch_size=10, shuffle=False, callbacks=[logger], verbose=0)
+        results.append(logger.gradients())
+    assert isinstance(results[1][0], np.memmap)
+    for a, b in zip(*results, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_memory_bound_without_a_path():
+    X, y = regression_data()
+    model = compile_model(dense_model([2, 256, 256, 1], ["relu", "relu", "linear"], seed=0), "sgd")
+    logger = GradientLogger(record="full", max_memory_mb=1)  # 66k float32 parameters = 0.26 MB a step
+    with pytest.raises(MemoryError, match="over max_memory_mb=1. Pass path="):
+        model.fit(X, y, epochs=2, batch_size=4, callbacks=[logger], verbose=0)
+    assert 1 <= len(logger.gradients()[0]) <= 4
+
+
+def test_missing_gradient_is_named_not_dropped():
+    inputs = keras.Input((2,))
+    used = keras.layers.Dense(1, name="used")(inputs)
+    unused = keras.layers.Dense(1, name="unused")
+    unused.build((None, 2))
+    model = keras.Model(inputs, used)
+    model.unused = unused  # tracked and trainable, but the loss does not depend on it
+    model.compile("sgd", "mse")
+    X, y = regression_data()
+    assert len(model.trainable_weights) == 4
+    logger = GradientLogger()
+    with pytest.warns(RuntimeWarning, match=r"no gradient for \['unused/kernel', 'unused/bias'\]"):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Gradients do not exist")
+            model.fit(X, y, epochs=1, batch_size=37, callbacks=[logger], verbose=0)
+    norms = logger.stats_array()[:, :, 0]
+    assert np.isfinite(norms[:, :2]).all() and np.isnan(norms[:, 2:]).all()
+
+
+def test_tensorboard_writes_histograms_and_norms(tmp_path):
+    X, y = regression_data()
+    model = compile_model(linear_model(2, seed=0), "sgd")
+    model.fit(X, y, epochs=1, batch_size=10, callbacks=[GradientLogger(tensorboard_dir=tmp_path)], verbose=0)
+    tags = set()
+    for path in glob.glob(str(tmp_path / "events.out.tfevents.*")):
+        for record in tf.data.TFRecordDataset(path):
+            event = tf.compat.v1.Event.FromString(record.numpy())
+            tags.update(v.tag for v in event.summary.value)
+    name = model.trainable_weights[0].path
+    assert {"loss", f"gradient_norm/{name}", f"gradients/{name}"} <= tags
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"every_n_steps": 0}, ValueError, "`every_n_steps` must be a positive integer"),
+        ({"record": "everything"}, ValueError, r"`record` must be one of \['stats', 'full'\]"),
+        ({"on_nonfinite": "ignore"}, ValueError, "`on_nonfinite` must be one of"),
+        ({"path": "x"}, ValueError, 'needs record="full"'),
+        ({"max_memory_mb": -1}, ValueError, "max_memory_mb"),
+    ],
+    ids=["every-n", "record", "on-nonfinite", "path-without-full", "memory"],
+)
+def test_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        GradientLogger(**kwargs)
+
+
+def test_gradients_need_full_record_and_other_backends_are_refused(monkeypatch):
+    with pytest.raises(ValueError, match='record="full"'):
+        GradientLogger().gradients()
+    model = compile_model(linear_model(seed=0), "sgd")
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    logger = GradientLogger()
+    logger.set_model(model)
+    with pytest.raises(RuntimeError, match="TensorFlow backend only; Keras is running on 'jax'"):
+        logger.on_train_begin()
