@@ -8,6 +8,7 @@ from kerasbp._quiet import import_tensorflow_quietly  # noqa: E402
 
 import_tensorflow_quietly()
 
+from kerasbp.callbacks import GradientLog, GradientLogger, load_gradient_log  # noqa: E402
 from kerasbp.data import linear_data, load_xy_csv, xor_data  # noqa: E402
 from kerasbp.models import compile_model, dense_model, linear_model, xor_model  # noqa: E402
 from kerasbp.training import train  # noqa: E402
@@ -15,6 +16,9 @@ from kerasbp.training import train  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
+    "GradientLog",
+    "GradientLogger",
+    "load_gradient_log",
     "compile_model",
     "dense_model",
     "linear_data",
