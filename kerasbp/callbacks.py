@@ -419,7 +419,9 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
             except ImportError:
                 raise ImportError("`tensorboard_dir` needs the tensorboard package: pip install 'kerasbp[tensorboard]'") from None
         self.snapshots = bool(snapshots)
-        self._buffers = None
+        self._buffers = self._key = self._hooked_train_function = None
+        self._n_read = 0
+        self._pending = True
         self._warned_nonfinite = False
         self._writer = None
         self._files = None
@@ -438,6 +440,11 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
         optimizer = getattr(model, "optimizer", None)
         if optimizer is None:
             raise RuntimeError("GradientLogger needs a compiled model with an optimizer")
+        if not model.built:
+            raise ValueError(
+                "GradientLogger needs a built model, so that its variables exist before training: "
+                "start it with keras.Input(shape) or call model.build(input_shape) first"
+            )
         variables = list(model.trainable_weights)
         names = [v.path for v in variables]
         if self.names and names != self.names:
@@ -455,7 +462,7 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
         if self._alive is None:
             self._alive = [np.zeros(v.shape[-1:], bool) if len(v.shape) >= 1 else None for v in variables]
 
-        detach(model)  # a wrapper left by an interrupted fit
+        detach(model)  # hooks left by an interrupted fit
         if not optimizer.built:
             optimizer.build(variables)  # as its first `apply` would; its slot variables now exist
         if self.snapshots:
@@ -474,8 +481,12 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
                 f"GradientLogger(record='full') would need {buffer_mb:.0f} MB of device buffer for {capacity} steps per call "
                 f"of {n_params} parameters, over max_memory_mb={self.max_memory_mb:g}. Lower steps_per_execution or raise max_memory_mb"
             )
-        self._buffers = _Buffers(variables, capacity, keep_full, dtype, optimizer.variables if self.snapshots else None)
-        self._n_read = 0
+        key = (id(model), id(optimizer), capacity, keep_full)
+        if self._buffers is None or self._key != key:
+            # New device buffers, so the train function is traced anew with them; a logger used
+            # again on the same model and optimizer keeps its buffers and its traced function.
+            self._buffers = _Buffers(variables, capacity, keep_full, dtype, optimizer.variables if self.snapshots else None)
+            self._key, self._n_read, self._hooked_train_function = key, 0, None
         self._fit_start = int(optimizer.iterations.numpy())
         self._steps_per_epoch = self.params.get("steps") or None
         if self.path is not None and self._files is None:
@@ -484,7 +495,14 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
         if self.tensorboard_dir is not None and self._writer is None:
             self._writer = tf.summary.create_file_writer(self.tensorboard_dir)
         _attach(model, optimizer, self)
-        model.make_train_function(force=True)
+        optimizer._kerasbp_plain_train_function = model.train_function
+        if self._hooked_train_function is None:
+            model.make_train_function(force=True)
+            self._hooked_train_function = model.train_function
+        model.train_function = self._hooked_train_function
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._pending = True  # the train function is about to run: rows may follow
 
     def on_train_batch_end(self, batch, logs=None):
         self._collect()
@@ -493,14 +511,12 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
         self._collect()
 
     def on_train_end(self, logs=None):
-        self._collect()
         self.detach()
 
     def detach(self):
         """Unhook the optimizer and flush files. `on_train_end` calls it; call it yourself after
         an interrupted `fit` before training the model without this logger."""
-        if self._buffers is not None:
-            self._collect()
+        self._sync()
         if self.model is not None:
             detach(self.model)
         for f in self._files or []:
@@ -511,10 +527,14 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
     # ------------------------------------------------------------------ reading the device
     def _sync(self):
         if self._buffers is not None:
+            self._pending = True
             self._collect()
 
     def _collect(self):
         """Read the rows written on the device since the last read and append them."""
+        if not self._pending:
+            return  # nothing ran since the last read (e.g. epoch ends replayed by kerasbp.train)
+        self._pending = False
         buf = self._buffers
         count = int(buf.count.numpy())
         new = count - self._n_read
@@ -640,28 +660,53 @@ class _Buffers:
             self.optimizer_state = [var((capacity, *v.shape), v.dtype, f"optimizer_{j}") for j, v in enumerate(optimizer_variables)]
 
 
-def _statistics(g, before, after, dtype):
-    """The `STATS` of one gradient `g` as a vector, computed on the device."""
+def _statistics(grads, befores, afters, dtype):
+    """The `STATS` of every gradient at once, computed on the device.
+
+    All variables are flattened into one vector and reduced by segment (one segment per
+    variable), which costs a handful of operations per step whatever the number of variables.
+
+    Args:
+        grads, befores, afters: lists of tensors (one per variable): the gradients, and the
+            variables' values before and after the update.
+        dtype: the dtype to compute in.
+
+    Returns:
+        Tensor `(n_variables, len(STATS))`.
+    """
     import tensorflow as tf
 
-    g = tf.cast(tf.convert_to_tensor(g), dtype)
-    before, after = tf.cast(before, dtype), tf.cast(after, dtype)
-    nonfinite = tf.reduce_sum(tf.cast(tf.logical_not(tf.math.is_finite(g)), dtype))
-    norm = tf.norm(tf.reshape(g, [-1]))
-    weight_norm = tf.norm(tf.reshape(before, [-1]))
-    update_norm = tf.norm(tf.reshape(after - before, [-1]))
+    sizes = [int(np.prod(g.shape)) for g in grads]
+    n = len(grads)
+    segments = tf.constant(np.repeat(np.arange(n), sizes), tf.int32)  # (n_params,)
+
+    def flat(tensors):
+        return tf.concat([tf.reshape(tf.cast(t, dtype), [-1]) for t in tensors], axis=0)  # (n_params,)
+
+    g, before, after = flat(grads), flat(befores), flat(afters)
+    count = tf.constant(sizes, dtype)
+
+    def segment_sum(x):
+        return tf.math.unsorted_segment_sum(x, segments, n)
+
+    mean = segment_sum(g) / count
+    centered = g - tf.gather(mean, segments)
+    low = tf.math.unsorted_segment_min(g, segments, n)
+    high = tf.math.unsorted_segment_max(g, segments, n)
+    weight_norm = tf.sqrt(segment_sum(tf.square(before)))
     return tf.stack(
         [
-            norm,
-            tf.reduce_mean(g),
-            tf.math.reduce_std(g),
-            tf.reduce_min(g),
-            tf.reduce_max(g),
-            tf.reduce_max(tf.abs(g)),
-            nonfinite,
+            tf.sqrt(segment_sum(tf.square(g))),
+            mean,
+            tf.sqrt(segment_sum(tf.square(centered)) / count),
+            low,
+            high,
+            tf.maximum(tf.abs(low), tf.abs(high)),
+            segment_sum(tf.cast(tf.logical_not(tf.math.is_finite(g)), dtype)),
             weight_norm,
-            update_norm / weight_norm,
-        ]
+            tf.sqrt(segment_sum(tf.square(after - before))) / weight_norm,
+        ],
+        axis=1,
     )
 
 
@@ -675,7 +720,6 @@ def _attach(model, optimizer, logger):
     original_apply, original_scale_loss = optimizer.apply, optimizer.scale_loss
     pending = {}
     every_n = logger.every_n_steps
-    nan_row = tf.fill([len(STATS)], tf.constant(float("nan"), buf.dtype))
 
     def scale_loss(loss):
         pending["loss"] = loss  # the step's loss, before loss scaling
@@ -704,25 +748,23 @@ def _attach(model, optimizer, logger):
 
         def write():
             slot = tf.math.floormod(buf.count, buf.capacity)
-            rows = []
-            for j, v in enumerate(model_vars):
-                g = by_model_index.get(j, (None,))[0]
-                if g is None:
-                    rows.append(nan_row)
-                    continue
-                if isinstance(g, tf.IndexedSlices):
-                    g = tf.convert_to_tensor(g)
-                rows.append(_statistics(g, befores[j], v.value, buf.dtype))
+            present = [j for j in range(len(model_vars)) if j in by_model_index and by_model_index[j][0] is not None]
+            grads_present = [tf.convert_to_tensor(by_model_index[j][0]) for j in present]  # IndexedSlices -> dense
+            rows = tf.fill([len(model_vars), len(STATS)], tf.constant(float("nan"), buf.dtype))
+            if present:
+                values = _statistics(grads_present, [befores[j] for j in present], [model_vars[j].value for j in present], buf.dtype)
+                rows = values if len(present) == len(model_vars) else tf.tensor_scatter_nd_update(rows, [[j] for j in present], values)
+            for j, g in zip(present, grads_present, strict=True):
                 if buf.full is not None:
                     buf.full[j].scatter_nd_update([[slot]], tf.cast(g, buf.dtype)[None])
                 if buf.alive[j] is not None:
-                    axes = list(range(len(v.shape) - 1))
+                    axes = list(range(len(g.shape) - 1))
                     nonzero = tf.reduce_any(tf.not_equal(g, 0), axis=axes) if axes else tf.not_equal(g, 0)
                     buf.alive[j].assign(tf.logical_or(buf.alive[j], nonzero))
             if buf.weights is not None:
                 for target, value in zip(buf.weights + buf.optimizer_state, befores + state_before, strict=True):
                     target.scatter_nd_update([[slot]], value[None])
-            buf.stats.scatter_nd_update([[slot]], tf.stack(rows)[None])
+            buf.stats.scatter_nd_update([[slot]], rows[None])
             buf.losses.scatter_nd_update([[slot]], tf.cast(tf.reshape(loss, [1]), buf.dtype))
             buf.steps.scatter_nd_update([[slot]], tf.reshape(step, [1]))
             buf.count.assign_add(1)
@@ -736,6 +778,7 @@ def _attach(model, optimizer, logger):
 
     optimizer.apply = apply
     optimizer.scale_loss = scale_loss
+    optimizer._kerasbp_token = id(buf)
     optimizer._kerasbp_originals = (original_apply, original_scale_loss)
 
 
@@ -750,4 +793,5 @@ def detach(model):
         if name in optimizer.__dict__:
             del optimizer.__dict__[name]
     del optimizer.__dict__["_kerasbp_originals"]
-    model.train_function = None
+    del optimizer.__dict__["_kerasbp_token"]
+    model.train_function = optimizer.__dict__.pop("_kerasbp_plain_train_function", None)

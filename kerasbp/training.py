@@ -8,6 +8,7 @@ runs a whole run of epochs inside one compiled TensorFlow function that calls th
 
 import contextlib
 import logging
+import weakref
 
 import keras
 import tensorflow as tf
@@ -142,12 +143,25 @@ def _quiet_retracing():
         logger.removeFilter(log_filter)
 
 
+#: Traced loops per model, reused by later `train` calls with the same shapes and hooks.
+_LOOPS = weakref.WeakKeyDictionary()
+
+
 def _train(model, X_t, y_t, batch_size, n_full, rest, epochs, epochs_per_call, callback_list, jit):
     steps_per_epoch = n_full + (rest > 0)
+    # Build the model, its compiled loss and metrics, and the optimizer's variables now, as
+    # `fit` and `train_on_batch` do, so that no variable is created inside the loop.
+    model._symbolic_build(data_batch=(X_t[:1], y_t[:1], None))
     model.stop_training = False
     callback_list.on_train_begin()
-    # Traced after on_train_begin, so that callbacks that hook the optimizer are in the graph.
-    run = _make_loop(model, X_t, y_t, batch_size, n_full, rest, jit)
+    # Looked up after on_train_begin: a GradientLogger hooks the optimizer there, and its token
+    # tells a loop traced with its hooks from one traced without.
+    optimizer = model.optimizer
+    key = (id(optimizer), getattr(optimizer, "_kerasbp_token", None), tuple(X_t.shape), tuple(y_t.shape), X_t.dtype, batch_size, epochs_per_call, jit)
+    loops = _LOOPS.setdefault(model, {})
+    if key not in loops:
+        loops[key] = _make_loop(model, batch_size, n_full, rest, jit, epochs_per_call)
+    run = loops[key]
     epoch = 0
     logs = None
     while epoch < epochs and not model.stop_training:
@@ -155,8 +169,8 @@ def _train(model, X_t, y_t, batch_size, n_full, rest, epochs, epochs_per_call, c
         callback_list.on_epoch_begin(epoch)
         callback_list.on_train_batch_begin(0)
         with quiet_native_logs() if epoch == 0 else contextlib.nullcontext():  # XLA's first-compile notices
-            history = run(n_epochs)  # a Python int: XLA needs the loop length
-        history = {k: v.numpy() for k, v in history.items()}
+            history = run(X_t, y_t, tf.constant(n_epochs))
+        history = {k: v.numpy()[:n_epochs] for k, v in history.items()}
         last = {k: float(v[-1]) for k, v in history.items()}
         callback_list.on_train_batch_end(steps_per_epoch - 1, last)
         for i in range(n_epochs):
@@ -171,11 +185,13 @@ def _train(model, X_t, y_t, batch_size, n_full, rest, epochs, epochs_per_call, c
     return model.history
 
 
-def _make_loop(model, X, y, batch_size, n_full, rest, jit):
-    """Build the compiled function that runs `n_epochs` epochs and returns their logs."""
-    n_features, n_outputs = X.shape[1], y.shape[1]
+def _make_loop(model, batch_size, n_full, rest, jit, max_epochs):
+    """Build the compiled function `run(X, y, n_epochs)` that trains `n_epochs` epochs and
+    returns their logs."""
+    names = list(model.get_metrics_result())
 
-    def epoch_body():
+    def epoch_body(X, y):
+        n_features, n_outputs = X.shape[1], y.shape[1]
         for metric in model.metrics:
             metric.reset_state()
 
@@ -192,18 +208,15 @@ def _make_loop(model, X, y, batch_size, n_full, rest, jit):
             model.train_step((X[n_full * batch_size :], y[n_full * batch_size :]))
         return model.get_metrics_result()
 
-    # Build the model, its compiled loss and metrics, and the optimizer's variables now, as
-    # `fit` and `train_on_batch` do, so that no variable is created inside the loop.
-    model._symbolic_build(data_batch=(X[:1], y[:1], None))
-    names = list(model.get_metrics_result())
-
     @tf.function(jit_compile=jit)
-    def run(n_epochs):
+    def run(X, y, n_epochs):
+        # `n_epochs` is a tensor, so one trace serves calls of any length; the TensorArrays have
+        # the static size XLA needs (the longest call), and the host keeps the first n_epochs rows.
         def body(e, *acc):
-            logs = epoch_body()
+            logs = epoch_body(X, y)
             return (e + 1,) + tuple(a.write(e, tf.cast(logs[k], tf.float64)) for k, a in zip(names, acc, strict=True))
 
-        arrays = tuple(tf.TensorArray(tf.float64, size=n_epochs) for _ in names)
+        arrays = tuple(tf.TensorArray(tf.float64, size=max_epochs) for _ in names)
         out = tf.while_loop(lambda e, *acc: e < n_epochs, body, (tf.constant(0),) + arrays)
         return {k: a.stack() for k, a in zip(names, out[1:], strict=True)}
 
