@@ -543,7 +543,8 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
         if new > buf.capacity:
             raise RuntimeError(
                 f"GradientLogger lost {new - buf.capacity} logged steps: {new} steps ran between two reads but the "
-                f"buffer holds {buf.capacity}. Pass steps_per_call in the callback params"
+                f"buffer holds {buf.capacity}. Was the model trained on with this logger's hooks still attached after an "
+                "interrupted fit? Call logger.detach() after an interruption"
             )
         slots = np.arange(self._n_read, count) % buf.capacity
         self._n_read = count

@@ -122,7 +122,14 @@ def train(model, X, y, epochs=1, batch_size=None, callbacks=None, verbose=0, epo
     X_t, y_t = tf.constant(X), tf.constant(y)
     with _quiet_retracing():
         jit = bool(jit_compile) and not model.run_eagerly
-        return _train(model, X_t, y_t, batch_size, n_full, rest, epochs, epochs_per_call, callback_list, jit)
+        try:
+            return _train(model, X_t, y_t, batch_size, n_full, rest, epochs, epochs_per_call, callback_list, jit)
+        except BaseException:
+            # An exception or KeyboardInterrupt: unhook GradientLoggers, keeping what they logged.
+            for callback in callbacks:
+                if hasattr(callback, "detach"):
+                    callback.detach()
+            raise
 
 
 class _RetracingFilter(logging.Filter):
