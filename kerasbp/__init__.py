@@ -8,6 +8,7 @@ from kerasbp._quiet import import_tensorflow_quietly  # noqa: E402
 
 import_tensorflow_quietly()
 
+from kerasbp.backprop import explain_backprop  # noqa: E402
 from kerasbp.callbacks import GradientLog, GradientLogger, load_gradient_log  # noqa: E402
 from kerasbp.data import linear_data, load_xy_csv, xor_data  # noqa: E402
 from kerasbp.models import compile_model, dense_model, linear_model, xor_model  # noqa: E402
@@ -20,6 +21,7 @@ __all__ = [
     "GradientLogger",
     "load_gradient_log",
     "compile_model",
+    "explain_backprop",
     "dense_model",
     "linear_data",
     "linear_model",

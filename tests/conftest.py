@@ -2,3 +2,21 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+import keras  # noqa: E402
+import pytest  # noqa: E402
+
+
+def set_float(dtype):
+    # Keras caches its global dtype policy the first time a layer asks for it, so set_floatx
+    # alone does not change the dtype of layers built afterwards: set the policy too.
+    keras.config.set_floatx(dtype)
+    keras.config.set_dtype_policy(dtype)
+
+
+@pytest.fixture
+def float64():
+    """Run a test with floatx and the dtype policy float64; build models inside the test."""
+    set_float("float64")
+    yield
+    set_float("float32")

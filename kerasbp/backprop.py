@@ -1,0 +1,205 @@
+"""explain_backprop: one backward pass written out layer by layer, Keras beside NumPy.
+
+For a Sequential stack of Dense layers, backpropagation (Rumelhart, Hinton & Williams 1986) runs
+from the output to the input. For layer l with input `a_prev`, pre-activation
+`z = a_prev @ W + b` and activation `a = f(z)`:
+
+    dL/da      the error arriving from above (for the last layer: dL/d(output))
+    delta      = dL/dz = dL/da * f'(z)                    (n, units)
+    dL/dW      = a_prev^T @ delta                         (units_in, units)
+    dL/db      = sum of delta over the batch              (units,)
+    dL/da_prev = delta @ W^T, the error passed down       (n, units_in)
+
+Keras computes each of these by automatic differentiation (a `tf.GradientTape` over the same
+forward pass, with the model's compiled loss); the NumPy twin (`kerasbp.reference.NumpyMLP`)
+computes them by hand. With a sigmoid output and binary cross-entropy, Keras's TensorFlow backend
+differentiates the logits formula, so `delta = (sigmoid(z) - y) / (n * d)` for the last layer.
+"""
+
+import numpy as np
+
+from kerasbp.checks import check_xy
+
+#: The quantities of each layer, in the order the backward pass produces them.
+QUANTITIES = ("dL/da", "delta = dL/dz", "dL/dW", "dL/db", "dL/da_prev")
+
+
+class Term:
+    """One quantity of one layer, computed two ways.
+
+    Attributes:
+        layer: str, the layer's name.
+        name: str, one of `QUANTITIES`.
+        keras: float array, by Keras autodiff; None for `dL/da` of a sigmoid output under
+            binary cross-entropy, which Keras's TensorFlow backend differentiates through the logits.
+        numpy: float array, by the NumPy twin.
+        max_abs_diff: float, the largest absolute difference.
+        max_rel_diff: float, `max_abs_diff` divided by the largest magnitude of the Keras value
+            (0 when both are 0).
+    """
+
+    def __init__(self, layer, name, keras_value, numpy_value):
+        self.layer, self.name = layer, name
+        self.numpy = np.asarray(numpy_value)
+        self.keras = None if keras_value is None else np.asarray(keras_value)
+        if self.keras is None:
+            self.max_abs_diff = self.max_rel_diff = float("nan")
+            return
+        self.max_abs_diff = float(np.max(np.abs(self.keras.astype(np.float64) - self.numpy)))
+        scale = float(np.max(np.abs(self.keras)))
+        self.max_rel_diff = self.max_abs_diff / scale if scale > 0 else self.max_abs_diff
+
+    @property
+    def shape(self):
+        """tuple, the quantity's shape."""
+        return self.numpy.shape
+
+
+class BackpropExplanation:
+    """What `explain_backprop` returns: the loss, and every term of every layer, output first.
+
+    Attributes:
+        loss_keras, loss_numpy: float, the batch loss by each side.
+        terms: list of `Term`, grouped by layer from the output layer down to the first.
+        layers: list of str, layer names from the output down.
+    """
+
+    def __init__(self, loss_keras, loss_numpy, terms, layers, activations):
+        self.loss_keras, self.loss_numpy = float(loss_keras), float(loss_numpy)
+        self.terms, self.layers, self.activations = terms, layers, activations
+
+    @property
+    def max_rel_diff(self):
+        """float, the largest relative difference over all terms that Keras computes."""
+        return max(t.max_rel_diff for t in self.terms if t.keras is not None)
+
+    def term(self, layer, name):
+        """The `Term` called `name` of the layer called `layer`.
+
+        Raises:
+            KeyError: if there is no such term.
+        """
+        for t in self.terms:
+            if t.layer == layer and t.name == name:
+                return t
+        raise KeyError(f"no term {name!r} for layer {layer!r}; layers: {self.layers}, terms: {list(QUANTITIES)}")
+
+    def to_dict(self):
+        """A JSON-ready dict: loss, and per term its layer, name, shape and differences."""
+        return {
+            "loss_keras": self.loss_keras,
+            "loss_numpy": self.loss_numpy,
+            "terms": [
+                {"layer": t.layer, "name": t.name, "shape": list(t.shape), "max_abs_diff": t.max_abs_diff, "max_rel_diff": t.max_rel_diff}
+                for t in self.terms
+            ],
+        }
+
+    def __str__(self):
+        lines = [
+            f"loss: Keras {self.loss_keras:.8g}, NumPy {self.loss_numpy:.8g}",
+            f"{'layer':14}{'quantity':16}{'shape':>12}  {'|Keras|max':>11}  {'max |diff|':>10}  {'rel':>8}",
+        ]
+        for name, activation in zip(self.layers, self.activations, strict=True):
+            lines.append(f"{name} ({activation}), backward:")
+            for t in self.terms:
+                if t.layer == name:
+                    if t.keras is None:
+                        lines.append(f"{'':14}{t.name:16}{str(t.shape):>12}  {'(Keras differentiates the logits here)':>33}")
+                        continue
+                    magnitude = float(np.max(np.abs(t.keras)))
+                    lines.append(f"{'':14}{t.name:16}{str(t.shape):>12}  {magnitude:11.4g}  {t.max_abs_diff:10.2e}  {t.max_rel_diff:8.1e}")
+        lines.append(f"largest relative difference Keras vs NumPy: {self.max_rel_diff:.2e}")
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def explain_backprop(model, X, y, loss=None):
+    """Write out one backward pass of `model` on `(X, y)`, Keras autodiff beside the NumPy twin.
+
+    Args:
+        model: a `keras.Sequential` of Dense layers with activations `linear`, `sigmoid`, `tanh`
+            or `relu` (as `NumpyMLP.from_keras` accepts).
+        X: float array of shape `(n, n_inputs)`.
+        y: float array of shape `(n, n_outputs)` (or `(n,)` for one output).
+        loss: `"mse"` or `"binary_crossentropy"` (or a Keras loss); None uses the model's
+            compiled loss, or `"mse"` for an uncompiled model. Defaults to None.
+
+    Returns:
+        `BackpropExplanation`: printable as a table; `.terms` holds the arrays.
+
+    Raises:
+        ValueError, TypeError: for an unsupported model or loss (naming it) or bad arrays.
+
+    Example:
+        >>> import kerasbp as kb
+        >>> X, y = kb.xor_data()
+        >>> model = kb.compile_model(kb.xor_model(seed=0), "sgd", loss="binary_crossentropy")
+        >>> explanation = kb.explain_backprop(model, X, y)
+        >>> explanation.max_rel_diff < 1e-6
+        True
+    """
+    import keras
+    import tensorflow as tf
+
+    from kerasbp.reference import NumpyMLP, get_loss
+
+    twin = NumpyMLP.from_keras(model)  # refuses unsupported layers and activations
+    if loss is None:
+        loss = getattr(model, "loss", None) or "mse"
+    twin_loss = get_loss(loss)
+    X, y = check_xy(X, y, n_features=twin.n_inputs, dtype=keras.config.floatx())
+    layers = [layer for layer in model.layers]
+    keras_loss = keras.losses.get(loss) if isinstance(loss, str) else loss
+    if not isinstance(keras_loss, keras.losses.Loss):
+        keras_loss = {"mean_squared_error": keras.losses.MeanSquaredError, "binary_crossentropy": keras.losses.BinaryCrossentropy}[keras_loss.__name__]()
+
+    with tf.GradientTape(persistent=True) as tape:
+        a = tf.constant(X)
+        inputs, zs, outputs = [], [], []
+        for layer in layers:
+            tape.watch(a)
+            inputs.append(a)
+            z = tf.matmul(a, layer.kernel)
+            if layer.bias is not None:
+                z = z + layer.bias
+            a = layer.activation(z)  # on TF, sigmoid keeps `z` as `_keras_logits` for the loss
+            zs.append(z)
+            outputs.append(a)
+        value = keras_loss(tf.constant(y), a)
+    back = twin.backward(X, y, twin_loss)
+    terms = []
+    grads = iter(back.grads)
+    twin_grads = []
+    twin_kernels = [np.asarray(layer.kernel.numpy(), dtype=twin.dtype) for layer in layers]
+    for layer in layers:
+        twin_grads.append((next(grads), next(grads) if layer.bias is not None else None))
+    for i in range(len(layers) - 1, -1, -1):
+        layer = layers[i]
+        dz, da, da_prev, dW = tape.gradient(value, [zs[i], outputs[i], inputs[i], layer.kernel])
+        delta = back.deltas[i]  # (n, units)
+        kernel = twin_kernels[i]  # (units_in, units)
+        if i == len(layers) - 1:
+            numpy_dL_da = _output_error(twin, y, twin_loss)  # (n, n_outputs)
+        else:
+            numpy_dL_da = back.deltas[i + 1] @ twin_kernels[i + 1].T  # (n, units)
+        name = layer.name
+        # With a sigmoid output and cross-entropy, Keras differentiates the logits formula, so
+        # the output activation is not on its path: there is no Keras dL/da to show.
+        terms.append(Term(name, "dL/da", None if da is None else da.numpy(), numpy_dL_da))
+        terms.append(Term(name, "delta = dL/dz", dz.numpy(), delta))
+        terms.append(Term(name, "dL/dW", dW.numpy(), twin_grads[i][0]))
+        if layer.bias is not None:
+            db = tape.gradient(value, layer.bias)
+            terms.append(Term(name, "dL/db", db.numpy(), twin_grads[i][1]))
+        terms.append(Term(name, "dL/da_prev", da_prev.numpy(), delta @ kernel.T))  # (n, units_in)
+    del tape
+    activations = [layer.activation.__name__ for layer in reversed(layers)]
+    return BackpropExplanation(value.numpy(), back.loss, terms, [layer.name for layer in reversed(layers)], activations)
+
+
+def _output_error(twin, y, loss):
+    """`dL/d(output)` by the twin's loss gradient (the probability-space formula)."""
+    out = twin.cache[-1].a
+    return loss._gradient(np.asarray(y, out.dtype).reshape(out.shape), out)
