@@ -165,16 +165,20 @@ def check_array(name, a, *, dtype="float32", ndim=2):
         raise ValueError(f"`{name}` must be {ndim}-D. Received an array of shape {arr.shape}")
     if arr.size == 0:
         raise ValueError(f"`{name}` must not be empty. Received an array of shape {arr.shape}")
-    arr = arr.astype(dtype, copy=False)
-    bad = ~np.isfinite(arr)
+    if arr.dtype.kind == "f":
+        _refuse_nonfinite(name, arr, ~np.isfinite(arr), "must be finite")
+    with np.errstate(over="ignore"):
+        cast = arr.astype(dtype, copy=False)
+    _refuse_nonfinite(name, arr, ~np.isfinite(cast), f"must fit in {dtype} (too large in magnitude)")
+    return cast
+
+
+def _refuse_nonfinite(name, arr, bad, problem):
+    """Raise a ValueError naming the first row (and column) where `bad` holds."""
     if bad.any():
         index = tuple(int(i[0]) for i in np.nonzero(bad))
-        where = f"row {index[0]}" + (f", column {index[1]}" if ndim == 2 else "")
-        raise ValueError(
-            f"`{name}` must be finite. Received {float(arr[index])} at {where} "
-            f"({int(bad.sum())} non-finite value(s) in all)"
-        )
-    return arr
+        where = f"row {index[0]}" + (f", column {index[1]}" if arr.ndim == 2 else "")
+        raise ValueError(f"`{name}` {problem}. Received {arr[index].item()!r} at {where} ({int(bad.sum())} such value(s) in all)")
 
 
 def check_xy(X, y, *, n_features=None, dtype="float32"):
