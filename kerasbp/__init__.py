@@ -10,6 +10,7 @@ import_tensorflow_quietly()
 
 from kerasbp.backprop import explain_backprop  # noqa: E402
 from kerasbp.callbacks import GradientLog, GradientLogger, load_gradient_log  # noqa: E402
+from kerasbp.compare import ComparisonReport, compare  # noqa: E402
 from kerasbp.data import linear_data, load_xy_csv, xor_data  # noqa: E402
 from kerasbp.models import compile_model, dense_model, linear_model, xor_model  # noqa: E402
 from kerasbp.training import train  # noqa: E402
@@ -20,6 +21,8 @@ __all__ = [
     "GradientLog",
     "GradientLogger",
     "load_gradient_log",
+    "ComparisonReport",
+    "compare",
     "compile_model",
     "explain_backprop",
     "dense_model",

@@ -342,6 +342,70 @@ def main_xor(argv=None):
     return _run(run_xor, kwargs, show)
 
 
+def run_compare(task="xor", optimizer="sgd", learning_rate=None, epochs=None, batch_size=None, dtype="float32", loss=None, seed=0):
+    """`kerasbp.compare` on the XOR network or the linear model, built in `dtype`.
+
+    Args:
+        task: `"xor"` (the 2-4-1 sigmoid net on the truth table) or `"linear"` (`Dense(1)` on the
+            seed's 100 points). Defaults to `"xor"`.
+        optimizer: `"sgd"`, `"adam"` or `"rmsprop"`. Defaults to `"sgd"`.
+        learning_rate: positive float or None for Keras's default. Defaults to None.
+        epochs: int >= 1, or None for 50 (xor) or 5 (linear).
+        batch_size: int >= 1, or None for 3 (xor) or 30 (linear): both leave a partial last batch.
+        dtype: `"float32"` or `"float64"`. Defaults to `"float32"`.
+        loss: `"binary_crossentropy"` or `"mse"`, or None for binary cross-entropy on XOR and
+            MSE on the linear model.
+        seed: int >= 0, seed of the initial weights. Defaults to 0.
+
+    Returns:
+        `ComparisonReport`.
+
+    Raises:
+        ValueError, TypeError: for bad arguments.
+    """
+    from kerasbp.compare import _floatx, compare
+    from kerasbp.models import compile_model, linear_model, xor_model
+
+    task = check_choice("task", task, ("xor", "linear"))
+    optimizer = check_choice("optimizer", optimizer, ("sgd", "adam", "rmsprop"))
+    dtype = check_choice("dtype", dtype, ("float32", "float64"))
+    if learning_rate is not None:
+        learning_rate = check_positive_float("learning_rate", learning_rate)
+    epochs = check_positive_int("epochs", epochs if epochs is not None else (50 if task == "xor" else 5))
+    batch_size = check_positive_int("batch_size", batch_size if batch_size is not None else (3 if task == "xor" else 30))
+    loss = check_choice("loss", loss or ("binary_crossentropy" if task == "xor" else "mse"), ("binary_crossentropy", "mse"))
+    seed = check_seed(seed)
+    X, y = xor_data(dtype) if task == "xor" else linear_data()
+    with _floatx(dtype):
+        model = xor_model(seed=seed) if task == "xor" else linear_model(seed=seed)
+        compile_model(model, optimizer, learning_rate, loss=loss)
+    return compare(model, X, y, epochs=epochs, batch_size=batch_size, dtype=dtype)
+
+
+def main_compare(argv=None):
+    """Command line of `scripts/compare.py`; returns 0 when the report is ok, 1 when not, 2 on bad input."""
+    parser = _Parser(prog="compare.py", description="Keras against its NumPy twin, step by step.")
+    parser.add_argument("--task", default="xor", help="xor or linear")
+    parser.add_argument("--optimizer", default="sgd", help="sgd, adam or rmsprop")
+    parser.add_argument("--learning-rate", type=_number(float), default=None)
+    parser.add_argument("--epochs", type=_number(int), default=None)
+    parser.add_argument("--batch-size", type=_number(int), default=None)
+    parser.add_argument("--dtype", default="float32", help="float32 or float64")
+    parser.add_argument("--loss", default=None, help="binary_crossentropy or mse")
+    parser.add_argument("--seed", type=_number(int), default=0)
+    parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    args = parser.parse_args(argv)
+    kwargs = {k: getattr(args, k) for k in ("task", "optimizer", "learning_rate", "epochs", "batch_size", "dtype", "loss", "seed")}
+    outcome = {}
+
+    def show(report):
+        print(report.to_json() if args.json else report.summary())
+        outcome["ok"] = report.ok
+
+    status = _run(run_compare, kwargs, show)
+    return status if status else (0 if outcome["ok"] else 1)
+
+
 def script_main(main):
     """Entry for the scripts: quiet TensorFlow's logs, then exit with `main()`'s status."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

@@ -1,0 +1,347 @@
+"""compare: a Keras model against its NumPy twin, step by step.
+
+`compare` trains a copy of a compiled Keras model on consecutive batches (as `fit` with
+`shuffle=False`), recording with a `GradientLogger` the gradients Keras applied at each step,
+and runs the NumPy twin (`kerasbp.reference`) beside it two ways:
+
+- teacher-forced: at every step the twin starts from Keras's weights and optimizer state of that
+  step, computes its own loss and gradients and applies its own update. This checks each step on
+  its own: the chain rule, the loss and the optimizer rule.
+- free-running: the twin follows its own trajectory from the same initial weights. Differences
+  here can grow through chaotic amplification even when every single step agrees (rounding
+  differences of 1 ulp double every few steps in a chaotic regime), so they are reported but do
+  not decide `report.ok`.
+
+Each difference is measured against the scale of what it checks, and the tolerances depend on
+the dtype (`TOLERANCES`):
+
+- loss: `|diff| / |Keras loss|`;
+- gradient: `max |diff| / max |Keras gradient|`, per variable;
+- weights after the step: what is left of `max |diff|` beyond 2 ulps of the weights (the
+  rounding of `w + update` on each side), divided by the size of Keras's update
+  `max |w_after - w_before|`. An update rule is checked against the update it makes, not
+  against the weights, which can be a million times larger.
+"""
+
+import contextlib
+import csv
+import json
+
+import numpy as np
+
+from kerasbp.callbacks import GradientLogger, _atomic_write
+from kerasbp.checks import check_dtype, check_positive_int, check_xy
+
+#: Relative tolerances of the teacher-forced comparison, by dtype. float32: losses agree to about
+#: 1e-7 of their size and updates to a few ulps of theirs; gradients carry float32 rounding
+#: amplified by cancellation in the batch sums and by `a * (1 - a)` for saturated sigmoids
+#: (measured up to ~2e-5 between two float32 implementations of the same formula).
+#: float64: everything agrees to ~1e-13 or better, so 1e-10 leaves room only for a real difference.
+TOLERANCES = {
+    "float32": {"loss": 1e-5, "gradient": 1e-4, "weights": 1e-4},
+    "float64": {"loss": 1e-10, "gradient": 1e-10, "weights": 1e-10},
+}
+_QUANTITIES = ("loss", "gradient", "weights")
+
+
+@contextlib.contextmanager
+def _floatx(dtype):
+    """Build and train under `dtype` as Keras's float type and dtype policy."""
+    import keras
+
+    before = keras.config.floatx(), keras.config.dtype_policy().name
+    keras.config.set_floatx(dtype)
+    keras.config.set_dtype_policy(dtype)
+    try:
+        yield
+    finally:
+        keras.config.set_floatx(before[0])
+        keras.config.set_dtype_policy(before[1])
+
+
+def _rel(diff, scale):
+    return diff / scale if scale > 0 else diff
+
+
+class ComparisonReport:
+    """Per-step differences between Keras and the NumPy twin, and the verdict.
+
+    Attributes:
+        dtype: str, `"float32"` or `"float64"`.
+        tolerances: dict `{"loss", "gradient", "weights"}` of relative tolerances.
+        names: list of str, the trainable variables in `model.trainable_weights` order.
+        steps: int, the number of optimizer steps compared.
+        epochs, batch_size: the run's settings.
+        keras_losses: float64 array `(steps,)`, each step's batch loss before its update.
+        twin_losses: float64 array `(steps,)`, the free-running twin's.
+        teacher, free: dicts of arrays for each mode: `"loss_abs"`, `"loss_rel"` of shape
+            `(steps,)`, and `"gradient_abs"`, `"gradient_rel"`, `"weights_abs"`, `"weights_rel"`
+            of shape `(steps, n_variables)` (weights after the step).
+        optimizer, loss: str, descriptions of the twin optimizer and loss.
+    """
+
+    def __init__(self, dtype, names, keras_losses, twin_losses, teacher, free, epochs, batch_size, optimizer, loss):
+        self.dtype = dtype
+        self.tolerances = dict(TOLERANCES[dtype])
+        self.names = names
+        self.keras_losses, self.twin_losses = keras_losses, twin_losses
+        self.teacher, self.free = teacher, free
+        self.steps = len(keras_losses)
+        self.epochs, self.batch_size = epochs, batch_size
+        self.optimizer, self.loss = optimizer, loss
+
+    def _worst(self, mode):
+        # weights_rel is the difference beyond 2 ulps, relative to the update (module docstring)
+        data = getattr(self, mode)
+        return {q: float(np.max(data[f"{q}_rel"])) if self.steps else 0.0 for q in _QUANTITIES}
+
+    def failures(self, mode="teacher"):
+        """Every `(step, variable, quantity, abs, rel)` over tolerance in `mode`, in step order."""
+        data, out = getattr(self, mode), []
+        for k in range(self.steps):
+            if data["loss_rel"][k] > self.tolerances["loss"]:
+                out.append((k, None, "loss", float(data["loss_abs"][k]), float(data["loss_rel"][k])))
+            for q in ("gradient", "weights"):
+                for j, name in enumerate(self.names):
+                    if data[f"{q}_rel"][k, j] > self.tolerances[q]:
+                        out.append((k, name, q, float(data[f"{q}_abs"][k, j]), float(data[f"{q}_rel"][k, j])))
+        return out
+
+    @property
+    def first_failure(self):
+        """The first teacher-forced `(step, variable, quantity, abs, rel)` over tolerance, or None."""
+        failures = self.failures("teacher")
+        return failures[0] if failures else None
+
+    @property
+    def ok(self):
+        """True when every teacher-forced step agrees within `tolerances`."""
+        return self.first_failure is None
+
+    def summary(self):
+        """A readable table: the worst relative difference of each quantity in each mode."""
+        teacher, free = self._worst("teacher"), self._worst("free")
+        lines = [
+            f"Keras vs NumPy twin: {self.steps} steps ({self.epochs} epochs, batch {self.batch_size}), {self.dtype}, "
+            f"{self.optimizer}, {self.loss}",
+            f"{'worst relative difference':28}{'teacher-forced':>16}{'free-running':>15}{'tolerance':>11}",
+        ]
+        for q in _QUANTITIES:
+            lines.append(f"{q:28}{teacher[q]:16.2e}{free[q]:15.2e}{self.tolerances[q]:11.0e}")
+        first = self.first_failure
+        if first is None:
+            lines.append("OK: every step agrees (teacher-forced)")
+        else:
+            step, name, q, a, r = first
+            where = f"variable {name!r}" if name else "the loss"
+            lines.append(f"NOT OK: first difference at step {step}, {where}, {q}: |diff| {a:.3g}, relative {r:.3g} > {self.tolerances[q]:g}")
+        over_free = self.failures("free")
+        if over_free and first is None:
+            lines.append(
+                f"note: the free-running twin drifts past tolerance from step {over_free[0][0]} on; each step agrees "
+                "when started from Keras's state, so this is amplified rounding, not a wrong step"
+            )
+        return "\n".join(lines)
+
+    def __str__(self):
+        return self.summary()
+
+    __repr__ = __str__
+
+    def to_dict(self):
+        """A JSON-ready dict: settings, tolerances, verdict, worst differences, per-step losses."""
+        first = self.first_failure
+        return {
+            "ok": self.ok,
+            "dtype": self.dtype,
+            "steps": self.steps,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "optimizer": self.optimizer,
+            "loss": self.loss,
+            "tolerances": self.tolerances,
+            "names": self.names,
+            "worst": {"teacher": self._worst("teacher"), "free": self._worst("free")},
+            "first_failure": None if first is None else dict(zip(("step", "variable", "quantity", "abs", "rel"), first, strict=True)),
+            "keras_losses": self.keras_losses.tolist(),
+            "twin_losses": self.twin_losses.tolist(),
+        }
+
+    def to_csv(self, path):
+        """Write one row per step, mode and variable with every difference (atomically)."""
+
+        def write(f):
+            import io
+
+            text = io.TextIOWrapper(f, encoding="utf-8", newline="")
+            w = csv.writer(text)
+            w.writerow(["step", "mode", "variable", "loss_abs", "loss_rel", "gradient_abs", "gradient_rel", "weights_abs", "weights_rel"])
+            for mode in ("teacher", "free"):
+                d = getattr(self, mode)
+                for k in range(self.steps):
+                    for j, name in enumerate(self.names):
+                        w.writerow([k, mode, name, d["loss_abs"][k], d["loss_rel"][k], d["gradient_abs"][k, j], d["gradient_rel"][k, j], d["weights_abs"][k, j], d["weights_rel"][k, j]])
+            text.flush()
+            text.detach()
+
+        _atomic_write(path, write)
+
+    def to_json(self):
+        """`to_dict()` as a JSON string."""
+        return json.dumps(self.to_dict())
+
+
+def _copy(model, dtype):
+    """A fresh copy of a Sequential of Dense layers in `dtype`, with the same weights, loss and a
+    new optimizer of the same configuration."""
+    import keras
+
+    layers = [keras.Input(shape=model.inputs[0].shape[1:])]
+    for layer in model.layers:
+        layers.append(keras.layers.Dense(layer.units, activation=layer.activation, use_bias=layer.use_bias, name=layer.name))
+    copy = keras.Sequential(layers, name=f"{model.name}_copy")
+    copy.set_weights([w.astype(dtype) for w in model.get_weights()])
+    optimizer = type(model.optimizer).from_config(model.optimizer.get_config())
+    return copy, optimizer
+
+
+def compare(model, X, y, epochs=1, batch_size=None, loss=None, dtype=None):
+    """Train a copy of `model` and its NumPy twin on the same batches; compare every step.
+
+    The copy starts from `model`'s current weights with a fresh optimizer of the same
+    configuration; `model` itself is not changed. Batches are consecutive slices of `X`, the last
+    partial batch kept (as `fit(shuffle=False)`); each Keras step is the model's own train step
+    (`train_on_batch`), its applied gradient captured by a `GradientLogger`.
+
+    Args:
+        model: a compiled `keras.Sequential` of `Dense` layers with activations `linear`,
+            `sigmoid`, `tanh` or `relu`, and an `SGD`, `Adam` or `RMSprop` optimizer without
+            clipping, weight decay or EMA.
+        X: float array of shape `(n_samples, n_features)`.
+        y: float array of shape `(n_samples, n_outputs)` or `(n_samples,)`.
+        epochs: int >= 1. Defaults to 1.
+        batch_size: int >= 1, or None for 32 as in Keras. Defaults to None.
+        loss: `"mse"` or `"binary_crossentropy"` (or a Keras loss), or None for the model's
+            compiled loss. Defaults to None.
+        dtype: `"float32"`, `"float64"`, or None for the model's variable dtype. Both sides
+            compute in it (Keras under that floatx and dtype policy). Defaults to None.
+
+    Returns:
+        `ComparisonReport`.
+
+    Raises:
+        ValueError: for a model, loss or optimizer option the twin does not support (naming it),
+            an uncompiled model, or bad arrays or hyperparameters.
+        TypeError: for arguments of the wrong type.
+
+    Example:
+        >>> import kerasbp as kb
+        >>> X, y = kb.xor_data()
+        >>> model = kb.compile_model(kb.xor_model(seed=0), "adam", loss="binary_crossentropy")
+        >>> kb.compare(model, X, y, epochs=5, batch_size=3).ok
+        True
+    """
+    import keras
+
+    from kerasbp.reference import NumpyMLP, get_loss, optimizer_from_keras, state_from_keras
+
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"`model` must be a compiled keras.Model. Received: model={model!r}")
+    if getattr(model, "optimizer", None) is None:
+        raise ValueError("`model` must be compiled: call compile_model(model, ...) first")
+    NumpyMLP.from_keras(model)  # refuses unsupported layers and activations, naming them
+    optimizer_from_keras(model.optimizer)  # refuses unsupported optimizers and options
+    epochs = check_positive_int("epochs", epochs)
+    batch_size = 32 if batch_size is None else check_positive_int("batch_size", batch_size)
+    dtype = check_dtype("dtype", dtype or model.trainable_weights[0].dtype)
+    if dtype not in TOLERANCES:
+        raise ValueError(f"`dtype` must be one of {list(TOLERANCES)}. Received: dtype={dtype!r}")
+    loss = loss if loss is not None else model.loss
+    if loss is None:
+        raise ValueError("`loss` must be given for a model compiled without a loss")
+    twin_loss = get_loss(loss)  # refuses unsupported losses
+    X, y = check_xy(X, y, n_features=model.inputs[0].shape[-1], dtype=dtype)
+
+    with _floatx(dtype):
+        copy, keras_optimizer = _copy(model, dtype)
+        copy.compile(optimizer=keras_optimizer, loss=loss)
+        twin_optimizer = optimizer_from_keras(keras_optimizer)
+        teacher = NumpyMLP.from_keras(copy)
+        free = NumpyMLP.from_keras(copy)
+        free_state = twin_optimizer.init(free.params)
+        n = len(X)
+        starts = list(range(0, n, batch_size))
+        logger = GradientLogger(record="full")
+        logger.set_model(copy)
+        logger.set_params({"steps": len(starts), "epochs": epochs})
+        keras_before, keras_w, twin_losses = [], [], []
+        modes = {m: {"loss": [], "gradient": [], "weights": []} for m in ("teacher", "free")}
+        # Build the copy and its optimizer before reading state: one step of the train function
+        # would do it, but then we would not see the state before the first step.
+        copy._symbolic_build(data_batch=(X[:1], y[:1], None))
+        if not keras_optimizer.built:
+            keras_optimizer.build(copy.trainable_variables)
+        logger.on_train_begin()
+        try:
+            for _ in range(epochs):
+                for i, start in enumerate(starts):
+                    xb, yb = X[start : start + batch_size], y[start : start + batch_size]
+                    before = copy.get_weights()
+                    state = state_from_keras(keras_optimizer, twin_optimizer)
+                    # teacher-forced: the twin's step from Keras's weights and state
+                    teacher.set_params(before)
+                    t_loss, _, t_grads = teacher.backward(xb, yb, twin_loss)
+                    t_params, _ = twin_optimizer.apply(teacher.params, t_grads, state)
+                    # free-running: the twin's step from its own weights and state
+                    f_loss, _, f_grads = free.backward(xb, yb, twin_loss)
+                    f_params, free_state = twin_optimizer.apply(free.params, f_grads, free_state)
+                    free.set_params(f_params)
+                    # Keras's step
+                    logger.on_train_batch_begin(i)
+                    copy.train_on_batch(xb, yb)
+                    logger.on_train_batch_end(i)
+                    keras_before.append(before)
+                    keras_w.append(copy.get_weights())
+                    twin_losses.append(float(f_loss))
+                    for mode, (l, g, w) in (("teacher", (t_loss, t_grads, t_params)), ("free", (f_loss, f_grads, f_params))):
+                        modes[mode]["loss"].append(float(l))
+                        modes[mode]["gradient"].append(g)
+                        modes[mode]["weights"].append(w)
+        finally:
+            logger.on_train_end()
+    keras_losses = logger.losses
+    keras_grads = logger.gradients()  # list per variable of (steps, *shape)
+    results = {}
+    for mode, d in modes.items():
+        out = {}
+        loss_abs = np.abs(np.array(d["loss"]) - keras_losses)
+        out["loss_abs"] = loss_abs
+        out["loss_rel"] = np.array([_rel(a, abs(k)) for a, k in zip(loss_abs, keras_losses, strict=True)])
+        steps, n_vars = len(keras_losses), len(logger.names)
+        for q in ("gradient", "weights"):
+            out[f"{q}_abs"] = np.zeros((steps, n_vars))
+            out[f"{q}_rel"] = np.zeros((steps, n_vars))
+        for k in range(steps):
+            for j in range(n_vars):
+                kg, tg = np.asarray(keras_grads[j][k], np.float64), np.asarray(d["gradient"][k][j], np.float64)
+                out["gradient_abs"][k, j] = a = np.max(np.abs(kg - tg))
+                out["gradient_rel"][k, j] = _rel(a, np.max(np.abs(kg)))
+                w0, kw = keras_before[k][j], keras_w[k][j]
+                tw = np.asarray(d["weights"][k][j], np.float64)
+                out["weights_abs"][k, j] = a = np.max(np.abs(kw.astype(np.float64) - tw))
+                ulps = 2 * float(np.spacing(np.max(np.abs(np.concatenate([w0.ravel(), kw.ravel()])))))
+                update = np.max(np.abs(kw.astype(np.float64) - w0))
+                out["weights_rel"][k, j] = _rel(max(0.0, a - ulps), update)
+        results[mode] = out
+    return ComparisonReport(
+        dtype,
+        list(logger.names),
+        np.asarray(keras_losses, np.float64),
+        np.asarray(twin_losses, np.float64),
+        results["teacher"],
+        results["free"],
+        epochs,
+        batch_size,
+        repr(twin_optimizer),
+        type(twin_loss).__name__,
+    )

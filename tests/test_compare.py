@@ -1,0 +1,157 @@
+"""compare: Keras against its NumPy twin, step by step."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+import kerasbp as kb
+from kerasbp.cli import main_compare, run_compare
+from kerasbp.compare import TOLERANCES, compare
+from kerasbp.reference import optimizers as twin_optimizers
+
+ROOT = Path(__file__).resolve().parents[1]
+CASES = [("xor", "binary_crossentropy"), ("xor", "mse"), ("linear", "mse")]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("task, loss", CASES, ids=["xor-bce", "xor-mse", "linear"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "rmsprop"])
+def test_compare_is_ok_for_every_optimizer_task_and_dtype(optimizer, task, loss, dtype):
+    # Batch 3 of 4 XOR rows and batch 30 of 100 linear points leave a partial last batch.
+    epochs = 30 if task == "xor" else 3
+    report = run_compare(task, optimizer, learning_rate=0.1 if task == "xor" else None, epochs=epochs, loss=loss, dtype=dtype)
+    assert report.ok, report.summary()
+    assert report.steps == epochs * (2 if task == "xor" else 4)
+    assert report.dtype == dtype and report.tolerances == TOLERANCES[dtype]
+    worst = report.to_dict()["worst"]["teacher"]
+    for quantity, value in worst.items():
+        assert value <= TOLERANCES[dtype][quantity]
+    if dtype == "float64":  # far inside the tolerance: this is agreement to rounding
+        assert max(worst.values()) < 1e-12
+
+
+def broken_rmsprop_apply(self, params, grads, state):
+    # The textbook form: epsilon outside the square root (Keras puts it inside).
+    new_params, new_vs = [], []
+    for w, g, v in zip(params, grads, state.velocities, strict=True):
+        v = self.rho * v + (1 - self.rho) * g * g
+        new_vs.append(v)
+        new_params.append(w - self.learning_rate * g / (np.sqrt(v) + self.epsilon))
+    return new_params, state._replace(iterations=state.iterations + 1, velocities=tuple(new_vs))
+
+
+def broken_adam_apply(self, params, grads, state):
+    # Adam without bias correction.
+    new_params, ms, vs = [], [], []
+    for w, g, m, v in zip(params, grads, state.momentums, state.velocities, strict=True):
+        m = self.beta_1 * m + (1 - self.beta_1) * g
+        v = self.beta_2 * v + (1 - self.beta_2) * g * g
+        ms.append(m)
+        vs.append(v)
+        new_params.append(w - self.learning_rate * m / (np.sqrt(v) + self.epsilon))
+    return new_params, state._replace(iterations=state.iterations + 1, momentums=tuple(ms), velocities=tuple(vs))
+
+
+@pytest.mark.parametrize(
+    "cls, broken, optimizer, dtype",
+    [
+        (twin_optimizers.RMSprop, broken_rmsprop_apply, "rmsprop", "float64"),
+        (twin_optimizers.RMSprop, broken_rmsprop_apply, "rmsprop", "float32"),
+        (twin_optimizers.Adam, broken_adam_apply, "adam", "float32"),
+    ],
+    ids=["rmsprop-epsilon-outside-root-float64", "rmsprop-epsilon-outside-root-float32", "adam-no-bias-correction"],
+)
+def test_a_broken_twin_is_caught_at_the_first_step_and_variable(monkeypatch, cls, broken, optimizer, dtype):
+    # Small gradients make epsilon matter: the linear model started at the least-squares answer.
+    X, y = kb.linear_data()
+    model = kb.compile_model(kb.linear_model(seed=0), optimizer, learning_rate=0.01)
+    A = np.hstack([X, np.ones_like(X)])
+    w, b = np.linalg.lstsq(A, y[:, 0], rcond=None)[0]
+    model.set_weights([np.array([[w + 1e-3]], "float32"), np.array([b], "float32")])
+    assert compare(model, X, y, epochs=2, batch_size=30, dtype=dtype).ok  # the real twin agrees
+    monkeypatch.setattr(cls, "apply", broken)
+    report = compare(model, X, y, epochs=2, batch_size=30, dtype=dtype)
+    assert not report.ok
+    step, variable, quantity, _, rel = report.first_failure
+    assert (step, quantity) == (0, "weights")  # the update rule differs from the first step on
+    assert variable == report.names[0] and variable.endswith("kernel")
+    assert rel > TOLERANCES[dtype]["weights"]
+    assert "NOT OK: first difference at step 0" in report.summary()
+    # gradients and losses are still right: the report points at the optimizer, not backprop
+    assert report.to_dict()["worst"]["teacher"]["gradient"] <= TOLERANCES[dtype]["gradient"]
+
+
+def test_report_exports(tmp_path):
+    report = run_compare("xor", "adam", epochs=3)
+    d = json.loads(report.to_json())
+    assert d["ok"] is True and d["steps"] == 6 and len(d["keras_losses"]) == 6
+    assert d["names"] == report.names and d["first_failure"] is None
+    np.testing.assert_allclose(d["keras_losses"], d["twin_losses"], rtol=1e-5)
+    report.to_csv(tmp_path / "r.csv")
+    lines = (tmp_path / "r.csv").read_text().splitlines()
+    assert lines[0].startswith("step,mode,variable") and len(lines) == 1 + 2 * 6 * 4
+
+
+def test_compare_leaves_the_model_alone():
+    X, y = kb.xor_data()
+    model = kb.compile_model(kb.xor_model(seed=0), "adam", loss="binary_crossentropy")
+    before = model.get_weights()
+    compare(model, X, y, epochs=3, batch_size=4)
+    for a, b in zip(before, model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert int(model.optimizer.iterations.numpy()) == 0
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: kb.compile_model(keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, activation="softmax")]), "sgd"), "softmax"),
+        (lambda: kb.compile_model(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1), keras.layers.Dropout(0.1)]), "sgd"), "Dropout"),
+        (lambda: kb.compile_model(kb.xor_model(seed=0), keras.optimizers.SGD(clipnorm=1.0)), "clipnorm"),
+        (lambda: kb.compile_model(kb.xor_model(seed=0), keras.optimizers.Adam(weight_decay=0.01)), "weight_decay"),
+        (lambda: kb.compile_model(kb.xor_model(seed=0), keras.optimizers.Adagrad()), "Adagrad"),
+        (lambda: kb.compile_model(kb.xor_model(seed=0), "sgd", loss="hinge"), "hinge|Hinge"),
+    ],
+    ids=["softmax", "dropout", "clipnorm", "weight-decay", "adagrad", "hinge-loss"],
+)
+def test_unsupported_models_losses_and_options_are_refused(make, match):
+    X, y = kb.xor_data()
+    with pytest.raises(ValueError, match=match):
+        compare(make(), X[:, :2], y, epochs=1)
+
+
+def test_bad_arguments():
+    X, y = kb.xor_data()
+    model = kb.compile_model(kb.xor_model(seed=0), "sgd")
+    with pytest.raises(ValueError, match="epochs"):
+        compare(model, X, y, epochs=0)
+    with pytest.raises(ValueError, match="dtype"):
+        compare(model, X, y, dtype="float16")
+    with pytest.raises(ValueError, match="must be compiled"):
+        compare(kb.xor_model(seed=0), X, y)
+    with pytest.raises(ValueError, match="X with 4 rows"):
+        compare(model, X, y[:3])
+
+
+def test_script_exit_status_follows_the_report(monkeypatch, capsys):
+    assert main_compare(["--task", "linear", "--optimizer", "rmsprop", "--epochs", "1"]) == 0
+    assert "OK: every step agrees" in capsys.readouterr().out
+    monkeypatch.setattr(twin_optimizers.RMSprop, "apply", broken_rmsprop_apply)
+    assert main_compare(["--task", "linear", "--optimizer", "rmsprop", "--epochs", "1", "--dtype", "float64", "--json"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert out["ok"] is False and out["first_failure"]["step"] == 0
+    assert main_compare(["--optimizer", "nadam"]) == 2
+    assert "`optimizer` must be one of" in capsys.readouterr().err
+
+
+def test_script_runs_as_a_program():
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare.py"), "--task", "xor", "--optimizer", "adam", "--epochs", "5", "--json"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0 and proc.stderr == ""
+    assert json.loads(proc.stdout)["ok"] is True
