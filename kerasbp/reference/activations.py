@@ -54,7 +54,7 @@ def sigmoid(z):
         Float array shaped like `z`, same dtype, in `[0, 1]`.
     """
     z = np.asarray(z)
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore", under="ignore"):
         return 1 / (1 + np.exp(-z))
 
 

@@ -23,16 +23,19 @@ Example:
 import numpy as np
 
 from kerasbp.checks import check_array, check_choice
+from kerasbp.reference.activations import sigmoid
 
 #: Keras's fuzz factor `keras.config.epsilon()`: probabilities are clipped to `[EPSILON, 1 - EPSILON]`.
 EPSILON = 1e-7
 
 
 def _float_dtype(a, default="float32"):
-    dtype = getattr(a, "dtype", None)
-    if dtype is not None and np.dtype(dtype).kind == "f":
-        return np.dtype(dtype).name
-    return default
+    """`a`'s dtype as NumPy sees it when it is a float dtype (a list of Python floats is float64)."""
+    try:
+        dtype = np.asarray(a).dtype
+    except ValueError:  # ragged: let check_array report it
+        return default
+    return dtype.name if dtype.kind == "f" else default
 
 
 def align_targets(y_true, y_pred, dtype=None):
@@ -42,7 +45,8 @@ def align_targets(y_true, y_pred, dtype=None):
         y_true: array-like of shape `(n, d)`, or `(n,)` when `d == 1`.
         y_pred: array-like of shape `(n, d)`; a 1-D array is taken as one column `(n, 1)`.
         dtype: float dtype of the results, or None for `y_pred`'s dtype when it is a float array
-            (float32 otherwise). Defaults to None.
+            (float64 for a list of Python floats; float32 for integers or booleans). Defaults to
+            None.
 
     Returns:
         `(y_true, y_pred)`: arrays of `dtype`, both of shape `(n, d)`.
@@ -222,8 +226,6 @@ def binary_crossentropy_gradient(y_true, y_pred, from_logits=False):
 def _bce_gradient(y_true, y_pred, from_logits):
     scale = _scale(y_pred)
     if from_logits:
-        from kerasbp.reference.activations import sigmoid
-
         return (sigmoid(y_pred) - y_true) * scale
     one = np.ones((), dtype=y_pred.dtype)
     low, high = y_pred.dtype.type(EPSILON), y_pred.dtype.type(1.0 - EPSILON)

@@ -183,8 +183,10 @@ class NumpyMLP:
     def from_keras(cls, model):
         """Copy the architecture and current weights of a Keras `Sequential` of `Dense` layers.
 
-        Imports Keras. The twin computes in the layers' variable dtype (float32 unless the model
-        was built after `keras.config.set_floatx("float64")`).
+        Imports Keras. The twin computes in the layers' variable dtype: float32 unless the model
+        was built under a float64 dtype policy. Note that `keras.config.set_floatx("float64")`
+        alone is not enough once any layer has been built in the process (Keras caches its global
+        dtype policy on first use); also call `keras.config.set_dtype_policy("float64")`.
 
         Args:
             model: a built `keras.Sequential` whose layers are all exactly `keras.layers.Dense`
@@ -588,7 +590,7 @@ class NumpyMLP:
             >>> from kerasbp.reference import SGD
             >>> mlp = NumpyMLP([([[0.0]], [0.0], "linear")], dtype="float64")
             >>> mlp.fit([[1.0], [2.0]], [2.0, 4.0], SGD(0.1), epochs=2).round(4).tolist()
-            [10.0, 0.1]
+            [10.0, 1.06]
         """
         X, y = self._check_Xy(X, y)
         optimizer = get_optimizer(optimizer)
