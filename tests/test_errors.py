@@ -212,3 +212,24 @@ def test_malformed_arrays_give_value_or_type_errors(X, y, n_features):
     assert Xc.ndim == yc.ndim == 2 and Xc.dtype == yc.dtype == np.float32
     assert len(Xc) == len(yc) > 0 and np.isfinite(Xc).all() and np.isfinite(yc).all()
     assert n_features is None or Xc.shape[1] == n_features
+
+
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    sizes=st.lists(st.integers(1, 4), min_size=2, max_size=4),
+    activations=st.lists(st.sampled_from(["linear", "sigmoid", "tanh", "relu"]), min_size=3, max_size=3),
+    n_samples=st.integers(1, 7),
+    batch_size=st.integers(1, 8),
+    optimizer=st.sampled_from(["sgd", "adam", "rmsprop"]),
+    dtype=st.sampled_from(["float32", "float64"]),
+    seed=st.integers(0, 1000),
+)
+def test_twin_agrees_with_keras_on_random_small_networks(sizes, activations, n_samples, batch_size, optimizer, dtype, seed):
+    # Any stack, any batch size (partial batches included), either dtype: every step agrees.
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n_samples, sizes[0]))
+    y = rng.normal(size=(n_samples, sizes[-1]))
+    model = kb.compile_model(kb.dense_model(sizes, activations[: len(sizes) - 1], seed=seed), optimizer, learning_rate=0.05)
+    report = kb.compare(model, X, y, epochs=2, batch_size=batch_size, dtype=dtype)
+    assert report.ok, report.summary()
+    assert report.steps == 2 * -(-n_samples // batch_size)
