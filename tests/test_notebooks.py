@@ -80,7 +80,6 @@ def test_kernel_runs_this_interpreter(run_notebook, tmp_path):
     assert env == "Agg 3"
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[os.path.basename(p) for p in NOTEBOOKS])
 def test_notebook_runs(path, run_notebook, record_property):
     nb = nbformat.read(path, as_version=4)
