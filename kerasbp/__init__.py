@@ -13,6 +13,7 @@ from kerasbp.callbacks import GradientLog, GradientLogger, load_gradient_log  # 
 from kerasbp.compare import ComparisonReport, compare  # noqa: E402
 from kerasbp.data import linear_data, load_xy_csv, xor_data  # noqa: E402
 from kerasbp.models import compile_model, dense_model, linear_model, xor_model  # noqa: E402
+from kerasbp import plotting  # noqa: E402
 from kerasbp.reference import SGD, Adam, NumpyMLP, RMSprop, gradient_check, optimizer_from_keras, state_from_keras  # noqa: E402
 from kerasbp.training import train  # noqa: E402
 
@@ -36,6 +37,7 @@ __all__ = [
     "load_gradient_log",
     "load_xy_csv",
     "optimizer_from_keras",
+    "plotting",
     "state_from_keras",
     "train",
     "xor_data",

@@ -16,7 +16,10 @@ Each difference is measured against the scale of what it checks, and the toleran
 the dtype (`TOLERANCES`):
 
 - loss: `|diff| / |Keras loss|`;
-- gradient: `max |diff| / max |Keras gradient|`, per variable;
+- gradient: `max |diff|` over the size of the terms the gradient adds up over the batch
+  (`max(|a_prev|^T |delta|)` for a kernel, `max(sum |delta|)` for a bias, and at least
+  `max |Keras gradient|`), per variable: a gradient that is small because its terms cancel keeps
+  the rounding error of those terms, so it is judged against them;
 - weights after the step: what is left of `max |diff|` beyond 2 ulps of the weights (the
   rounding of `w + update` on each side), divided by the size of Keras's update
   `max |w_after - w_before|`. An update rule is checked against the update it makes, not
@@ -191,6 +194,16 @@ class ComparisonReport:
         return json.dumps(self.to_dict())
 
 
+def _term_sizes(twin, deltas, use_bias):
+    """Per parameter array, the size of the batch terms its gradient sums (see the module docstring)."""
+    sizes = []
+    for cache, delta, has_bias in zip(twin.cache, deltas, use_bias, strict=True):
+        sizes.append(float(np.max(np.abs(cache.x).T @ np.abs(delta))))  # kernel (units_in, units)
+        if has_bias:
+            sizes.append(float(np.max(np.sum(np.abs(delta), axis=0))))  # bias (units,)
+    return sizes
+
+
 def _copy(model, dtype):
     """A fresh copy of a Sequential of Dense layers in `dtype`, with the same weights, loss and a
     new optimizer of the same configuration."""
@@ -274,7 +287,7 @@ def compare(model, X, y, epochs=1, batch_size=None, loss=None, dtype=None):
         logger = GradientLogger(record="full")
         logger.set_model(copy)
         logger.set_params({"steps": len(starts), "epochs": epochs})
-        keras_before, keras_w, twin_losses = [], [], []
+        keras_before, keras_w, twin_losses, scales = [], [], [], []
         modes = {m: {"loss": [], "gradient": [], "weights": []} for m in ("teacher", "free")}
         # Build the copy and its optimizer before reading state: one step of the train function
         # would do it, but then we would not see the state before the first step.
@@ -290,7 +303,8 @@ def compare(model, X, y, epochs=1, batch_size=None, loss=None, dtype=None):
                     state = state_from_keras(keras_optimizer, twin_optimizer)
                     # teacher-forced: the twin's step from Keras's weights and state
                     teacher.set_params(before)
-                    t_loss, _, t_grads = teacher.backward(xb, yb, twin_loss)
+                    t_loss, t_deltas, t_grads = teacher.backward(xb, yb, twin_loss)
+                    scales.append(_term_sizes(teacher, t_deltas, [layer.use_bias for layer in copy.layers]))
                     t_params, _ = twin_optimizer.apply(teacher.params, t_grads, state)
                     # free-running: the twin's step from its own weights and state
                     f_loss, _, f_grads = free.backward(xb, yb, twin_loss)
@@ -325,7 +339,7 @@ def compare(model, X, y, epochs=1, batch_size=None, loss=None, dtype=None):
             for j in range(n_vars):
                 kg, tg = np.asarray(keras_grads[j][k], np.float64), np.asarray(d["gradient"][k][j], np.float64)
                 out["gradient_abs"][k, j] = a = np.max(np.abs(kg - tg))
-                out["gradient_rel"][k, j] = _rel(a, np.max(np.abs(kg)))
+                out["gradient_rel"][k, j] = _rel(a, max(np.max(np.abs(kg)), scales[k][j]))
                 w0, kw = keras_before[k][j], keras_w[k][j]
                 tw = np.asarray(d["weights"][k][j], np.float64)
                 out["weights_abs"][k, j] = a = np.max(np.abs(kw.astype(np.float64) - tw))

@@ -15,6 +15,7 @@ notebook the figure appears at the end of the cell, in a script call `fig.savefi
 - `plot_loss_surface`: the MSE of `y = w x + b` over `(w, b)`, with optimizer paths and the
   least-squares optimum; `weights_to_path` turns `GradientLog.weights()` into such a path.
 - `plot_twin_comparison`: Keras's loss curve beside its NumPy twin's, and their difference.
+- `plot_comparison`: a `kerasbp.compare` report, its loss curves and per-step differences.
 
 Example:
     >>> import numpy as np
@@ -28,6 +29,7 @@ import warnings
 import numpy as np
 
 __all__ = [
+    "plot_comparison",
     "plot_decision_boundary",
     "plot_gradient_norms",
     "plot_gradient_profile",
@@ -708,6 +710,69 @@ def plot_twin_comparison(keras_losses, numpy_losses, axes=None, log_scale=True, 
     ax_diff.set_xlabel("epoch")
     ax_diff.set_ylabel("|Keras - NumPy|")
     ax_diff.set_title(f"largest difference {worst:.3g}" + (" (identical)" if worst == 0 else ""), fontsize="small")
+    ax_diff.legend(fontsize="small")
+    ax_diff.grid(True, which="major", alpha=0.3)
+    return fig
+
+
+def plot_comparison(report, axes=None, title=None):
+    """A `kerasbp.compare` report: loss curves per step (top), per-step differences (bottom).
+
+    The top panel draws Keras's batch loss at each optimizer step and the free-running twin's.
+    The bottom panel (log scale) draws, per step, the worst relative difference over the
+    variables of the teacher-forced gradients and weights and of the free-running weights, with
+    the report's tolerances as dotted lines: a teacher-forced curve above its line is a step that
+    differs; a free-running curve that climbs while the teacher-forced ones stay low is rounding
+    amplified along the trajectory.
+
+    Args:
+        report: `kerasbp.ComparisonReport`.
+        axes: a pair `(ax_loss, ax_diff)` of `matplotlib.axes.Axes`, or None for a new figure.
+            Defaults to None.
+        title: str or None for a title naming the optimizer and dtype. Defaults to None.
+
+    Returns:
+        `matplotlib.figure.Figure`. The bottom axes hold lines labelled `"teacher-forced
+        gradient"`, `"teacher-forced weights"` and `"free-running weights"`.
+
+    Raises:
+        TypeError: if `report` is not a `ComparisonReport` or `axes` is not a pair of Axes.
+    """
+    from kerasbp.compare import ComparisonReport
+
+    if not isinstance(report, ComparisonReport):
+        raise TypeError(f"`report` must be a kerasbp.ComparisonReport. Received: report={report!r}")
+    if axes is None:
+        import matplotlib.pyplot as plt
+
+        fig, (ax_loss, ax_diff) = plt.subplots(2, 1, sharex=True, figsize=(6.4, 5.6), layout="constrained", height_ratios=(3, 2))
+    else:
+        from matplotlib.axes import Axes
+
+        if not (hasattr(axes, "__len__") and len(axes) == 2 and all(isinstance(a, Axes) for a in axes)):
+            raise TypeError(f"`axes` must be a pair (ax_loss, ax_diff) of matplotlib Axes, or None. Received: axes={axes!r}")
+        ax_loss, ax_diff = axes
+        fig = ax_loss.figure
+    steps = np.arange(report.steps)
+    ax_loss.plot(steps, _positive(report.keras_losses), linewidth=2.5, alpha=0.6, label="Keras")
+    ax_loss.plot(steps, _positive(report.twin_losses), linestyle="--", color="black", linewidth=1, label="NumPy twin (free-running)")
+    ax_loss.set_yscale("log")
+    ax_loss.set_ylabel("batch loss before the step")
+    ax_loss.set_title(title if title is not None else f"{report.optimizer.split('(')[0]}, {report.loss}, {report.dtype}: {'ok' if report.ok else 'NOT OK'}")
+    ax_loss.legend(fontsize="small")
+    curves = [
+        ("teacher-forced gradient", report.teacher["gradient_rel"], report.tolerances["gradient"], "-"),
+        ("teacher-forced weights", report.teacher["weights_rel"], report.tolerances["weights"], "-"),
+        ("free-running weights", report.free["weights_rel"], None, "--"),
+    ]
+    for label, values, tolerance, style in curves:
+        worst = values.max(axis=1) if values.size else values.reshape(-1)
+        (line,) = ax_diff.plot(steps, _positive(worst), linestyle=style, label=label)
+        if tolerance is not None:
+            ax_diff.axhline(tolerance, color=line.get_color(), linestyle=":", linewidth=1)
+    ax_diff.set_yscale("log")
+    ax_diff.set_xlabel("optimizer step")
+    ax_diff.set_ylabel("relative difference")
     ax_diff.legend(fontsize="small")
     ax_diff.grid(True, which="major", alpha=0.3)
     return fig

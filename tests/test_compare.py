@@ -155,3 +155,11 @@ def test_script_runs_as_a_program():
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare.py"), "--task", "xor", "--optimizer", "adam", "--epochs", "5", "--json"], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0 and proc.stderr == ""
     assert json.loads(proc.stdout)["ok"] is True
+
+
+def test_a_gradient_whose_terms_cancel_is_judged_against_its_terms():
+    # XOR, RMSprop at 0.01, 150 epochs: at step 41 the output bias gradient is ~3e-5 because the
+    # batch's deltas cancel; float32 leaves ~7e-9 of rounding, 3e-4 of the result but ~1e-7 of the
+    # terms summed. Judged against the result this was a false alarm.
+    report = run_compare("xor", "rmsprop", learning_rate=0.01, epochs=150)
+    assert report.ok, report.summary()

@@ -416,3 +416,25 @@ def test_readme_figure_is_committed():
     path = os.path.join(ROOT, "docs", "gradient_norms.png")
     with open(path, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_comparison_draws_a_report():
+    from kerasbp.cli import run_compare
+
+    report = run_compare("xor", "adam", epochs=4)
+    fig = plotting.plot_comparison(report)
+    ax_loss, ax_diff = fig.axes
+    keras_line, twin_line = ax_loss.get_lines()
+    np.testing.assert_array_equal(keras_line.get_ydata(), report.keras_losses)
+    np.testing.assert_array_equal(twin_line.get_ydata(), report.twin_losses)
+    labels = [line.get_label() for line in ax_diff.get_lines() if not line.get_label().startswith("_")]
+    assert labels == ["teacher-forced gradient", "teacher-forced weights", "free-running weights"]
+    gradient = ax_diff.get_lines()[0].get_ydata()
+    expected = report.teacher["gradient_rel"].max(axis=1)
+    np.testing.assert_array_equal(np.nan_to_num(gradient), np.where(expected > 0, expected, 0))
+    # the tolerance lines are drawn at the report's tolerances
+    levels = sorted({line.get_ydata()[0] for line in ax_diff.get_lines() if line.get_linestyle() == ":"})
+    assert levels == sorted({report.tolerances["gradient"], report.tolerances["weights"]})
+    assert ax_diff.get_yscale() == "log" and ": ok" in ax_loss.get_title()
+    with pytest.raises(TypeError, match="ComparisonReport"):
+        plotting.plot_comparison({"ok": True})
