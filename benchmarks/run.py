@@ -13,7 +13,8 @@ from runs in the same process.
    every step. Microseconds per step and ratios to the NumPy twin.
 2. Logging overhead on a 784-256-256-10 Dense network, 20,000 random samples, batch 128, 2 epochs:
    plain `fit`, `fit` with `GradientLogger` stats every step, and with full recording every 50
-   steps.
+   steps. The three run in turn, round after round; each ratio is the median over rounds of the
+   variant's time over plain `fit`'s in the same round.
 3. Memory: `record="full"` streamed to disk for 500 steps of a model with about one million
    parameters: growth of the peak resident memory of the process.
 """
@@ -86,6 +87,9 @@ def wide_model():
 
 
 def bench_overhead(n_samples, epochs, repeats):
+    """Plain fit against fit with loggers. The variants run in turn, round after round, and each
+    ratio is the median over rounds of (variant / plain fit of the same round), which cancels
+    the slow drifts of a shared machine's speed."""
     rng = np.random.default_rng(0)
     X = rng.normal(size=(n_samples, 784)).astype("float32")
     y = rng.integers(0, 10, size=(n_samples, 1))
@@ -94,13 +98,25 @@ def bench_overhead(n_samples, epochs, repeats):
         "fit_logger_stats_every_step": lambda: kb.GradientLogger(),
         "fit_logger_full_every_50": lambda: kb.GradientLogger(record="full", every_n_steps=50),
     }
-    seconds = {}
+    runs = {}
     for name, make_logger in variants.items():
         model = wide_model()
         callbacks = [make_logger()] if make_logger else []
-        seconds[name] = median_time(lambda: model.fit(X, y, epochs=epochs, batch_size=128, callbacks=callbacks, verbose=0), repeats)
-    base = seconds["fit"]
-    return {name: {"seconds": s, "ratio_to_fit": s / base} for name, s in seconds.items()}
+        runs[name] = lambda model=model, callbacks=callbacks: model.fit(X, y, epochs=epochs, batch_size=128, callbacks=callbacks, verbose=0)
+        runs[name]()  # warm-up: tracing
+    times = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {
+        name: {
+            "seconds": statistics.median(t),
+            "ratio_to_fit": statistics.median(a / b for a, b in zip(t, times["fit"], strict=True)),
+        }
+        for name, t in times.items()
+    }
 
 
 def peak_rss_mb():

@@ -408,6 +408,7 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
         self.every_n_steps = check_positive_int("every_n_steps", every_n_steps)
         self.record = check_choice("record", record, ("stats", "full"))
         self.on_nonfinite = check_choice("on_nonfinite", on_nonfinite, ("warn", "stop", "raise"))
+        self.async_safe = self.on_nonfinite == "warn"  # see on_train_batch_end
         self.path = None if path is None else os.fspath(path)
         if self.path is not None and self.record != "full":
             raise ValueError(f'`path` streams full gradients and needs record="full". Received: record={record!r}, path={path!r}')
@@ -420,7 +421,8 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
                 raise ImportError("`tensorboard_dir` needs the tensorboard package: pip install 'kerasbp[tensorboard]'") from None
         self.snapshots = bool(snapshots)
         self._buffers = self._key = self._hooked_train_function = None
-        self._n_read = 0
+        self._n_read = self._unread_calls = 0
+        self._rows_per_call = 1
         self._pending = True
         self._warned_nonfinite = False
         self._writer = None
@@ -460,7 +462,8 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
         if self._grads is None:
             self._grads = [[] for _ in variables]
         if self._alive is None:
-            self._alive = [np.zeros(v.shape[-1:], bool) if len(v.shape) >= 1 else None for v in variables]
+            # Dead units are tracked for relu layers' kernels: a unit whose gradient stays zero.
+            self._alive = [np.zeros(v.shape[-1:], bool) if len(v.shape) >= 2 and a == "relu" else None for v, a in zip(variables, self.activations, strict=True)]
 
         detach(model)  # hooks left by an interrupted fit
         if not optimizer.built:
@@ -471,10 +474,14 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
                 self._weights = [[] for _ in variables]
                 self._optimizer_state = [[] for _ in optimizer.variables]
         steps_per_call = int(self.params.get("steps_per_call") or getattr(model, "steps_per_execution", 1) or 1)
-        capacity = steps_per_call // self.every_n_steps + 1
         keep_full = self.record == "full" or self.tensorboard_dir is not None
         n_params = sum(int(np.prod(s)) for s in self.shapes)
         dtype = tf.float64 if any(v.dtype == "float64" for v in variables) else tf.float32
+        # Rows one call of the train function can write. Statistics are small: their buffer holds
+        # 256 rows or more, so the host reads it only now and then; full gradients are read after
+        # every call.
+        self._rows_per_call = steps_per_call // self.every_n_steps + 1
+        capacity = self._rows_per_call if keep_full else max(self._rows_per_call, 256)
         buffer_mb = capacity * n_params * dtype.size / 2**20 if keep_full else 0
         if buffer_mb > self.max_memory_mb:
             raise MemoryError(
@@ -485,7 +492,8 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
         if self._buffers is None or self._key != key:
             # New device buffers, so the train function is traced anew with them; a logger used
             # again on the same model and optimizer keeps its buffers and its traced function.
-            self._buffers = _Buffers(variables, capacity, keep_full, dtype, optimizer.variables if self.snapshots else None)
+            tracked = [alive is not None for alive in self._alive]
+            self._buffers = _Buffers(variables, capacity, keep_full, dtype, tracked, optimizer.variables if self.snapshots else None)
             self._key, self._n_read, self._hooked_train_function = key, 0, None
         self._fit_start = int(optimizer.iterations.numpy())
         self._steps_per_epoch = self.params.get("steps") or None
@@ -502,10 +510,18 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
         model.train_function = self._hooked_train_function
 
     def on_train_batch_begin(self, batch, logs=None):
-        self._pending = True  # the train function is about to run: rows may follow
+        # Read the device buffer only when the coming call could overflow it: a read per step
+        # would cost more than the statistics.
+        if (self._unread_calls + 1) * self._rows_per_call > self._buffers.capacity:
+            self._collect()
+        self._pending = True  # the train function is about to run: rows will follow
+        self._unread_calls += 1
 
     def on_train_batch_end(self, batch, logs=None):
-        self._collect()
+        # "stop" and "raise" must act at the step a non-finite gradient appears. With "warn" this
+        # does nothing, and `async_safe` lets Keras run it without waiting for the step's logs.
+        if self.on_nonfinite != "warn":
+            self._collect()
 
     def on_epoch_end(self, epoch, logs=None):
         self._collect()
@@ -535,6 +551,7 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
         if not self._pending:
             return  # nothing ran since the last read (e.g. epoch ends replayed by kerasbp.train)
         self._pending = False
+        self._unread_calls = 0
         buf = self._buffers
         count = int(buf.count.numpy())
         new = count - self._n_read
@@ -642,7 +659,7 @@ def _activation_name(layer):
 class _Buffers:
     """Ring buffers on the device that the wrapped `optimizer.apply` writes each logged step into."""
 
-    def __init__(self, variables, capacity, keep_full, dtype, optimizer_variables=None):
+    def __init__(self, variables, capacity, keep_full, dtype, tracked, optimizer_variables=None):
         import tensorflow as tf
 
         def var(shape, dt, name):
@@ -654,61 +671,73 @@ class _Buffers:
         self.losses = var((capacity,), dtype, "losses")
         self.stats = var((capacity, len(variables), len(STATS)), dtype, "stats")
         self.full = [var((capacity, *v.shape), dtype, f"grad_{j}") for j, v in enumerate(variables)] if keep_full else None
-        self.alive = [var(v.shape[-1:], tf.bool, f"alive_{j}") if len(v.shape) >= 1 else None for j, v in enumerate(variables)]
+        self.alive = [var(v.shape[-1:], tf.bool, f"alive_{j}") if track else None for j, (v, track) in enumerate(zip(variables, tracked, strict=True))]
         self.weights = self.optimizer_state = None
         if optimizer_variables is not None:
             self.weights = [var((capacity, *v.shape), v.dtype, f"weights_{j}") for j, v in enumerate(variables)]
             self.optimizer_state = [var((capacity, *v.shape), v.dtype, f"optimizer_{j}") for j, v in enumerate(optimizer_variables)]
 
 
-def _statistics(grads, befores, afters, dtype):
-    """The `STATS` of every gradient at once, computed on the device.
+def _statistics(grads, weight_squares, updates, dtype, tracked):
+    """The `STATS` of every gradient, and whether each unit's gradient was nonzero.
 
-    All variables are flattened into one vector and reduced by segment (one segment per
-    variable), which costs a handful of operations per step whatever the number of variables.
+    Written for few operations and few passes over memory, which is what costs on a CPU: per
+    variable, five reductions (the sum and the sum of squares of the gradient, its minimum and
+    maximum, the sum of squares of the update), and one more where the units whose gradient is
+    nonzero are tracked; then the arithmetic on those numbers for all variables at once. The standard deviation is `sqrt(E[g^2] - E[g]^2)`, whose relative error
+    grows like `(mean / std)^2` times the dtype's epsilon. NaN/Inf entries are counted (one more
+    pass) only at steps where some sum of squares is not finite.
 
     Args:
-        grads, befores, afters: lists of tensors (one per variable): the gradients, and the
-            variables' values before and after the update.
+        grads: list of tensors, the gradient of each variable.
+        weight_squares: tensor `(n_variables,)`, the sum of squares of each variable before the step.
+        updates: list of tensors, each variable's change in the step (`w_after - w_before`).
         dtype: the dtype to compute in.
+        tracked: list of bools, per variable: whether to find its units with a nonzero gradient.
 
     Returns:
-        Tensor `(n_variables, len(STATS))`.
+        `(stats, nonzero)`: a tensor `(n_variables, len(STATS))`, and a list with, per
+        variable, None or (if tracked) a bool tensor over its last axis (units): some gradient
+        entry of that unit was nonzero.
     """
     import tensorflow as tf
 
-    sizes = [int(np.prod(g.shape)) for g in grads]
-    n = len(grads)
-    segments = tf.constant(np.repeat(np.arange(n), sizes), tf.int32)  # (n_params,)
-
-    def flat(tensors):
-        return tf.concat([tf.reshape(tf.cast(t, dtype), [-1]) for t in tensors], axis=0)  # (n_params,)
-
-    g, before, after = flat(grads), flat(befores), flat(afters)
-    count = tf.constant(sizes, dtype)
-
-    def segment_sum(x):
-        return tf.math.unsorted_segment_sum(x, segments, n)
-
-    mean = segment_sum(g) / count
-    centered = g - tf.gather(mean, segments)
-    low = tf.math.unsorted_segment_min(g, segments, n)
-    high = tf.math.unsorted_segment_max(g, segments, n)
-    weight_norm = tf.sqrt(segment_sum(tf.square(before)))
-    return tf.stack(
+    raw, nonzero = [], []
+    for g, update, track in zip(grads, updates, tracked, strict=True):
+        g, update = tf.cast(g, dtype), tf.cast(update, dtype)
+        rest = list(range(g.shape.rank - 1))
+        nonzero.append(tf.reduce_any(tf.not_equal(g, 0), axis=rest) if track else None)  # (units,)
+        raw += [
+            tf.reduce_sum(g),
+            tf.reduce_sum(tf.square(g)),
+            tf.reduce_min(g),
+            tf.reduce_max(g),
+            tf.reduce_sum(tf.square(update)),
+        ]
+    total, squares, low, high, update_squares = tf.unstack(tf.reshape(tf.stack(raw), [len(grads), 5]), axis=1)
+    size = tf.constant([float(np.prod(g.shape)) for g in grads], dtype)  # (n_variables,)
+    mean = total / size
+    weight_norm = tf.sqrt(tf.cast(weight_squares, dtype))
+    counts = tf.cond(
+        tf.reduce_all(tf.math.is_finite(squares)),
+        lambda: tf.zeros([len(grads)], dtype),
+        lambda: tf.stack([tf.reduce_sum(tf.cast(tf.logical_not(tf.math.is_finite(g)), dtype)) for g in grads]),
+    )
+    stats = tf.stack(
         [
-            tf.sqrt(segment_sum(tf.square(g))),
+            tf.sqrt(squares),
             mean,
-            tf.sqrt(segment_sum(tf.square(centered)) / count),
+            tf.sqrt(tf.maximum(squares / size - mean * mean, 0)),
             low,
             high,
             tf.maximum(tf.abs(low), tf.abs(high)),
-            segment_sum(tf.cast(tf.logical_not(tf.math.is_finite(g)), dtype)),
+            counts,
             weight_norm,
-            tf.sqrt(segment_sum(tf.square(after - before))) / weight_norm,
+            tf.sqrt(update_squares) / weight_norm,
         ],
         axis=1,
-    )
+    )  # (n_variables, len(STATS))
+    return stats, nonzero
 
 
 def _attach(model, optimizer, logger):
@@ -719,8 +748,29 @@ def _attach(model, optimizer, logger):
     model_vars = list(model.trainable_weights)
     index = {id(v): j for j, v in enumerate(model_vars)}
     original_apply, original_scale_loss = optimizer.apply, optimizer.scale_loss
+    original_assign_add, original_assign_sub = optimizer.assign_add, optimizer.assign_sub
     pending = {}
     every_n = logger.every_n_steps
+    # Each variable's change in a step: Keras's own optimizers make it with assign_add and
+    # assign_sub, whose increments are captured here, so no copy of the weights is needed. With
+    # weight decay, constraints or another optimizer, it is `w_after - w_before` from a copy.
+    from_increments = (
+        type(optimizer).__module__.startswith("keras.src.optimizers")
+        and not optimizer.weight_decay
+        and all(v.constraint is None for v in model_vars)
+        and buf.weights is None
+    )
+    increments = {}
+
+    def assign_add(variable, value):
+        if id(variable) in index and "on" in increments:
+            increments.setdefault(id(variable), []).append(value)
+        return original_assign_add(variable, value)
+
+    def assign_sub(variable, value):
+        if id(variable) in index and "on" in increments:
+            increments.setdefault(id(variable), []).append(-value)
+        return original_assign_sub(variable, value)
 
     def scale_loss(loss):
         pending["loss"] = loss  # the step's loss, before loss scaling
@@ -743,9 +793,20 @@ def _attach(model, optimizer, logger):
         if loss is None or not (tf.executing_eagerly() or getattr(loss, "graph", None) is tf.compat.v1.get_default_graph()):
             loss = tf.constant(float("nan"))
         step = tf.cast(optimizer.iterations, tf.int64)  # before this step's increment
-        befores = [tf.identity(v.value) for v in model_vars]
+        log_now = None if every_n == 1 else tf.equal(tf.math.floormod(step, every_n), 0)
+
+        def weight_squares():
+            return tf.stack([tf.reduce_sum(tf.square(tf.cast(v.value, buf.dtype))) for v in model_vars])
+
+        squares = weight_squares() if every_n == 1 else tf.cond(log_now, weight_squares, lambda: tf.zeros([len(model_vars)], buf.dtype))
+        befores = None if from_increments else [tf.identity(v.value) for v in model_vars]
         state_before = [tf.identity(v.value) for v in optimizer.variables] if buf.optimizer_state is not None else None
-        result = original_apply(grads, trainable_variables)
+        increments.clear()
+        increments["on"] = True
+        try:
+            result = original_apply(grads, trainable_variables)
+        finally:
+            del increments["on"]
 
         def write():
             slot = tf.math.floormod(buf.count, buf.capacity)
@@ -753,15 +814,19 @@ def _attach(model, optimizer, logger):
             grads_present = [tf.convert_to_tensor(by_model_index[j][0]) for j in present]  # IndexedSlices -> dense
             rows = tf.fill([len(model_vars), len(STATS)], tf.constant(float("nan"), buf.dtype))
             if present:
-                values = _statistics(grads_present, [befores[j] for j in present], [model_vars[j].value for j in present], buf.dtype)
+                tracked = [buf.alive[j] is not None for j in present]
+                if from_increments:
+                    updates = [tf.add_n(increments[id(model_vars[j])]) if id(model_vars[j]) in increments else tf.zeros(()) for j in present]
+                else:
+                    updates = [model_vars[j].value - befores[j] for j in present]
+                values, nonzero = _statistics(grads_present, tf.gather(squares, present), updates, buf.dtype, tracked)
                 rows = values if len(present) == len(model_vars) else tf.tensor_scatter_nd_update(rows, [[j] for j in present], values)
-            for j, g in zip(present, grads_present, strict=True):
-                if buf.full is not None:
+                for j, units in zip(present, nonzero, strict=True):
+                    if units is not None:
+                        buf.alive[j].assign(tf.logical_or(buf.alive[j], units))
+            if buf.full is not None:
+                for j, g in zip(present, grads_present, strict=True):
                     buf.full[j].scatter_nd_update([[slot]], tf.cast(g, buf.dtype)[None])
-                if buf.alive[j] is not None:
-                    axes = list(range(len(g.shape) - 1))
-                    nonzero = tf.reduce_any(tf.not_equal(g, 0), axis=axes) if axes else tf.not_equal(g, 0)
-                    buf.alive[j].assign(tf.logical_or(buf.alive[j], nonzero))
             if buf.weights is not None:
                 for target, value in zip(buf.weights + buf.optimizer_state, befores + state_before, strict=True):
                     target.scatter_nd_update([[slot]], value[None])
@@ -774,13 +839,15 @@ def _attach(model, optimizer, logger):
         if every_n == 1:
             write()
         else:
-            tf.cond(tf.equal(tf.math.floormod(step, every_n), 0), write, lambda: tf.constant(False))
+            tf.cond(log_now, write, lambda: tf.constant(False))
         return result
 
     optimizer.apply = apply
     optimizer.scale_loss = scale_loss
+    optimizer.assign_add = assign_add
+    optimizer.assign_sub = assign_sub
     optimizer._kerasbp_token = id(buf)
-    optimizer._kerasbp_originals = (original_apply, original_scale_loss)
+    optimizer._kerasbp_originals = True
 
 
 def detach(model):
@@ -790,7 +857,7 @@ def detach(model):
     originals = getattr(optimizer, "_kerasbp_originals", None)
     if originals is None:
         return
-    for name in ("apply", "scale_loss"):
+    for name in ("apply", "scale_loss", "assign_add", "assign_sub"):
         if name in optimizer.__dict__:
             del optimizer.__dict__[name]
     del optimizer.__dict__["_kerasbp_originals"]

@@ -319,3 +319,22 @@ def test_logged_gradients_equal_the_twins_at_kerass_weights(optimizer, task, dty
         for got, want in zip((g[k] for g in grads), expected, strict=True):
             assert got.dtype == dtype
             assert np.linalg.norm(got - want) <= rtol * np.linalg.norm(want)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "rmsprop"])
+def test_update_ratio_from_captured_increments_equals_the_weight_change(optimizer):
+    # Without snapshots the update |dw| comes from the optimizer's assign_add/assign_sub
+    # increments; with snapshots from w_after - w_before. Both give the same update ratio.
+    X, y = regression_data()
+    ratios, norms = [], []
+    for snapshots in (False, True):
+        model = compile_model(dense_model([2, 3, 1], ["tanh", "linear"], seed=0), optimizer, learning_rate=0.05)
+        logger = GradientLogger(snapshots=snapshots)
+        model.fit(X, y, epochs=2, batch_size=10, shuffle=False, callbacks=[logger], verbose=0)
+        ratios.append(logger.stats_array()[:, :, STATS.index("update_ratio")])
+        norms.append(logger.stats_array()[:, :, STATS.index("weight_norm")])
+    np.testing.assert_array_equal(norms[0], norms[1])
+    np.testing.assert_allclose(ratios[0], ratios[1], rtol=1e-4)  # |dw| of float32 w_after - w_before
+    if optimizer == "sgd":  # |dw| = lr |g|
+        a = logger.stats_array()
+        np.testing.assert_allclose(ratios[0] * norms[0], 0.05 * a[:, :, STATS.index("norm")], rtol=1e-6)
