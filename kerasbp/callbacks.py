@@ -761,15 +761,17 @@ def _attach(model, optimizer, logger):
         and buf.weights is None
     )
     increments = {}
+    # The TensorFlow backend updates the tf.Variable behind each Keras variable.
+    updated = {id(getattr(v, "value", v)): j for j, v in enumerate(model_vars)} | index
 
     def assign_add(variable, value):
-        if id(variable) in index and "on" in increments:
-            increments.setdefault(id(variable), []).append(value)
+        if id(variable) in updated and "on" in increments:
+            increments.setdefault(updated[id(variable)], []).append(value)
         return original_assign_add(variable, value)
 
     def assign_sub(variable, value):
-        if id(variable) in index and "on" in increments:
-            increments.setdefault(id(variable), []).append(-value)
+        if id(variable) in updated and "on" in increments:
+            increments.setdefault(updated[id(variable)], []).append(-value)
         return original_assign_sub(variable, value)
 
     def scale_loss(loss):
@@ -816,7 +818,7 @@ def _attach(model, optimizer, logger):
             if present:
                 tracked = [buf.alive[j] is not None for j in present]
                 if from_increments:
-                    updates = [tf.add_n(increments[id(model_vars[j])]) if id(model_vars[j]) in increments else tf.zeros(()) for j in present]
+                    updates = [tf.add_n(increments[j]) if j in increments else tf.zeros(()) for j in present]
                 else:
                     updates = [model_vars[j].value - befores[j] for j in present]
                 values, nonzero = _statistics(grads_present, tf.gather(squares, present), updates, buf.dtype, tracked)
