@@ -123,6 +123,11 @@ def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
 
 
+def rss_mb():
+    with open("/proc/self/statm") as f:  # Linux: pages
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def bench_memory(steps):
     model = keras.Sequential([keras.Input((784,)), keras.layers.Dense(1024, activation="relu"), keras.layers.Dense(256, activation="relu"), keras.layers.Dense(10)])
     model.compile(keras.optimizers.SGD(0.01), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -133,13 +138,13 @@ def bench_memory(steps):
     with tempfile.TemporaryDirectory() as folder:
         warm = kb.GradientLogger(record="full", path=os.path.join(folder, "warm"))
         model.fit(X[:64], y[:64], epochs=1, batch_size=32, callbacks=[warm], verbose=0)  # allocate TF's own buffers
-        before = peak_rss_mb()
+        before, rss_before = peak_rss_mb(), rss_mb()
         logger = kb.GradientLogger(record="full", path=os.path.join(folder, "grads"))
         model.fit(X, y, epochs=1, batch_size=32, callbacks=[logger], verbose=0)
-        after = peak_rss_mb()
+        after, rss_after = peak_rss_mb(), rss_mb()
         on_disk = sum(os.path.getsize(os.path.join(folder, "grads", f)) for f in os.listdir(os.path.join(folder, "grads")))
         assert len(logger.steps) == steps
-    return {"parameters": n_params, "steps": steps, "peak_rss_growth_mb": after - before, "streamed_mb": on_disk / 2**20}
+    return {"parameters": n_params, "steps": steps, "peak_rss_growth_mb": after - before, "rss_growth_mb": rss_after - rss_before, "streamed_mb": on_disk / 2**20}
 
 
 def main(argv=None):
@@ -168,7 +173,7 @@ def main(argv=None):
     results["memory"] = bench_memory(sizes["memory_steps"])
     m = results["memory"]
     print(f"3. record='full' streamed to disk, {m['steps']} steps of {m['parameters']:,} parameters")
-    print(f"   peak RSS growth {m['peak_rss_growth_mb']:.1f} MB while streaming {m['streamed_mb']:.0f} MB")
+    print(f"   peak RSS growth {m['peak_rss_growth_mb']:.1f} MB (RSS {m['rss_growth_mb']:+.1f} MB) while streaming {m['streamed_mb']:.0f} MB")
 
     if args.json:
         with open(args.json, "w") as f:
