@@ -51,6 +51,41 @@ def check_seed(seed):
     return int(seed)
 
 
+def check_layers(layer_sizes, activations):
+    """Check a stack of Dense layers given as sizes and activations.
+
+    Args:
+        layer_sizes: sequence of ints `[n_inputs, units_1, ..., units_L]`.
+        activations: one activation for every layer (a string or None), or a sequence of L.
+
+    Returns:
+        `(sizes, activations)`: a list of L + 1 ints and a list of L activations (not checked
+        against a list of names: the caller does that).
+
+    Raises:
+        TypeError: if `layer_sizes` is not a sequence or holds non-integers.
+        ValueError: for fewer than two sizes, a size < 1, or a number of activations that is not L.
+    """
+    if isinstance(layer_sizes, (str, bytes)) or not hasattr(layer_sizes, "__len__"):
+        raise TypeError(f"`layer_sizes` must be a list of positive integers. Received: layer_sizes={layer_sizes!r}")
+    if len(layer_sizes) < 2:
+        raise ValueError(
+            "`layer_sizes` must give the input width and at least one layer, e.g. [2, 4, 1]. "
+            f"Received: layer_sizes={list(layer_sizes)!r}"
+        )
+    sizes = [check_positive_int(f"layer_sizes[{i}]", s) for i, s in enumerate(layer_sizes)]
+    n_layers = len(sizes) - 1
+    if isinstance(activations, str) or activations is None:
+        activations = [activations] * n_layers
+    activations = list(activations)
+    if len(activations) != n_layers:
+        raise ValueError(
+            f"`activations` must hold one name per Dense layer ({n_layers}). "
+            f"Received {len(activations)}: activations={activations!r}"
+        )
+    return sizes, activations
+
+
 def check_positive_float(name, value):
     """Return `value` as a `float` if it is a finite real number > 0.
 

@@ -6,7 +6,7 @@ Every model is a `keras.Sequential` of `Dense` layers, so the NumPy twin
 
 import keras
 
-from kerasbp.checks import check_choice, check_positive_float, check_positive_int, check_seed
+from kerasbp.checks import check_choice, check_layers, check_positive_float, check_positive_int, check_seed
 
 #: The optimizer names `compile_model` accepts, with their Keras classes.
 OPTIMIZERS = {
@@ -43,23 +43,7 @@ def dense_model(layer_sizes, activations, seed=None):
         >>> [w.shape for w in model.get_weights()]
         [(2, 4), (4,), (4, 1), (1,)]
     """
-    if isinstance(layer_sizes, (str, bytes)) or not hasattr(layer_sizes, "__len__"):
-        raise TypeError(f"`layer_sizes` must be a list of positive integers. Received: layer_sizes={layer_sizes!r}")
-    if len(layer_sizes) < 2:
-        raise ValueError(
-            "`layer_sizes` must give the input width and at least one layer, e.g. [2, 4, 1]. "
-            f"Received: layer_sizes={list(layer_sizes)!r}"
-        )
-    sizes = [check_positive_int(f"layer_sizes[{i}]", s) for i, s in enumerate(layer_sizes)]
-    n_layers = len(sizes) - 1
-    if isinstance(activations, str):
-        activations = [activations] * n_layers
-    activations = list(activations)
-    if len(activations) != n_layers:
-        raise ValueError(
-            f"`activations` must hold one name per Dense layer ({n_layers}). "
-            f"Received {len(activations)}: activations={activations!r}"
-        )
+    sizes, activations = check_layers(layer_sizes, activations)
     activations = [check_choice(f"activations[{i}]", a, ACTIVATIONS) for i, a in enumerate(activations)]
     seed = check_seed(seed)
     layers = [keras.Input(shape=(sizes[0],))]

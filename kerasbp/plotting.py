@@ -57,6 +57,21 @@ def _new_axes(ax, figsize=(6.4, 4.2)):
     return ax.figure, ax
 
 
+def _two_panels(axes):
+    """`(figure, ax_top, ax_bottom)`: the given pair of Axes, or a new figure with two panels
+    sharing the x axis. Raises TypeError for anything else."""
+    if axes is None:
+        import matplotlib.pyplot as plt
+
+        fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(6.4, 5.6), layout="constrained", height_ratios=(3, 2))
+        return fig, top, bottom
+    from matplotlib.axes import Axes
+
+    if not (hasattr(axes, "__len__") and len(axes) == 2 and all(isinstance(a, Axes) for a in axes)):
+        raise TypeError(f"`axes` must be a pair (ax_loss, ax_diff) of matplotlib Axes, or None. Received: axes={axes!r}")
+    return axes[0].figure, axes[0], axes[1]
+
+
 def _check_bool(name, value):
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"`{name}` must be True or False. Received: {name}={value!r}")
@@ -677,17 +692,7 @@ def plot_twin_comparison(keras_losses, numpy_losses, axes=None, log_scale=True, 
                 f"Received {len(k)} and {len(n)}"
             )
     log_scale = _check_bool("log_scale", log_scale)
-    if axes is None:
-        import matplotlib.pyplot as plt
-
-        fig, (ax_loss, ax_diff) = plt.subplots(2, 1, sharex=True, figsize=(6.4, 5.6), layout="constrained", height_ratios=(3, 2))
-    else:
-        from matplotlib.axes import Axes
-
-        if not (hasattr(axes, "__len__") and len(axes) == 2 and all(isinstance(a, Axes) for a in axes)):
-            raise TypeError(f"`axes` must be a pair (ax_loss, ax_diff) of matplotlib Axes, or None. Received: axes={axes!r}")
-        ax_loss, ax_diff = axes
-        fig = ax_loss.figure
+    fig, ax_loss, ax_diff = _two_panels(axes)
     worst = 0.0
     for label, k in keras_runs.items():
         n = numpy_runs[label]
@@ -742,17 +747,7 @@ def plot_comparison(report, axes=None, title=None):
 
     if not isinstance(report, ComparisonReport):
         raise TypeError(f"`report` must be a kerasbp.ComparisonReport. Received: report={report!r}")
-    if axes is None:
-        import matplotlib.pyplot as plt
-
-        fig, (ax_loss, ax_diff) = plt.subplots(2, 1, sharex=True, figsize=(6.4, 5.6), layout="constrained", height_ratios=(3, 2))
-    else:
-        from matplotlib.axes import Axes
-
-        if not (hasattr(axes, "__len__") and len(axes) == 2 and all(isinstance(a, Axes) for a in axes)):
-            raise TypeError(f"`axes` must be a pair (ax_loss, ax_diff) of matplotlib Axes, or None. Received: axes={axes!r}")
-        ax_loss, ax_diff = axes
-        fig = ax_loss.figure
+    fig, ax_loss, ax_diff = _two_panels(axes)
     steps = np.arange(report.steps)
     ax_loss.plot(steps, _positive(report.keras_losses), linewidth=2.5, alpha=0.6, label="Keras")
     ax_loss.plot(steps, _positive(report.twin_losses), linestyle="--", color="black", linewidth=1, label="NumPy twin (free-running)")

@@ -389,7 +389,7 @@ def test_mlp_bad_input():
         NumpyMLP.from_sizes([2], "relu")
     with pytest.raises(TypeError, match=r"`layer_sizes\[1\]` must be a positive integer"):
         NumpyMLP.from_sizes([2, 2.5, 1], "relu")
-    with pytest.raises(ValueError, match=r"`activations` must hold one name per layer \(2\)"):
+    with pytest.raises(ValueError, match=r"`activations` must hold one name per Dense layer \(2\)"):
         NumpyMLP.from_sizes([2, 3, 1], ["relu"])
     with pytest.raises(ValueError, match=r"`seed` must be None or an integer >= 0"):
         NumpyMLP.from_sizes([2, 3, 1], "relu", seed=-1)

@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from kerasbp.checks import check_array, check_dtype, check_positive_int, check_seed, check_xy
+from kerasbp.checks import check_array, check_dtype, check_layers, check_positive_int, check_seed, check_xy
 from kerasbp.reference.activations import get_activation
 from kerasbp.reference.losses import BinaryCrossentropy, _scale, get_loss
 from kerasbp.reference.optimizers import get_optimizer
@@ -153,23 +153,7 @@ class NumpyMLP:
             >>> [p.shape for p in mlp.params]
             [(2, 4), (4,), (4, 1), (1,)]
         """
-        if isinstance(layer_sizes, (str, bytes)) or not hasattr(layer_sizes, "__len__"):
-            raise TypeError(f"`layer_sizes` must be a list of positive integers. Received: layer_sizes={layer_sizes!r}")
-        if len(layer_sizes) < 2:
-            raise ValueError(
-                "`layer_sizes` must give the input width and at least one layer, e.g. [2, 4, 1]. "
-                f"Received: layer_sizes={list(layer_sizes)!r}"
-            )
-        sizes = [check_positive_int(f"layer_sizes[{i}]", s) for i, s in enumerate(layer_sizes)]
-        n_layers = len(sizes) - 1
-        if isinstance(activations, str) or activations is None:
-            activations = [activations] * n_layers
-        activations = list(activations)
-        if len(activations) != n_layers:
-            raise ValueError(
-                f"`activations` must hold one name per layer ({n_layers}). "
-                f"Received {len(activations)}: activations={activations!r}"
-            )
+        sizes, activations = check_layers(layer_sizes, activations)
         dtype = check_dtype("dtype", dtype)
         rng = np.random.default_rng(check_seed(seed))
         layers = []
