@@ -86,6 +86,25 @@ def check_layers(layer_sizes, activations):
     return sizes, activations
 
 
+def check_output_path(name, path):
+    """Return `path` as a string if a file can be created there (its folder exists).
+
+    Raises:
+        TypeError: if `path` is not a string or path-like.
+        ValueError: if its folder does not exist or `path` is a folder.
+    """
+    import os
+
+    try:
+        path = os.fspath(path)
+    except TypeError:
+        raise TypeError(f"`{name}` must be a file path. Received: {name}={path!r}") from None
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder) or os.path.isdir(path):
+        raise ValueError(f"`{name}` must be a file path in an existing folder. Received: {name}={path!r}")
+    return path
+
+
 def check_positive_float(name, value):
     """Return `value` as a `float` if it is a finite real number > 0.
 

@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from kerasbp.checks import check_choice, check_positive_float, check_positive_int, check_seed, check_xy
+from kerasbp.checks import check_choice, check_output_path, check_positive_float, check_positive_int, check_seed, check_xy
 from kerasbp.data import Standardizer, linear_data, load_xy_csv, xor_data
 
 #: Inputs at which `run_linear` reports predictions, as in the seed notebook.
@@ -50,28 +50,39 @@ def ols(X, y):
     return solution[:-1], float(solution[-1])
 
 
+#: The scripts log every step up to this many steps, then every k-th step to stay under it
+#: (about 30 MB of statistics for the XOR network).
+MAX_LOGGED_STEPS = 100_000
+
+
 def _fit(model, X, y, epochs, batch_size, log_gradients):
     """Train with `kerasbp.train` and a GradientLogger; raise `Diverged` on non-finite values."""
+    import warnings
+
     from kerasbp.callbacks import GradientLogger
     from kerasbp.training import train
 
-    logger = GradientLogger(on_nonfinite="stop")
-    import warnings
-
+    total_steps = epochs * -(-len(X) // min(batch_size, len(X)))
+    logger = GradientLogger(every_n_steps=max(1, -(-total_steps // MAX_LOGGED_STEPS)), on_nonfinite="stop")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         history = train(model, X, y, epochs=epochs, batch_size=batch_size, callbacks=[logger])
     if log_gradients:
-        logger.to_npz(log_gradients)
+        logger.to_npz(log_gradients)  # the folder was checked before training
     losses = np.asarray(history.history["loss"])
     bad_loss = np.flatnonzero(~np.isfinite(logger.losses))
     bad_grad = np.flatnonzero(logger.stats_array()[:, :, 6].sum(axis=1) > 0)
-    firsts = [i for i in (bad_loss[:1].tolist() + bad_grad[:1].tolist())]
+    firsts = bad_loss[:1].tolist() + bad_grad[:1].tolist()
     if firsts or not np.all(np.isfinite(losses)):
-        row = min(firsts) if firsts else 0
-        step, epoch = int(logger.steps[row]), int(logger.epochs[row])
+        if firsts:
+            row = min(firsts)
+            step, epoch = int(logger.steps[row]), int(logger.epochs[row])
+        else:  # between logged steps: the History names the epoch
+            epoch = int(np.flatnonzero(~np.isfinite(losses))[0])
+            step = epoch * (total_steps // epochs)
+        where = f"step {step}" if logger.every_n_steps == 1 else f"logged every {logger.every_n_steps} steps: by step {step}"
         raise Diverged(
-            f"training diverged: the loss or a gradient became NaN/Inf at epoch {epoch + 1} (step {step}). "
+            f"training diverged: the loss or a gradient became NaN/Inf at epoch {epoch + 1} ({where}). "
             "Try a smaller --learning-rate, or --standardize to scale the inputs",
             epoch,
             step,
@@ -128,6 +139,8 @@ def run_linear(
     epochs = check_positive_int("epochs", epochs)
     batch_size = check_positive_int("batch_size", batch_size)
     seed = check_seed(seed)
+    if log_gradients is not None:
+        log_gradients = check_output_path("log_gradients", log_gradients)
     if csv is not None:
         if not x_columns or not y_column:
             raise ValueError("`csv` needs `x_columns` and `y_column` (--x-columns A,B --y-column C)")
@@ -219,6 +232,8 @@ def run_xor(
         learning_rate = check_positive_float("learning_rate", learning_rate)
     epochs = check_positive_int("epochs", epochs)
     loss = check_choice("loss", loss, ("binary_crossentropy", "mse"))
+    if log_gradients is not None:
+        log_gradients = check_output_path("log_gradients", log_gradients)
     X, y = xor_data()
     model = compile_model(xor_model(hidden_units, activation, "sigmoid", seed=check_seed(seed)), optimizer, learning_rate, loss=loss)
     history, _ = _fit(model, X, y, epochs, 4, log_gradients)

@@ -115,6 +115,7 @@ LINEAR_BAD = [
     (["--csv", "{csv}"], "`csv` needs `x_columns` and `y_column`"),
     (["--csv", "{const}", "--x-columns", "a", "--y-column", "y", "--standardize"], "cannot standardize column 'a'"),
     (["--frobnicate"], "unrecognized arguments: --frobnicate"),
+    (["--log-gradients", "no/such/folder/log.npz"], "`log_gradients` must be a file path in an existing folder"),
 ]
 
 
@@ -183,3 +184,14 @@ def test_log_gradients_option_saves_the_log(tmp_path):
     path = tmp_path / "xor.npz"
     assert main_xor(["--epochs", "7", "--log-gradients", str(path)]) == 0
     assert load_gradient_log(path).steps.tolist() == list(range(7))
+
+
+def test_long_runs_log_every_kth_step_to_bound_memory(tmp_path, monkeypatch):
+    from kerasbp import cli
+    from kerasbp.callbacks import load_gradient_log
+
+    monkeypatch.setattr(cli, "MAX_LOGGED_STEPS", 10)
+    path = tmp_path / "xor.npz"
+    cli.run_xor(epochs=50, log_gradients=path)
+    log = load_gradient_log(path)
+    assert log.every_n_steps == 5 and log.steps.tolist() == list(range(0, 50, 5))
