@@ -223,6 +223,11 @@ class GradientLog:
     def __len__(self):
         return len(self.steps)
 
+    def _newest_gradients(self):
+        """The last logged step's full gradients, one array per variable (for `compare`)."""
+        self._sync()
+        return [chunks[-1][-1] for chunks in self._grads]
+
     def to_csv(self, path):
         """Write the statistics as a long table: one row per logged step and variable.
 

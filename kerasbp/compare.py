@@ -5,8 +5,10 @@
 and runs the NumPy twin (`kerasbp.reference`) beside it two ways:
 
 - teacher-forced: at every step the twin starts from Keras's weights and optimizer state of that
-  step, computes its own loss and gradients and applies its own update. This checks each step on
-  its own: the chain rule, the loss and the optimizer rule.
+  step; its own loss and gradients check the chain rule and the loss, and its update rule,
+  applied to the gradient Keras applied, checks the optimizer. Each step is checked on its own,
+  and an update rule like Adam's, which divides a gradient by its own size, does not turn an
+  ulp-level gradient difference into an update difference.
 - free-running: the twin follows its own trajectory from the same initial weights. Differences
   here can grow through chaotic amplification even when every single step agrees (rounding
   differences of 1 ulp double every few steps in a chaotic regime), so they are reported but do
@@ -81,9 +83,12 @@ class ComparisonReport:
             `(steps,)`, and `"gradient_abs"`, `"gradient_rel"`, `"weights_abs"`, `"weights_rel"`
             of shape `(steps, n_variables)` (weights after the step).
         optimizer, loss: str, descriptions of the twin optimizer and loss.
+        diverged_at: None, or the step at which Keras's loss, gradients or weights became NaN or
+            Inf; the steps before it are compared, and the report is not ok.
     """
 
-    def __init__(self, dtype, names, keras_losses, twin_losses, teacher, free, epochs, batch_size, optimizer, loss):
+    def __init__(self, diverged_at, dtype, names, keras_losses, twin_losses, teacher, free, epochs, batch_size, optimizer, loss):
+        self.diverged_at = diverged_at
         self.dtype = dtype
         self.tolerances = dict(TOLERANCES[dtype])
         self.names = names
@@ -118,8 +123,9 @@ class ComparisonReport:
 
     @property
     def ok(self):
-        """True when every teacher-forced step agrees within `tolerances`."""
-        return self.first_failure is None
+        """True when every teacher-forced step agrees within `tolerances` and training did not
+        diverge."""
+        return self.first_failure is None and self.diverged_at is None
 
     def summary(self):
         """A readable table: the worst relative difference of each quantity in each mode."""
@@ -132,9 +138,14 @@ class ComparisonReport:
         for q in _QUANTITIES:
             lines.append(f"{q:28}{teacher[q]:16.2e}{free[q]:15.2e}{self.tolerances[q]:11.0e}")
         first = self.first_failure
-        if first is None:
+        if self.diverged_at is not None:
+            lines.append(
+                f"NOT OK: training diverged at step {self.diverged_at} (Keras's loss, gradients or weights became NaN/Inf); "
+                f"the {self.steps} steps before it were compared. Try a smaller learning rate"
+            )
+        if first is None and self.diverged_at is None:
             lines.append("OK: every step agrees (teacher-forced)")
-        else:
+        elif first is not None:
             step, name, q, a, r = first
             where = f"variable {name!r}" if name else "the loss"
             lines.append(f"NOT OK: first difference at step {step}, {where}, {q}: |diff| {a:.3g}, relative {r:.3g} > {self.tolerances[q]:g}")
@@ -156,6 +167,7 @@ class ComparisonReport:
         first = self.first_failure
         return {
             "ok": self.ok,
+            "diverged_at": self.diverged_at,
             "dtype": self.dtype,
             "steps": self.steps,
             "epochs": self.epochs,
@@ -285,9 +297,13 @@ def compare(model, X, y, epochs=1, batch_size=None, loss=None, dtype=None):
         n = len(X)
         starts = list(range(0, n, batch_size))
         logger = GradientLogger(record="full")
+        # overflow in a diverging run is reported as such, not as NumPy warnings
+        errstate = np.errstate(over="ignore", invalid="ignore")
+        errstate.__enter__()
         logger.set_model(copy)
         logger.set_params({"steps": len(starts), "epochs": epochs})
-        keras_before, keras_w, twin_losses, scales = [], [], [], []
+        keras_before, keras_w, keras_g, twin_losses, scales = [], [], [], [], []
+        diverged_at, free_ok = None, True
         modes = {m: {"loss": [], "gradient": [], "weights": []} for m in ("teacher", "free")}
         # Build the copy and its optimizer before reading state: one step of the train function
         # would do it, but then we would not see the state before the first step.
@@ -301,30 +317,45 @@ def compare(model, X, y, epochs=1, batch_size=None, loss=None, dtype=None):
                     xb, yb = X[start : start + batch_size], y[start : start + batch_size]
                     before = copy.get_weights()
                     state = state_from_keras(keras_optimizer, twin_optimizer)
-                    # teacher-forced: the twin's step from Keras's weights and state
-                    teacher.set_params(before)
-                    t_loss, t_deltas, t_grads = teacher.backward(xb, yb, twin_loss)
-                    scales.append(_term_sizes(teacher, t_deltas, [layer.use_bias for layer in copy.layers]))
-                    t_params, _ = twin_optimizer.apply(teacher.params, t_grads, state)
-                    # free-running: the twin's step from its own weights and state
-                    f_loss, _, f_grads = free.backward(xb, yb, twin_loss)
-                    f_params, free_state = twin_optimizer.apply(free.params, f_grads, free_state)
-                    free.set_params(f_params)
-                    # Keras's step
+                    # Keras's step, its applied gradient captured by the logger
                     logger.on_train_batch_begin(i)
                     copy.train_on_batch(xb, yb)
                     logger.on_train_batch_end(i)
+                    keras_grads = logger._newest_gradients()
+                    after = copy.get_weights()
+                    if not all(np.isfinite(a).all() for a in keras_grads + after + [logger.losses[-1:]]):
+                        diverged_at = len(keras_w)
+                        break
+                    # teacher-forced: from Keras's weights and state, the twin's own loss and
+                    # gradient (checking backprop), and its update rule applied to Keras's
+                    # gradient (checking the optimizer on its own)
+                    teacher.set_params(before)
+                    t_loss, t_deltas, t_grads = teacher.backward(xb, yb, twin_loss)
+                    scales.append(_term_sizes(teacher, t_deltas, [layer.use_bias for layer in copy.layers]))
+                    t_params, _ = twin_optimizer.apply(before, keras_grads, state)
+                    # free-running: the twin's step from its own weights and state
+                    if free_ok:
+                        f_loss, _, f_grads = free.backward(xb, yb, twin_loss)
+                        f_params, free_state = twin_optimizer.apply(free.params, f_grads, free_state)
+                        free_ok = all(np.isfinite(p).all() for p in f_params)
+                        if free_ok:
+                            free.set_params(f_params)
+                    if not free_ok:  # the twin alone diverged: nothing left to compare
+                        f_loss, f_grads, f_params = np.nan, [np.full(np.shape(g), np.nan) for g in t_grads], [np.full(np.shape(p), np.nan) for p in t_params]
                     keras_before.append(before)
-                    keras_w.append(copy.get_weights())
+                    keras_w.append(after)
+                    keras_g.append(keras_grads)
                     twin_losses.append(float(f_loss))
                     for mode, (l, g, w) in (("teacher", (t_loss, t_grads, t_params)), ("free", (f_loss, f_grads, f_params))):
                         modes[mode]["loss"].append(float(l))
                         modes[mode]["gradient"].append(g)
                         modes[mode]["weights"].append(w)
+                if diverged_at is not None:
+                    break
         finally:
             logger.on_train_end()
-    keras_losses = logger.losses
-    keras_grads = logger.gradients()  # list per variable of (steps, *shape)
+            errstate.__exit__(None, None, None)
+    keras_losses = logger.losses[: len(keras_w)]
     results = {}
     for mode, d in modes.items():
         out = {}
@@ -337,9 +368,10 @@ def compare(model, X, y, epochs=1, batch_size=None, loss=None, dtype=None):
             out[f"{q}_rel"] = np.zeros((steps, n_vars))
         for k in range(steps):
             for j in range(n_vars):
-                kg, tg = np.asarray(keras_grads[j][k], np.float64), np.asarray(d["gradient"][k][j], np.float64)
+                kg, tg = np.asarray(keras_g[k][j], np.float64), np.asarray(d["gradient"][k][j], np.float64)
                 out["gradient_abs"][k, j] = a = np.max(np.abs(kg - tg))
-                out["gradient_rel"][k, j] = _rel(a, max(np.max(np.abs(kg)), scales[k][j]))
+                # differences in float's subnormal range are rounding, whatever their relative size
+                out["gradient_rel"][k, j] = _rel(max(0.0, a - 1024 * np.finfo(dtype).tiny), max(np.max(np.abs(kg)), scales[k][j]))
                 w0, kw = keras_before[k][j], keras_w[k][j]
                 tw = np.asarray(d["weights"][k][j], np.float64)
                 out["weights_abs"][k, j] = a = np.max(np.abs(kw.astype(np.float64) - tw))
@@ -348,6 +380,7 @@ def compare(model, X, y, epochs=1, batch_size=None, loss=None, dtype=None):
                 out["weights_rel"][k, j] = _rel(max(0.0, a - ulps), update)
         results[mode] = out
     return ComparisonReport(
+        diverged_at,
         dtype,
         list(logger.names),
         np.asarray(keras_losses, np.float64),

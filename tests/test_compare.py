@@ -163,3 +163,23 @@ def test_a_gradient_whose_terms_cancel_is_judged_against_its_terms():
     # terms summed. Judged against the result this was a false alarm.
     report = run_compare("xor", "rmsprop", learning_rate=0.01, epochs=150)
     assert report.ok, report.summary()
+
+
+def test_compare_after_training_with_adam_is_ok():
+    # The README's example: a model trained 200 epochs with Adam, then compared. Adam divides a
+    # gradient by its own size, so the twin's update rule is checked on Keras's gradient.
+    X, y = kb.xor_data()
+    model = kb.compile_model(kb.xor_model(seed=0), "adam", learning_rate=0.05, loss="binary_crossentropy")
+    model.fit(X, y, epochs=200, batch_size=4, verbose=0)
+    report = compare(model, X, y, epochs=50, batch_size=3)
+    assert report.ok, report.summary()
+
+
+def test_divergence_is_reported_not_refused(capsys):
+    report = run_compare("linear", "sgd", learning_rate=10, epochs=50)
+    assert not report.ok and report.diverged_at == report.steps and 0 < report.steps < 200
+    assert report.first_failure is None  # every step before it agreed
+    assert f"training diverged at step {report.diverged_at}" in report.summary()
+    assert main_compare(["--task", "linear", "--learning-rate", "10", "--epochs", "50"]) == 1
+    out, err = capsys.readouterr()
+    assert "training diverged" in out and err == ""
