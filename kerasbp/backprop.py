@@ -149,7 +149,7 @@ def explain_backprop(model, X, y, loss=None):
     if loss is None:
         loss = getattr(model, "loss", None) or "mse"
     twin_loss = get_loss(loss)
-    X, y = check_xy(X, y, n_features=twin.n_inputs, dtype=keras.config.floatx())
+    X, y = check_xy(X, y, n_features=twin.n_inputs, n_outputs=twin.n_outputs, dtype=keras.config.floatx())
     layers = [layer for layer in model.layers]
     keras_loss = keras.losses.get(loss) if isinstance(loss, str) else loss
     if not isinstance(keras_loss, keras.losses.Loss):

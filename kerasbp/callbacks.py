@@ -24,7 +24,7 @@ import warnings
 import keras
 import numpy as np
 
-from kerasbp.checks import check_choice, check_positive_float, check_positive_int
+from kerasbp.checks import check_choice, check_output_path, check_positive_float, check_positive_int
 
 #: The statistics recorded per variable per logged step, in this order.
 STATS = ("norm", "mean", "std", "min", "max", "max_abs", "nonfinite", "weight_norm", "update_ratio")
@@ -36,12 +36,15 @@ def _atomic_write(path, write):
 
     An interrupted save leaves the previous file (or none) in place, never a half-written one.
     """
-    path = os.fspath(path)
+    path = check_output_path("path", path)
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
     try:
         with os.fdopen(fd, "w+b") as f:
             write(f)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; a saved log is not
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -349,6 +352,10 @@ def load_gradient_log(path):
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"`path` must be an existing .npz gradient log. Received: path={str(path)!r}")
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"`path` must be a .npz gradient log written by to_npz. Received a file that is not one: {str(path)!r}")
     with np.load(path, allow_pickle=False) as data:
         if "meta" not in data:
             raise ValueError(f"`path` is not a kerasbp gradient log (no 'meta' entry): {str(path)!r}")
@@ -387,7 +394,8 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
             first step, layer and variable), `"stop"` (also stop training after that call of the
             train function) or `"raise"` (raise `FloatingPointError`). Defaults to `"warn"`.
         path: folder to stream full gradients to (one raw file per variable, memory-mapped back
-            by `gradients()`), or None to hold them in memory. Defaults to None.
+            by `gradients()`; created if its parent folder exists; files of an earlier log there
+            are replaced), or None to hold them in memory. Defaults to None.
         max_memory_mb: positive float, the bound on full gradients held in memory without `path`
             and on the device-side buffer; past it, training stops with a `MemoryError` that
             suggests `path=` or a larger `every_n_steps`. Defaults to 512.
@@ -414,9 +422,11 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
         self.record = check_choice("record", record, ("stats", "full"))
         self.on_nonfinite = check_choice("on_nonfinite", on_nonfinite, ("warn", "stop", "raise"))
         self.async_safe = self.on_nonfinite == "warn"  # see on_train_batch_end
-        self.path = None if path is None else os.fspath(path)
+        self.path = None if path is None else check_output_path("path", path) if not os.path.isdir(path) else os.fspath(path)
         if self.path is not None and self.record != "full":
             raise ValueError(f'`path` streams full gradients and needs record="full". Received: record={record!r}, path={path!r}')
+        if self.path is not None and os.path.exists(self.path) and not os.path.isdir(self.path):
+            raise ValueError(f"`path` must be a folder (new or existing) to stream gradients to. Received a file: path={self.path!r}")
         self.max_memory_mb = check_positive_float("max_memory_mb", max_memory_mb)
         self.tensorboard_dir = None if tensorboard_dir is None else os.fspath(tensorboard_dir)
         if self.tensorboard_dir is not None:
@@ -431,7 +441,8 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
         self._pending = True
         self._warned_nonfinite = False
         self._writer = None
-        self._files = None
+        self._files = None  # open while training: one raw file per variable
+        self._file_names = None
         self.missing = []  # names of variables whose gradient came back None
 
     # ----------------------------------------------------------------- attaching to the model
@@ -502,9 +513,13 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
             self._key, self._n_read, self._hooked_train_function = key, 0, None
         self._fit_start = int(optimizer.iterations.numpy())
         self._steps_per_epoch = self.params.get("steps") or None
-        if self.path is not None and self._files is None:
+        if self.path is not None:
+            # The first fit starts the files afresh (an earlier log there is replaced); later
+            # fits of this logger append to them.
+            mode = "ab" if self._file_names else "wb"
             os.makedirs(self.path, exist_ok=True)
-            self._files = [open(os.path.join(self.path, f"grad_{j}.bin"), "ab") for j in range(len(variables))]
+            self._file_names = [os.path.join(self.path, f"grad_{j}.bin") for j in range(len(variables))]
+            self._files = [open(name, mode) for name in self._file_names]
         if self.tensorboard_dir is not None and self._writer is None:
             self._writer = tf.summary.create_file_writer(self.tensorboard_dir)
         _attach(model, optimizer, self)
@@ -541,7 +556,8 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
         if self.model is not None:
             detach(self.model)
         for f in self._files or []:
-            f.flush()
+            f.close()
+        self._files = None
         if self._writer is not None:
             self._writer.flush()
 
@@ -613,12 +629,13 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
             chunks.append(g)
 
     def _grad_array(self, j):
-        if self._files is None:
+        if self._file_names is None:
             return GradientLog._grad_array(self, j)
-        self._files[j].flush()
+        if self._files is not None:
+            self._files[j].flush()
         shape = self.shapes[j]
         dtype = np.dtype(self._buffers.dtype.as_numpy_dtype if self._buffers else np.float32)
-        file = self._files[j].name
+        file = self._file_names[j]
         n = os.path.getsize(file) // (dtype.itemsize * max(1, math.prod(shape)))
         if n == 0:
             return np.zeros((0, *shape), dtype)

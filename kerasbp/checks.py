@@ -36,18 +36,18 @@ def check_positive_int(name, value):
 
 
 def check_seed(seed):
-    """Return `seed` as an `int` >= 0, or None.
+    """Return `seed` as an `int` in `[0, 2**31)` (what TensorFlow's random ops take), or None.
 
     Raises:
         TypeError: if `seed` is neither None nor an integer.
-        ValueError: if `seed` < 0.
+        ValueError: if `seed` is out of that range.
     """
     if seed is None:
         return None
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"`seed` must be None or an integer >= 0. Received: seed={seed!r}")
-    if seed < 0:
-        raise ValueError(f"`seed` must be None or an integer >= 0. Received: seed={seed!r}")
+    if not 0 <= seed < 2**31:
+        raise ValueError(f"`seed` must be None or an integer in [0, 2**31). Received: seed={seed!r}")
     return int(seed)
 
 
@@ -235,7 +235,7 @@ def _refuse_nonfinite(name, arr, bad, problem):
         raise ValueError(f"`{name}` {problem}. Received {arr[index].item()!r} at {where} ({int(bad.sum())} such value(s) in all)")
 
 
-def check_xy(X, y, *, n_features=None, dtype="float32"):
+def check_xy(X, y, *, n_features=None, n_outputs=None, dtype="float32"):
     """Check and normalize a pair of training arrays.
 
     Normalization: a 1-D `y` of length n becomes `(n, 1)`; a 1-D `X` becomes `(n, 1)` only when the
@@ -245,6 +245,7 @@ def check_xy(X, y, *, n_features=None, dtype="float32"):
         X: array-like of shape `(n_samples, n_features)`, or `(n_samples,)` for one feature.
         y: array-like of shape `(n_samples, n_outputs)` or `(n_samples,)`.
         n_features: int or None, the model's input width; checked when given.
+        n_outputs: int or None, the model's output width; checked against `y` when given.
         dtype: float dtype of the results. Defaults to `"float32"`.
 
     Returns:
@@ -271,5 +272,10 @@ def check_xy(X, y, *, n_features=None, dtype="float32"):
         raise ValueError(
             f"`X` has {X.shape[1]} features, but the model expects {n_features}. "
             f"Received: X of shape {X.shape}"
+        )
+    if n_outputs is not None and y.shape[1] != n_outputs:
+        raise ValueError(
+            f"`y` has {y.shape[1]} columns, but the model has {n_outputs} output(s). "
+            f"Received: y of shape {y.shape}"
         )
     return X, y

@@ -55,8 +55,9 @@ def ols(X, y):
 MAX_LOGGED_STEPS = 100_000
 
 
-def _fit(model, X, y, epochs, batch_size, log_gradients):
-    """Train with `kerasbp.train` and a GradientLogger; raise `Diverged` on non-finite values."""
+def _fit(model, X, y, epochs, batch_size, log_gradients, hint):
+    """Train with `kerasbp.train` and a GradientLogger; raise `Diverged` on non-finite values
+    (with `hint` in the message). The log is saved to `log_gradients` even when interrupted."""
     import warnings
 
     from kerasbp.callbacks import GradientLogger
@@ -66,9 +67,11 @@ def _fit(model, X, y, epochs, batch_size, log_gradients):
     logger = GradientLogger(every_n_steps=max(1, -(-total_steps // MAX_LOGGED_STEPS)), on_nonfinite="stop")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        history = train(model, X, y, epochs=epochs, batch_size=batch_size, callbacks=[logger])
-    if log_gradients:
-        logger.to_npz(log_gradients)  # the folder was checked before training
+        try:
+            history = train(model, X, y, epochs=epochs, batch_size=batch_size, callbacks=[logger])
+        finally:  # also after Ctrl-C: every completed step is kept
+            if log_gradients:
+                logger.to_npz(log_gradients)  # the folder was checked before training
     losses = np.asarray(history.history["loss"])
     bad_loss = np.flatnonzero(~np.isfinite(logger.losses))
     bad_grad = np.flatnonzero(logger.stats_array()[:, :, 6].sum(axis=1) > 0)
@@ -83,7 +86,7 @@ def _fit(model, X, y, epochs, batch_size, log_gradients):
         where = f"step {step}" if logger.every_n_steps == 1 else f"logged every {logger.every_n_steps} steps: by step {step}"
         raise Diverged(
             f"training diverged: the loss or a gradient became NaN/Inf at epoch {epoch + 1} ({where}). "
-            "Try a smaller --learning-rate, or --standardize to scale the inputs",
+            + hint,
             epoch,
             step,
         )
@@ -95,7 +98,7 @@ def run_linear(
     learning_rate=None,
     epochs=100,
     batch_size=10,
-    seed=None,
+    seed=0,
     csv=None,
     x_columns=None,
     y_column=None,
@@ -112,7 +115,7 @@ def run_linear(
         learning_rate: positive float or None for Keras's default. Defaults to None.
         epochs: int >= 1. Defaults to 100.
         batch_size: int >= 1. Defaults to 10.
-        seed: int >= 0 or None, seed of the initial weights. Defaults to None.
+        seed: int >= 0 or None (random), seed of the initial weights. Defaults to 0.
         csv: path of a CSV file with a header row, or None for the seed's data. Defaults to None.
         x_columns: list of column names (or a comma-separated string); needed with `csv`.
         y_column: target column name; needed with `csv`.
@@ -159,7 +162,8 @@ def run_linear(
     else:
         X_train, y_train = X, y
     model = compile_model(linear_model(X.shape[1], seed=seed), optimizer, learning_rate, loss="mse")
-    history, _ = _fit(model, X_train, y_train, epochs, batch_size, log_gradients)
+    hint = "Try a smaller --learning-rate" + ("" if standardize else ", or --standardize to scale the inputs")
+    history, _ = _fit(model, X_train, y_train, epochs, batch_size, log_gradients, hint)
     kernel, bias = (w.astype(np.float64) for w in model.get_weights())
     coef, intercept = kernel[:, 0], float(bias[0])
     if standardize:
@@ -236,7 +240,7 @@ def run_xor(
         log_gradients = check_output_path("log_gradients", log_gradients)
     X, y = xor_data()
     model = compile_model(xor_model(hidden_units, activation, "sigmoid", seed=check_seed(seed)), optimizer, learning_rate, loss=loss)
-    history, _ = _fit(model, X, y, epochs, 4, log_gradients)
+    history, _ = _fit(model, X, y, epochs, 4, log_gradients, "Try a smaller --learning-rate")
     predictions = np.asarray(model(X, training=False))[:, 0].astype(np.float64)
     learned = bool(np.all((predictions > 0.5) == (y[:, 0] > 0.5)))
     return {
@@ -289,11 +293,11 @@ def _run(job, args, print_text):
     return 0
 
 
-def _common_arguments(parser):
+def _common_arguments(parser, learning_rate_default, epochs_default):
     parser.add_argument("--optimizer", default=None, help="sgd, adam or rmsprop")
-    parser.add_argument("--learning-rate", type=_number(float), default=None, help="default: Keras's for the optimizer")
-    parser.add_argument("--epochs", type=_number(int), default=None)
-    parser.add_argument("--seed", type=_number(int), default=None, help="seed of the initial weights")
+    parser.add_argument("--learning-rate", type=_number(float), default=None, help=f"default: {learning_rate_default}")
+    parser.add_argument("--epochs", type=_number(int), default=None, help=f"default: {epochs_default}")
+    parser.add_argument("--seed", type=_number(int), default=None, help="seed of the initial weights (default 0)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.add_argument("--log-gradients", metavar="PATH", default=None, help="save the gradient log (.npz) here")
 
@@ -305,7 +309,7 @@ def _given(args, names):
 def main_linear(argv=None):
     """Command line of `scripts/train_linear.py`; returns the exit status."""
     parser = _Parser(prog="train_linear.py", description="Linear regression y = 2x + 1 + noise (or your CSV) with a Keras Dense(1).")
-    _common_arguments(parser)
+    _common_arguments(parser, "Keras's for the optimizer (SGD 0.01, Adam and RMSprop 0.001)", 100)
     parser.add_argument("--batch-size", type=_number(int), default=None)
     parser.add_argument("--csv", metavar="PATH", default=None, help="your data: a CSV file with a header row")
     parser.add_argument("--x-columns", metavar="A[,B...]", default=None)
@@ -336,7 +340,7 @@ def main_linear(argv=None):
 def main_xor(argv=None):
     """Command line of `scripts/train_xor.py`; returns the exit status."""
     parser = _Parser(prog="train_xor.py", description="The seed's 2-4-1 sigmoid network learning XOR.")
-    _common_arguments(parser)
+    _common_arguments(parser, f"{XOR_DEFAULTS['learning_rate']}", XOR_DEFAULTS["epochs"])
     parser.add_argument("--hidden-units", type=_number(int), default=None)
     parser.add_argument("--activation", default=None, help="hidden activation: sigmoid, tanh, relu or linear")
     parser.add_argument("--loss", default=None, help="binary_crossentropy or mse")

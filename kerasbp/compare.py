@@ -285,7 +285,7 @@ def compare(model, X, y, epochs=1, batch_size=None, loss=None, dtype=None):
     if loss is None:
         raise ValueError("`loss` must be given for a model compiled without a loss")
     twin_loss = get_loss(loss)  # refuses unsupported losses
-    X, y = check_xy(X, y, n_features=model.inputs[0].shape[-1], dtype=dtype)
+    X, y = check_xy(X, y, n_features=model.inputs[0].shape[-1], n_outputs=model.outputs[0].shape[-1], dtype=dtype)
 
     with _floatx(dtype):
         copy, keras_optimizer = _copy(model, dtype)

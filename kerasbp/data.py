@@ -71,44 +71,70 @@ def load_xy_csv(path, x_columns, y_column):
     """Read a user's data from a CSV file with a header row.
 
     Args:
-        path: str or path-like, the CSV file (comma-separated, first row holds the column names).
+        path: str or path-like, the CSV file (UTF-8, with or without a BOM; comma-separated;
+            the first row holds the column names; every row has as many fields as the header).
         x_columns: str or list of str, the input column names, in the order of the model's inputs.
             A comma-separated string is split.
-        y_column: str, the target column name.
+        y_column: str, the target column name, not one of `x_columns`.
 
     Returns:
         `(X, y)`: float64 arrays of shapes `(n_rows, len(x_columns))` and `(n_rows, 1)`.
 
     Raises:
         FileNotFoundError: if `path` does not exist.
-        ValueError: for a file with no header or no data rows, a column that is not in the header
-            (naming it and the columns found), or a cell that is empty, not a number, NaN or Inf
-            (naming its line and column).
+        TypeError: if `path` is not a path.
+        ValueError: for empty, repeated or overlapping column names, a file that is not UTF-8,
+            has no header or no data rows, a column that is not in the header (naming it and the
+            columns found) or appears twice there, a row with too few or too many fields, or a cell
+            that is empty, not a number, NaN or Inf (naming its line and column).
     """
+    given = x_columns
     if isinstance(x_columns, str):
-        x_columns = [c.strip() for c in x_columns.split(",") if c.strip()]
-    x_columns = list(x_columns)
-    if not x_columns:
-        raise ValueError("`x_columns` must name at least one column. Received: x_columns=[]")
+        x_columns = x_columns.split(",")
+    x_columns = [c.strip() if isinstance(c, str) else c for c in x_columns]
+    if not x_columns or not all(isinstance(c, str) and c for c in x_columns):
+        raise ValueError(f"`x_columns` must name one or more columns, none empty. Received: x_columns={given!r}")
+    if len(set(x_columns)) != len(x_columns):
+        raise ValueError(f"`x_columns` must not name a column twice. Received: x_columns={given!r}")
     if not isinstance(y_column, str) or not y_column.strip():
         raise ValueError(f"`y_column` must be a column name. Received: y_column={y_column!r}")
-    if not os.path.isfile(path):
+    y_column = y_column.strip()
+    if y_column in x_columns:
+        raise ValueError(f"`y_column` must not also be an input column. Received: y_column={y_column!r}, x_columns={given!r}")
+    try:
+        exists = os.path.isfile(path)
+    except TypeError:
+        raise TypeError(f"`path` must be a file path. Received: path={path!r}") from None
+    if not exists:
         raise FileNotFoundError(f"`path` must be an existing CSV file. Received: path={str(path)!r}")
-    with open(path, newline="", encoding="utf-8") as f:
+    try:
+        return _read_columns(path, x_columns, y_column)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"`path` must be a UTF-8 text file. Received {str(path)!r}, which is not ({e.reason} at byte {e.start})") from None
+
+
+def _read_columns(path, x_columns, y_column):
+    with open(path, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: a BOM (Excel) is dropped
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None:
             raise ValueError(f"`path` must be a CSV file with a header row. Received an empty file: {str(path)!r}")
         header = [h.strip() for h in header]
-        wanted = x_columns + [y_column.strip()]
+        wanted = x_columns + [y_column]
         for col in wanted:
             if col not in header:
                 raise ValueError(f"column {col!r} is not in the CSV header of {str(path)!r}. Columns found: {header}")
+            if header.count(col) > 1:
+                raise ValueError(f"column {col!r} appears {header.count(col)} times in the CSV header of {str(path)!r}")
         index = [header.index(col) for col in wanted]
         rows = []
         for line_no, row in enumerate(reader, start=2):
             if not any(cell.strip() for cell in row):
                 continue  # blank line
+            if len(row) != len(header):
+                raise ValueError(
+                    f"CSV {str(path)!r}, line {line_no}: expected {len(header)} fields as in the header. Received {len(row)}: {row!r}"
+                )
             values = []
             for col, i in zip(wanted, index, strict=True):
                 cell = row[i].strip() if i < len(row) else ""

@@ -5,6 +5,7 @@ Every model is a `keras.Sequential` of `Dense` layers, so the NumPy twin
 """
 
 import keras
+import numpy as np
 
 from kerasbp.checks import check_choice, check_layers, check_positive_float, check_positive_int, check_seed
 
@@ -48,7 +49,7 @@ def dense_model(layer_sizes, activations, seed=None):
     seed = check_seed(seed)
     layers = [keras.Input(shape=(sizes[0],))]
     for i, (units, activation) in enumerate(zip(sizes[1:], activations, strict=True)):
-        init = keras.initializers.GlorotUniform(seed=None if seed is None else seed + i)
+        init = keras.initializers.GlorotUniform(seed=None if seed is None else (seed + i) % 2**31)
         layers.append(keras.layers.Dense(units, activation=activation, kernel_initializer=init, name=f"dense_{i}"))
     return keras.Sequential(layers)
 
@@ -127,12 +128,20 @@ def compile_model(model, optimizer="sgd", learning_rate=None, loss="mse", **comp
         kwargs = {}
         if learning_rate is not None:
             kwargs["learning_rate"] = check_positive_float("learning_rate", learning_rate)
+            finfo = np.finfo(keras.config.floatx())
+            if not finfo.smallest_normal <= learning_rate <= finfo.max:
+                raise ValueError(
+                    f"`learning_rate` must be representable in {keras.config.floatx()} (between {finfo.smallest_normal:.3g} "
+                    f"and {finfo.max:.3g}), where Keras stores it. Received: learning_rate={learning_rate!r}"
+                )
         opt = OPTIMIZERS[name](**kwargs)
     else:
         raise TypeError(
             f"`optimizer` must be one of {list(OPTIMIZERS)} or a keras.optimizers.Optimizer. "
             f"Received: optimizer={optimizer!r}"
         )
+    if loss is None:
+        raise ValueError("`loss` must be a Keras loss name such as 'mse' or 'binary_crossentropy', or a keras.losses.Loss. Received: loss=None")
     if isinstance(loss, str):
         try:
             keras.losses.get(loss)

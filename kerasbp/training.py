@@ -28,6 +28,14 @@ def _is_kerasbp_aware(callback):
     return isinstance(callback, (GradientLogger, keras.callbacks.History))
 
 
+def _output_width(model):
+    try:
+        shape = model.outputs[0].shape
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None
+    return None if len(shape) != 2 or shape[-1] is None else int(shape[-1])
+
+
 def _input_width(model):
     try:
         shape = model.inputs[0].shape
@@ -94,9 +102,11 @@ def train(model, X, y, epochs=1, batch_size=None, callbacks=None, verbose=0, epo
         raise ValueError("`model` must be compiled before training: call compile_model(model, ...) first")
     epochs = check_positive_int("epochs", epochs)
     batch_size = 32 if batch_size is None else check_positive_int("batch_size", batch_size)
+    if not isinstance(jit_compile, bool):
+        raise TypeError(f"`jit_compile` must be True or False. Received: jit_compile={jit_compile!r}")
     if verbose not in (0, 1, 2):
         raise ValueError(f"`verbose` must be 0, 1 or 2. Received: verbose={verbose!r}")
-    X, y = check_xy(X, y, n_features=_input_width(model), dtype=keras.config.floatx())
+    X, y = check_xy(X, y, n_features=_input_width(model), n_outputs=_output_width(model), dtype=keras.config.floatx())
     n = X.shape[0]
     batch_size = min(batch_size, n)
     n_full, rest = divmod(n, batch_size)

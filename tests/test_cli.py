@@ -148,7 +148,8 @@ XOR_BAD = [
     (["--hidden-units", "0"], "`hidden_units` must be a positive integer"),
     (["--epochs", "-1"], "`epochs` must be a positive integer"),
     (["--learning-rate", "inf"], "learning_rate=inf"),
-    (["--seed", "-2"], "`seed` must be None or an integer >= 0"),
+    (["--seed", "-2"], "`seed` must be None or an integer in [0, 2**31)"),
+    (["--seed", "99999999999999999999"], "`seed` must be None or an integer in [0, 2**31)"),
 ]
 
 

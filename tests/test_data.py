@@ -128,3 +128,31 @@ def test_check_range_bounds():
     assert check_range("momentum", 0.0, 0.0, 1.0) == 0.0
     with pytest.raises(ValueError, match=r"`momentum` must be a number in \[0.0, 1.0\). Received: momentum=1.0"):
         check_range("momentum", 1.0, 0.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    "text, x_columns, y_column, match",
+    [
+        ("x,y\n1,2\n", "x,", "y", r"none empty. Received: x_columns='x,'"),
+        ("x,y\n1,2\n", "x,x", "y", "must not name a column twice"),
+        ("x,y\n1,2\n", "x", "x", "must not also be an input column"),
+        ("x,x,y\n1,2,3\n", "x", "y", "column 'x' appears 2 times"),
+        ("x,y\n1,2\n2,5,6\n", "x", "y", r"line 3: expected 2 fields as in the header. Received 3"),
+    ],
+    ids=["empty-name", "repeated", "target-is-input", "duplicate-header", "ragged-row"],
+)
+def test_load_xy_csv_refuses_ambiguous_columns_and_rows(tmp_path, text, x_columns, y_column, match):
+    with pytest.raises(ValueError, match=match):
+        load_xy_csv(write(tmp_path, text), x_columns, y_column)
+
+
+def test_load_xy_csv_encodings(tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_bytes("x,y\n1,2\n".encode("utf-8-sig"))  # with a byte-order mark
+    X, y = load_xy_csv(path, "x", "y")
+    assert X.tolist() == [[1.0]] and y.tolist() == [[2.0]]
+    path.write_bytes(b"\xffx,y\n1,2\n")
+    with pytest.raises(ValueError, match="must be a UTF-8 text file"):
+        load_xy_csv(path, "x", "y")
+    with pytest.raises(TypeError, match="`path` must be a file path. Received: path=None"):
+        load_xy_csv(None, "x", "y")

@@ -233,3 +233,59 @@ def test_twin_agrees_with_keras_on_random_small_networks(sizes, activations, n_s
     report = kb.compare(model, X, y, epochs=2, batch_size=batch_size, dtype=dtype)
     assert report.ok, report.summary()
     assert report.steps == 2 * -(-n_samples // batch_size)
+
+
+def test_targets_wider_than_the_output_are_refused():
+    model = kb.compile_model(kb.linear_model(seed=0), "sgd")
+    X = np.arange(4.0)
+    with pytest.raises(ValueError, match=r"`y` has 2 columns, but the model has 1 output\(s\). Received: y of shape \(4, 2\)"):
+        kb.train(model, X, np.stack([X, X], axis=1))
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda: kb.compile_model(kb.linear_model(seed=0), "sgd", learning_rate=1e300), ValueError, "representable in float32"),
+        (lambda: kb.compile_model(kb.linear_model(seed=0), "sgd", learning_rate=1e-320), ValueError, "representable in float32"),
+        (lambda: kb.compile_model(kb.linear_model(seed=0), "sgd", loss=None), ValueError, "Received: loss=None"),
+        (lambda: kb.train(kb.compile_model(kb.linear_model(seed=0), "sgd"), [1.0], [1.0], jit_compile="no"), TypeError, "jit_compile"),
+        (lambda: kb.xor_model(seed=2**70), ValueError, r"`seed` must be None or an integer in \[0, 2\*\*31\)"),
+        (lambda: kb.GradientLogger(record="full", path=__file__), ValueError, "must be a folder"),
+        (lambda: kb.GradientLogger(record="full", path="/no/such/parent/grads"), ValueError, "existing folder"),
+        (lambda: kb.load_gradient_log(__file__), ValueError, "must be a .npz gradient log"),
+    ],
+    ids=["lr-overflow", "lr-underflow", "loss-none", "jit-type", "huge-seed", "path-is-file", "path-parent", "not-npz"],
+)
+def test_more_bad_arguments(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_saved_files_follow_the_umask_and_folders_are_refused(tmp_path):
+    X, y = kb.linear_data()
+    model = kb.compile_model(kb.linear_model(seed=0), "sgd")
+    logger = kb.GradientLogger()
+    model.fit(X, y, epochs=1, batch_size=50, callbacks=[logger], verbose=0)
+    umask = os.umask(0o022)
+    try:
+        logger.to_csv(tmp_path / "log.csv")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "log.csv").stat().st_mode & 0o777 == 0o644
+    with pytest.raises(ValueError, match="must be a file path in an existing folder"):
+        logger.to_npz(tmp_path)
+
+
+def test_a_script_saves_the_log_when_interrupted(tmp_path, monkeypatch):
+    from kerasbp import cli, training
+
+    real_train = training.train
+
+    def interrupted_train(model, X, y, callbacks=None, **kwargs):
+        real_train(model, X, y, epochs=3, batch_size=kwargs["batch_size"], callbacks=callbacks)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "train", interrupted_train)
+    path = tmp_path / "log.npz"
+    assert cli.main_xor(["--log-gradients", str(path)]) == 130
+    assert kb.load_gradient_log(path).steps.tolist() == [0, 1, 2]

@@ -391,7 +391,7 @@ def test_mlp_bad_input():
         NumpyMLP.from_sizes([2, 2.5, 1], "relu")
     with pytest.raises(ValueError, match=r"`activations` must hold one name per Dense layer \(2\)"):
         NumpyMLP.from_sizes([2, 3, 1], ["relu"])
-    with pytest.raises(ValueError, match=r"`seed` must be None or an integer >= 0"):
+    with pytest.raises(ValueError, match=r"`seed` must be None or an integer in \[0, 2\*\*31\)"):
         NumpyMLP.from_sizes([2, 3, 1], "relu", seed=-1)
 
 
