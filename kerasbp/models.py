@@ -129,7 +129,7 @@ def compile_model(model, optimizer="sgd", learning_rate=None, loss="mse", **comp
         if learning_rate is not None:
             kwargs["learning_rate"] = check_positive_float("learning_rate", learning_rate)
             finfo = np.finfo(keras.config.floatx())
-            if not finfo.smallest_normal <= learning_rate <= finfo.max:
+            if not float(finfo.smallest_normal) <= learning_rate <= float(finfo.max):
                 raise ValueError(
                     f"`learning_rate` must be representable in {keras.config.floatx()} (between {finfo.smallest_normal:.3g} "
                     f"and {finfo.max:.3g}), where Keras stores it. Received: learning_rate={learning_rate!r}"

@@ -339,4 +339,4 @@ def test_update_ratio_from_captured_increments_equals_the_weight_change(optimize
     if optimizer == "sgd":  # |dw| = lr |g|, where the weights are nonzero
         a = logger.stats_array()
         nonzero = norms[0] > 0
-        np.testing.assert_allclose((ratios[0] * norms[0])[nonzero], 0.05 * a[:, :, STATS.index("norm")][nonzero], rtol=1e-6)
+        np.testing.assert_allclose(ratios[0][nonzero] * norms[0][nonzero], 0.05 * a[:, :, STATS.index("norm")][nonzero], rtol=1e-6)
