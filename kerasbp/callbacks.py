@@ -501,7 +501,7 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
         buffer_mb = capacity * n_params * dtype.size / 2**20 if keep_full else 0
         if buffer_mb > self.max_memory_mb:
             raise MemoryError(
-                f"GradientLogger(record='full') would need {buffer_mb:.0f} MB of device buffer for {capacity} steps per call "
+                f"GradientLogger(record='full') would need {buffer_mb:.1f} MB of device buffer for {capacity} steps per call "
                 f"of {n_params} parameters, over max_memory_mb={self.max_memory_mb:g}. Lower steps_per_execution or raise max_memory_mb"
             )
         key = (id(model), id(optimizer), capacity, keep_full)
@@ -622,7 +622,7 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
         if held > self.max_memory_mb * 2**20:
             self.model.stop_training = True
             raise MemoryError(
-                f"GradientLogger(record='full') holds {held / 2**20:.0f} MB of gradients, over max_memory_mb="
+                f"GradientLogger(record='full') holds {held / 2**20:.1f} MB of gradients, over max_memory_mb="
                 f"{self.max_memory_mb:g}. Pass path=... to stream them to disk, or raise every_n_steps"
             )
         for chunks, g in zip(self._grads, fulls, strict=True):
