@@ -731,10 +731,10 @@ def _statistics(grads, weight_squares, updates, dtype, tracked):
         nonzero.append(tf.reduce_any(tf.not_equal(g, 0), axis=rest) if track else None)  # (units,)
         raw += [
             tf.reduce_sum(g),
-            tf.reduce_sum(tf.square(g)),
+            2 * tf.nn.l2_loss(g),  # sum of squares in one operation, no temporary
             tf.reduce_min(g),
             tf.reduce_max(g),
-            tf.reduce_sum(tf.square(update)),
+            2 * tf.nn.l2_loss(update),
         ]
     total, squares, low, high, update_squares = tf.unstack(tf.reshape(tf.stack(raw), [len(grads), 5]), axis=1)
     size = tf.constant([float(np.prod(g.shape)) for g in grads], dtype)  # (n_variables,)
@@ -788,13 +788,23 @@ def _attach(model, optimizer, logger):
 
     def assign_add(variable, value):
         if id(variable) in updated and "on" in increments:
-            increments.setdefault(updated[id(variable)], []).append(value)
+            increments.setdefault(updated[id(variable)], []).append((1, value))
         return original_assign_add(variable, value)
 
     def assign_sub(variable, value):
         if id(variable) in updated and "on" in increments:
-            increments.setdefault(updated[id(variable)], []).append(-value)
+            increments.setdefault(updated[id(variable)], []).append((-1, value))
         return original_assign_sub(variable, value)
+
+    def change(j):
+        """The variable's change in this step from its captured increments (signs matter only
+        when there are several)."""
+        parts = increments.get(j)
+        if not parts:
+            return tf.zeros(())
+        if len(parts) == 1:
+            return parts[0][1]  # its norm is all the statistics need
+        return tf.add_n([value if sign > 0 else -value for sign, value in parts])
 
     def scale_loss(loss):
         pending["loss"] = loss  # the step's loss, before loss scaling
@@ -820,7 +830,7 @@ def _attach(model, optimizer, logger):
         log_now = None if every_n == 1 else tf.equal(tf.math.floormod(step, every_n), 0)
 
         def weight_squares():
-            return tf.stack([tf.reduce_sum(tf.square(tf.cast(v.value, buf.dtype))) for v in model_vars])
+            return 2 * tf.stack([tf.nn.l2_loss(tf.cast(v.value, buf.dtype)) for v in model_vars])
 
         squares = weight_squares() if every_n == 1 else tf.cond(log_now, weight_squares, lambda: tf.zeros([len(model_vars)], buf.dtype))
         befores = None if from_increments else [tf.identity(v.value) for v in model_vars]
@@ -840,7 +850,7 @@ def _attach(model, optimizer, logger):
             if present:
                 tracked = [buf.alive[j] is not None for j in present]
                 if from_increments:
-                    updates = [tf.add_n(increments[j]) if j in increments else tf.zeros(()) for j in present]
+                    updates = [change(j) for j in present]
                 else:
                     updates = [model_vars[j].value - befores[j] for j in present]
                 values, nonzero = _statistics(grads_present, tf.gather(squares, present), updates, buf.dtype, tracked)
