@@ -50,6 +50,17 @@ def ols(X, y):
     return solution[:-1], float(solution[-1])
 
 
+def _check_run(optimizer, learning_rate, epochs, log_gradients):
+    """The arguments every job takes, checked before any data is read or any model built."""
+    optimizer = check_choice("optimizer", optimizer, ("sgd", "adam", "rmsprop"))
+    if learning_rate is not None:
+        learning_rate = check_positive_float("learning_rate", learning_rate)
+    epochs = check_positive_int("epochs", epochs)
+    if log_gradients is not None:
+        log_gradients = check_output_path("log_gradients", log_gradients)
+    return optimizer, learning_rate, epochs, log_gradients
+
+
 #: The scripts log every step up to this many steps, then every k-th step to stay under it
 #: (about 30 MB of statistics for the XOR network).
 MAX_LOGGED_STEPS = 100_000
@@ -136,14 +147,9 @@ def run_linear(
     """
     from kerasbp.models import compile_model, linear_model
 
-    optimizer = check_choice("optimizer", optimizer, ("sgd", "adam", "rmsprop"))
-    if learning_rate is not None:
-        learning_rate = check_positive_float("learning_rate", learning_rate)
-    epochs = check_positive_int("epochs", epochs)
+    optimizer, learning_rate, epochs, log_gradients = _check_run(optimizer, learning_rate, epochs, log_gradients)
     batch_size = check_positive_int("batch_size", batch_size)
     seed = check_seed(seed)
-    if log_gradients is not None:
-        log_gradients = check_output_path("log_gradients", log_gradients)
     if csv is not None:
         if not x_columns or not y_column:
             raise ValueError("`csv` needs `x_columns` and `y_column` (--x-columns A,B --y-column C)")
@@ -231,13 +237,8 @@ def run_xor(
     """
     from kerasbp.models import compile_model, xor_model
 
-    optimizer = check_choice("optimizer", optimizer, ("sgd", "adam", "rmsprop"))
-    if learning_rate is not None:
-        learning_rate = check_positive_float("learning_rate", learning_rate)
-    epochs = check_positive_int("epochs", epochs)
+    optimizer, learning_rate, epochs, log_gradients = _check_run(optimizer, learning_rate, epochs, log_gradients)
     loss = check_choice("loss", loss, ("binary_crossentropy", "mse"))
-    if log_gradients is not None:
-        log_gradients = check_output_path("log_gradients", log_gradients)
     X, y = xor_data()
     model = compile_model(xor_model(hidden_units, activation, "sigmoid", seed=check_seed(seed)), optimizer, learning_rate, loss=loss)
     history, _ = _fit(model, X, y, epochs, 4, log_gradients, "Try a smaller --learning-rate")

@@ -297,9 +297,6 @@ def compare(model, X, y, epochs=1, batch_size=None, loss=None, dtype=None):
         n = len(X)
         starts = list(range(0, n, batch_size))
         logger = GradientLogger(record="full")
-        # overflow in a diverging run is reported as such, not as NumPy warnings
-        errstate = np.errstate(over="ignore", invalid="ignore")
-        errstate.__enter__()
         logger.set_model(copy)
         logger.set_params({"steps": len(starts), "epochs": epochs})
         keras_before, keras_w, keras_g, twin_losses, scales = [], [], [], [], []
@@ -311,50 +308,51 @@ def compare(model, X, y, epochs=1, batch_size=None, loss=None, dtype=None):
         if not keras_optimizer.built:
             keras_optimizer.build(copy.trainable_variables)
         logger.on_train_begin()
-        try:
-            for _ in range(epochs):
-                for i, start in enumerate(starts):
-                    xb, yb = X[start : start + batch_size], y[start : start + batch_size]
-                    before = copy.get_weights()
-                    state = state_from_keras(keras_optimizer, twin_optimizer)
-                    # Keras's step, its applied gradient captured by the logger
-                    logger.on_train_batch_begin(i)
-                    copy.train_on_batch(xb, yb)
-                    logger.on_train_batch_end(i)
-                    keras_grads = logger._newest_gradients()
-                    after = copy.get_weights()
-                    if not all(np.isfinite(a).all() for a in keras_grads + after + [logger.losses[-1:]]):
-                        diverged_at = len(keras_w)
-                        break
-                    # teacher-forced: from Keras's weights and state, the twin's own loss and
-                    # gradient (checking backprop), and its update rule applied to Keras's
-                    # gradient (checking the optimizer on its own)
-                    teacher.set_params(before)
-                    t_loss, t_deltas, t_grads = teacher.backward(xb, yb, twin_loss)
-                    scales.append(_term_sizes(teacher, t_deltas, [layer.use_bias for layer in copy.layers]))
-                    t_params, _ = twin_optimizer.apply(before, keras_grads, state)
-                    # free-running: the twin's step from its own weights and state
-                    if free_ok:
-                        f_loss, _, f_grads = free.backward(xb, yb, twin_loss)
-                        f_params, free_state = twin_optimizer.apply(free.params, f_grads, free_state)
-                        free_ok = all(np.isfinite(p).all() for p in f_params)
+        # overflow in a diverging run is reported as such, not as NumPy warnings
+        with np.errstate(over="ignore", invalid="ignore"):
+            try:
+                for _ in range(epochs):
+                    for i, start in enumerate(starts):
+                        xb, yb = X[start : start + batch_size], y[start : start + batch_size]
+                        before = copy.get_weights()
+                        state = state_from_keras(keras_optimizer, twin_optimizer)
+                        # Keras's step, its applied gradient captured by the logger
+                        logger.on_train_batch_begin(i)
+                        copy.train_on_batch(xb, yb)
+                        logger.on_train_batch_end(i)
+                        keras_grads = logger._newest_gradients()
+                        after = copy.get_weights()
+                        if not all(np.isfinite(a).all() for a in keras_grads + after + [logger.losses[-1:]]):
+                            diverged_at = len(keras_w)
+                            break
+                        # teacher-forced: from Keras's weights and state, the twin's own loss and
+                        # gradient (checking backprop), and its update rule applied to Keras's
+                        # gradient (checking the optimizer on its own)
+                        teacher.set_params(before)
+                        t_loss, t_deltas, t_grads = teacher.backward(xb, yb, twin_loss)
+                        scales.append(_term_sizes(teacher, t_deltas, [layer.use_bias for layer in copy.layers]))
+                        t_params, _ = twin_optimizer.apply(before, keras_grads, state)
+                        # free-running: the twin's step from its own weights and state
                         if free_ok:
-                            free.set_params(f_params)
-                    if not free_ok:  # the twin alone diverged: nothing left to compare
-                        f_loss, f_grads, f_params = np.nan, [np.full(np.shape(g), np.nan) for g in t_grads], [np.full(np.shape(p), np.nan) for p in t_params]
-                    keras_before.append(before)
-                    keras_w.append(after)
-                    keras_g.append(keras_grads)
-                    twin_losses.append(float(f_loss))
-                    for mode, (l, g, w) in (("teacher", (t_loss, t_grads, t_params)), ("free", (f_loss, f_grads, f_params))):
-                        modes[mode]["loss"].append(float(l))
-                        modes[mode]["gradient"].append(g)
-                        modes[mode]["weights"].append(w)
-                if diverged_at is not None:
-                    break
-        finally:
-            logger.on_train_end()
-            errstate.__exit__(None, None, None)
+                            f_loss, _, f_grads = free.backward(xb, yb, twin_loss)
+                            f_params, free_state = twin_optimizer.apply(free.params, f_grads, free_state)
+                            free_ok = all(np.isfinite(p).all() for p in f_params)
+                            if free_ok:
+                                free.set_params(f_params)
+                        if not free_ok:  # the twin alone diverged: nothing left to compare
+                            f_loss, f_grads, f_params = np.nan, [np.full(np.shape(g), np.nan) for g in t_grads], [np.full(np.shape(p), np.nan) for p in t_params]
+                        keras_before.append(before)
+                        keras_w.append(after)
+                        keras_g.append(keras_grads)
+                        twin_losses.append(float(f_loss))
+                        for mode, (l, g, w) in (("teacher", (t_loss, t_grads, t_params)), ("free", (f_loss, f_grads, f_params))):
+                            modes[mode]["loss"].append(float(l))
+                            modes[mode]["gradient"].append(g)
+                            modes[mode]["weights"].append(w)
+                    if diverged_at is not None:
+                        break
+            finally:
+                logger.on_train_end()
     keras_losses = logger.losses[: len(keras_w)]
     results = {}
     for mode, d in modes.items():
