@@ -29,12 +29,11 @@ import sys
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-import kerasbp as kb  # noqa: E402  (first: it imports TensorFlow without its start-up logs)
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-from kerasbp.reference import SGD, NumpyMLP  # noqa: E402
+import kerasbp.native_logs  # noqa: F401  (first: TensorFlow starts without its native log lines)
+import kerasbp as kb
+import keras
+import numpy as np
+from kerasbp.reference import SGD, NumpyMLP
 
 
 def median_time(run, repeats):

@@ -1,45 +1,70 @@
-"""kerasbp: where backpropagation happens inside a Keras 3 model, checked against a NumPy twin."""
+"""kerasbp: where backpropagation happens inside a Keras 3 model, checked against a NumPy twin.
 
+The public names load lazily (PEP 562): `import kerasbp` imports neither Keras nor TensorFlow,
+and `import kerasbp.reference` (the NumPy twin) needs NumPy only. The first use of a name
+that needs Keras (`kerasbp.GradientLogger`, `kerasbp.xor_model`, ...) imports it.
+
+Module map:
+    data          xor_data, linear_data, load_xy_csv, least_squares, batch_slices, Standardizer
+    models        xor_model, linear_model, dense_model, compile_model
+    logger        GradientLogger (callback), GradientLog and Health (log), the capture in fit
+    training      train: many tiny epochs in one compiled loop
+    backprop      explain_backprop: the chain rule layer by layer, Keras beside NumPy
+    comparison    compare and ComparisonReport: Keras against the twin, step by step
+    reference     the NumPy twin: activations, losses, NumpyMLP, optimizers, gradient_check
+    plotting      matplotlib figures
+    jobs, cli     the training jobs behind scripts/ and their command lines
+"""
+
+import importlib
 import os
 
+# TensorFlow's C++ log lines: quiet unless the user asked for them (kerasbp.native_logs).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-from kerasbp._quiet import import_tensorflow_quietly  # noqa: E402
-
-import_tensorflow_quietly()
-
-from kerasbp.backprop import explain_backprop  # noqa: E402
-from kerasbp.callbacks import GradientLog, GradientLogger, load_gradient_log  # noqa: E402
-from kerasbp.compare import ComparisonReport, compare  # noqa: E402
-from kerasbp.data import linear_data, load_xy_csv, xor_data  # noqa: E402
-from kerasbp.models import compile_model, dense_model, linear_model, xor_model  # noqa: E402
-from kerasbp import plotting  # noqa: E402
-from kerasbp.reference import SGD, Adam, NumpyMLP, RMSprop, gradient_check, optimizer_from_keras, state_from_keras  # noqa: E402
-from kerasbp.training import train  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "SGD",
-    "Adam",
-    "ComparisonReport",
-    "GradientLog",
-    "GradientLogger",
-    "NumpyMLP",
-    "RMSprop",
-    "compare",
-    "compile_model",
-    "dense_model",
-    "explain_backprop",
-    "gradient_check",
-    "linear_data",
-    "linear_model",
-    "load_gradient_log",
-    "load_xy_csv",
-    "optimizer_from_keras",
-    "plotting",
-    "state_from_keras",
-    "train",
-    "xor_data",
-    "xor_model",
-]
+#: Public name -> the module that defines it.
+_EXPORTS = {
+    "GradientLog": "kerasbp.logger",
+    "GradientLogger": "kerasbp.logger",
+    "Health": "kerasbp.logger",
+    "load_gradient_log": "kerasbp.logger",
+    "compare": "kerasbp.comparison",
+    "ComparisonReport": "kerasbp.comparison",
+    "explain_backprop": "kerasbp.backprop",
+    "xor_data": "kerasbp.data",
+    "linear_data": "kerasbp.data",
+    "load_xy_csv": "kerasbp.data",
+    "least_squares": "kerasbp.data",
+    "compile_model": "kerasbp.models",
+    "dense_model": "kerasbp.models",
+    "linear_model": "kerasbp.models",
+    "xor_model": "kerasbp.models",
+    "train": "kerasbp.training",
+    "SGD": "kerasbp.reference",
+    "Adam": "kerasbp.reference",
+    "RMSprop": "kerasbp.reference",
+    "NumpyMLP": "kerasbp.reference",
+    "gradient_check": "kerasbp.reference",
+    "optimizer_from_keras": "kerasbp.reference",
+    "state_from_keras": "kerasbp.reference",
+}
+_SUBMODULES = ("plotting", "reference")
+
+__all__ = sorted([*_EXPORTS, *_SUBMODULES])
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"kerasbp.{name}")
+    else:
+        raise AttributeError(f"module 'kerasbp' has no attribute {name!r}")
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__():
+    return sorted([*globals(), *__all__])

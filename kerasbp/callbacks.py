@@ -18,38 +18,18 @@ import csv
 import json
 import math
 import os
-import tempfile
 import warnings
 
+import kerasbp.native_logs  # noqa: F401  (first: TensorFlow starts without its native log lines)
 import keras
 import numpy as np
 
 from kerasbp.checks import check_choice, check_output_path, check_positive_float, check_positive_int
+from kerasbp.files import atomic_write
 
 #: The statistics recorded per variable per logged step, in this order.
 STATS = ("norm", "mean", "std", "min", "max", "max_abs", "nonfinite", "weight_norm", "update_ratio")
 _STAT = {name: i for i, name in enumerate(STATS)}
-
-
-def _atomic_write(path, write):
-    """Call `write(file)` on a temporary file beside `path`, then rename it to `path`.
-
-    An interrupted save leaves the previous file (or none) in place, never a half-written one.
-    """
-    path = check_output_path("path", path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w+b") as f:
-            write(f)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; a saved log is not
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 class Health:
@@ -251,7 +231,7 @@ class GradientLog:
             text.flush()
             text.detach()
 
-        _atomic_write(path, write)
+        atomic_write(path, write)
 
     def to_npz(self, path):
         """Write everything (and, with `record="full"`, the gradient arrays `grad_<i>`) to `path`.
@@ -287,7 +267,7 @@ class GradientLog:
             arrays.update({f"weights_{j}": w for j, w in enumerate(self.weights())})
             arrays.update({f"optimizer_{j}": w for j, w in enumerate(self.optimizer_state())})
             arrays["optimizer_variable_names"] = np.array(self.optimizer_variable_names)
-        _atomic_write(path, lambda f: np.savez(f, **arrays))
+        atomic_write(path, lambda f: np.savez(f, **arrays))
 
     def health(self, vanishing_ratio=1e-3, exploding_norm=1e3):
         """Flag vanishing, exploding and non-finite gradients, and dead relu units.

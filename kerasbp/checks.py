@@ -8,6 +8,7 @@ here, so the NumPy reference can use these checks without importing Keras.
 
 import math
 import numbers
+import os
 
 import numpy as np
 
@@ -93,8 +94,6 @@ def check_output_path(name, path):
         TypeError: if `path` is not a string or path-like.
         ValueError: if its folder does not exist or `path` is a folder.
     """
-    import os
-
     try:
         path = os.fspath(path)
     except TypeError:
@@ -103,6 +102,24 @@ def check_output_path(name, path):
     if not os.path.isdir(folder) or os.path.isdir(path):
         raise ValueError(f"`{name}` must be a file path in an existing folder. Received: {name}={path!r}")
     return path
+
+
+def check_bool(name, value):
+    """Return `value` as a `bool` if it is `True` or `False` (Python or NumPy).
+
+    Args:
+        name: str, the argument's name, used in the message.
+        value: the received value. Integers such as 0 and 1 are refused.
+
+    Returns:
+        bool.
+
+    Raises:
+        TypeError: if `value` is not a bool.
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be True or False. Received: {name}={value!r}")
+    return bool(value)
 
 
 def check_positive_float(name, value):

@@ -383,7 +383,8 @@ def run_compare(task="xor", optimizer="sgd", learning_rate=None, epochs=None, ba
     Raises:
         ValueError, TypeError: for bad arguments.
     """
-    from kerasbp.compare import _floatx, compare
+    from kerasbp.comparison import compare
+    from kerasbp.precision import floatx
     from kerasbp.models import compile_model, linear_model, xor_model
 
     task = check_choice("task", task, ("xor", "linear"))
@@ -396,7 +397,7 @@ def run_compare(task="xor", optimizer="sgd", learning_rate=None, epochs=None, ba
     loss = check_choice("loss", loss or ("binary_crossentropy" if task == "xor" else "mse"), ("binary_crossentropy", "mse"))
     seed = check_seed(seed)
     X, y = xor_data(dtype) if task == "xor" else linear_data()
-    with _floatx(dtype):
+    with floatx(dtype):
         model = xor_model(seed=seed) if task == "xor" else linear_model(seed=seed)
         compile_model(model, optimizer, learning_rate, loss=loss)
     return compare(model, X, y, epochs=epochs, batch_size=batch_size, dtype=dtype)

@@ -1,4 +1,4 @@
-"""The seed's two data sets, a CSV loader for a user's own data, and standardization.
+"""The teaching data sets, a CSV loader for a user's own data, least squares, batching and standardization.
 
 Only NumPy and the standard library are imported here.
 """
@@ -186,3 +186,54 @@ class Standardizer:
     def inverse(self, a):
         """`a * std + mean`, column by column."""
         return np.asarray(a, dtype="float64") * self.std + self.mean
+
+
+def least_squares(X, y):
+    """Ordinary least squares with an intercept, in closed form: `min ||X w + b - y||^2`.
+
+    Solved with `np.linalg.lstsq` on `[X, 1]` in float64 (the minimum-norm solution when the
+    problem is not determined, e.g. fewer rows than columns).
+
+    Args:
+        X: array-like `(n_samples, n_features)` (1-D for one feature).
+        y: array-like `(n_samples,)` or `(n_samples, 1)`.
+
+    Returns:
+        `(coef, intercept)`: float64 array `(n_features,)` and a float.
+
+    Raises:
+        TypeError, ValueError: for non-numeric, empty or non-finite arrays, or lengths that differ.
+
+    Example:
+        >>> coef, intercept = least_squares([[0.0], [1.0], [2.0]], [1.0, 3.0, 5.0])
+        >>> [round(float(c), 6) for c in coef], round(intercept, 6)
+        ([2.0], 1.0)
+    """
+    X = check_array("X", X, dtype="float64")
+    y = check_array("y", y, dtype="float64")
+    if X.shape[0] != y.shape[0]:
+        raise ValueError(f"`X` and `y` must have the same number of rows. Received: X of shape {X.shape}, y of shape {y.shape}")
+    if y.shape[1] != 1:
+        raise ValueError(f"`y` must be one column. Received: y of shape {y.shape}")
+    A = np.hstack([X, np.ones((len(X), 1))])  # (n, n_features + 1)
+    solution = np.linalg.lstsq(A, y[:, 0], rcond=None)[0]
+    return solution[:-1], float(solution[-1])
+
+
+def batch_slices(n_samples, batch_size):
+    """The batches of `fit(shuffle=False)`: consecutive slices in order, the last partial one kept.
+
+    Args:
+        n_samples: int >= 1, rows in the data.
+        batch_size: int >= 1 (larger than `n_samples` means one batch of everything).
+
+    Returns:
+        list of `slice` objects, `ceil(n_samples / batch_size)` of them.
+
+    Example:
+        >>> batch_slices(5, 2)
+        [slice(0, 2, None), slice(2, 4, None), slice(4, 5, None)]
+    """
+    n_samples = check_positive_int("n_samples", n_samples)
+    batch_size = check_positive_int("batch_size", batch_size)
+    return [slice(start, min(start + batch_size, n_samples)) for start in range(0, n_samples, batch_size)]

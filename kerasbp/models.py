@@ -4,6 +4,7 @@ Every model is a `keras.Sequential` of `Dense` layers, so the NumPy twin
 (`kerasbp.reference.NumpyMLP.from_keras`) can copy it.
 """
 
+import kerasbp.native_logs  # noqa: F401  (first: TensorFlow starts without its native log lines)
 import keras
 import numpy as np
 

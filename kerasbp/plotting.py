@@ -743,7 +743,7 @@ def plot_comparison(report, axes=None, title=None):
     Raises:
         TypeError: if `report` is not a `ComparisonReport` or `axes` is not a pair of Axes.
     """
-    from kerasbp.compare import ComparisonReport
+    from kerasbp.comparison import ComparisonReport
 
     if not isinstance(report, ComparisonReport):
         raise TypeError(f"`report` must be a kerasbp.ComparisonReport. Received: report={report!r}")

@@ -10,10 +10,11 @@ import contextlib
 import logging
 import weakref
 
+import kerasbp.native_logs  # noqa: F401  (first: TensorFlow starts without its native log lines)
 import keras
 import tensorflow as tf
 
-from kerasbp._quiet import quiet_native_logs
+from kerasbp.native_logs import quiet_native_logs
 from kerasbp.checks import check_positive_int, check_xy
 
 #: Steps that one call of the compiled loop runs at most when `epochs_per_call` is automatic.

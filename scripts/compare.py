@@ -9,11 +9,7 @@ Prints a summary of the worst differences (or, with --json, the whole report). E
 every teacher-forced step agrees within the dtype's tolerances, 1 when not, 2 on bad input.
 """
 
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-from kerasbp.cli import main_compare, script_main  # noqa: E402
+from kerasbp.cli import main_compare, script_main
 
 if __name__ == "__main__":
     script_main(main_compare)

@@ -11,11 +11,7 @@ squares solution, and predictions at x = 0.3, 0.5, 0.7. Exit status: 0 ok, 1 tra
 2 bad input. Options: --help.
 """
 
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-from kerasbp.cli import main_linear, script_main  # noqa: E402
+from kerasbp.cli import main_linear, script_main
 
 if __name__ == "__main__":
     script_main(main_linear)

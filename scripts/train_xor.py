@@ -10,11 +10,7 @@ learned XOR. Exit status: 0 ok (learned or not, as printed), 1 training diverged
 Options: --help.
 """
 
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-from kerasbp.cli import main_xor, script_main  # noqa: E402
+from kerasbp.cli import main_xor, script_main
 
 if __name__ == "__main__":
     script_main(main_xor)

@@ -1,9 +1,8 @@
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-import kerasbp  # noqa: E402, F401  (first: imports TensorFlow without its start-up logs)
+import kerasbp.native_logs  # noqa: E402, F401  (first: TensorFlow starts without its native log lines)
 import keras  # noqa: E402
 import pytest  # noqa: E402
 

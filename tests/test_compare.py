@@ -12,7 +12,7 @@ import pytest
 
 import kerasbp as kb
 from kerasbp.cli import main_compare, run_compare
-from kerasbp.compare import TOLERANCES, compare
+from kerasbp.comparison import TOLERANCES, compare
 from kerasbp.reference import optimizers as twin_optimizers
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,7 +6,8 @@ oneDNN and CUDA notices) and at the first XLA compilation ("XLA service ... init
 "Compiled cluster using XLA!"). When `TF_CPP_MIN_LOG_LEVEL` is 3 (kerasbp's default),
 `quiet_native_logs()` sends file descriptor 2 to a temporary file for the duration of such a
 call and writes back every line that is not one of those log lines, so Python warnings and
-tracebacks still reach stderr. Set `TF_CPP_MIN_LOG_LEVEL=0` to see everything.
+tracebacks still reach stderr. Set `TF_CPP_MIN_LOG_LEVEL=0` to see everything. Importing this module imports TensorFlow
+that way (on the TensorFlow backend), so kerasbp's Keras modules import it before Keras.
 """
 
 import contextlib
@@ -41,8 +42,17 @@ def quiet_native_logs():
 
 
 def import_tensorflow_quietly():
-    """Import `tensorflow` and list its devices without the native start-up log lines."""
+    """Import `tensorflow` and list its devices without the native start-up log lines.
+
+    Does nothing when TensorFlow is already imported or Keras is set to another backend
+    (`KERAS_BACKEND`). The modules of kerasbp that import Keras import this module first.
+    """
+    if "tensorflow" in sys.modules or os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
+        return
     with quiet_native_logs():
         import tensorflow as tf
 
         tf.config.list_physical_devices()
+
+
+import_tensorflow_quietly()

@@ -28,14 +28,15 @@ the dtype (`TOLERANCES`):
   against the weights, which can be a million times larger.
 """
 
-import contextlib
 import csv
 import json
 
 import numpy as np
 
-from kerasbp.callbacks import GradientLogger, _atomic_write
+from kerasbp.callbacks import GradientLogger
 from kerasbp.checks import check_dtype, check_positive_int, check_xy
+from kerasbp.files import atomic_write
+from kerasbp.precision import floatx
 
 #: Relative tolerances of the teacher-forced comparison, by dtype. float32: losses agree to about
 #: 1e-7 of their size and updates to a few ulps of theirs; gradients carry float32 rounding
@@ -47,21 +48,6 @@ TOLERANCES = {
     "float64": {"loss": 1e-10, "gradient": 1e-10, "weights": 1e-10},
 }
 _QUANTITIES = ("loss", "gradient", "weights")
-
-
-@contextlib.contextmanager
-def _floatx(dtype):
-    """Build and train under `dtype` as Keras's float type and dtype policy."""
-    import keras
-
-    before = keras.config.floatx(), keras.config.dtype_policy().name
-    keras.config.set_floatx(dtype)
-    keras.config.set_dtype_policy(dtype)
-    try:
-        yield
-    finally:
-        keras.config.set_floatx(before[0])
-        keras.config.set_dtype_policy(before[1])
 
 
 def _rel(diff, scale):
@@ -199,7 +185,7 @@ class ComparisonReport:
             text.flush()
             text.detach()
 
-        _atomic_write(path, write)
+        atomic_write(path, write)
 
     def to_json(self):
         """`to_dict()` as a JSON string."""
@@ -287,7 +273,7 @@ def compare(model, X, y, epochs=1, batch_size=None, loss=None, dtype=None):
     twin_loss = get_loss(loss)  # refuses unsupported losses
     X, y = check_xy(X, y, n_features=model.inputs[0].shape[-1], n_outputs=model.outputs[0].shape[-1], dtype=dtype)
 
-    with _floatx(dtype):
+    with floatx(dtype):
         copy, keras_optimizer = _copy(model, dtype)
         copy.compile(optimizer=keras_optimizer, loss=loss)
         twin_optimizer = optimizer_from_keras(keras_optimizer)
