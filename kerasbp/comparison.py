@@ -306,7 +306,7 @@ def compare(model, X, y, epochs=1, batch_size=None, loss=None, dtype=None):
                         logger.on_train_batch_begin(i)
                         copy.train_on_batch(xb, yb)
                         logger.on_train_batch_end(i)
-                        keras_grads = logger._newest_gradients()
+                        keras_grads = logger.last_gradients()
                         after = copy.get_weights()
                         if not all(np.isfinite(a).all() for a in keras_grads + after + [logger.losses[-1:]]):
                             diverged_at = len(keras_w)

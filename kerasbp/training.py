@@ -14,8 +14,10 @@ import kerasbp.native_logs  # noqa: F401  (first: TensorFlow starts without its 
 import keras
 import tensorflow as tf
 
-from kerasbp.native_logs import quiet_native_logs
 from kerasbp.checks import check_positive_int, check_xy
+from kerasbp.logger import capture
+from kerasbp.logger.callback import GradientLogger
+from kerasbp.native_logs import quiet_native_logs
 
 #: Steps that one call of the compiled loop runs at most when `epochs_per_call` is automatic.
 MAX_STEPS_PER_CALL = 4096
@@ -24,8 +26,6 @@ MAX_STEPS_PER_CALL = 4096
 def _is_kerasbp_aware(callback):
     # These callbacks read their data after each call of the compiled loop, so they stay exact
     # when one call runs several epochs.
-    from kerasbp.callbacks import GradientLogger
-
     return isinstance(callback, (GradientLogger, keras.callbacks.History))
 
 
@@ -70,7 +70,8 @@ def train(model, X, y, epochs=1, batch_size=None, callbacks=None, verbose=0, epo
         epochs: int >= 1, passes over the data. Defaults to 1.
         batch_size: int >= 1 or None for 32, as in `fit`. Defaults to None.
         callbacks: list of `keras.callbacks.Callback`. Defaults to None.
-        verbose: 0 (silent) or 1 (a progress bar per epoch). Defaults to 0.
+        verbose: 0 (silent), 1 (a progress bar per epoch) or 2 (one line per epoch), as in
+            `fit`. Defaults to 0.
         epochs_per_call: int >= 1 or None. None runs up to `MAX_STEPS_PER_CALL` steps per call
             when the callbacks allow it (see above), else one epoch per call.
         jit_compile: bool, compile the loop with XLA (about twice as fast on a CPU for tiny
@@ -161,7 +162,9 @@ def _quiet_retracing():
         logger.removeFilter(log_filter)
 
 
-#: Traced loops per model, reused by later `train` calls with the same shapes and hooks.
+#: Traced loops: model -> optimizer -> {shapes, batching and hooks: loop}, reused by later
+#: `train` calls. Weak keys: a loop goes with its model or optimizer, and is never mistaken for
+#: one traced against an object that has died and whose id was reused.
 _LOOPS = weakref.WeakKeyDictionary()
 
 
@@ -172,11 +175,11 @@ def _train(model, X_t, y_t, batch_size, n_full, rest, epochs, epochs_per_call, c
     model._symbolic_build(data_batch=(X_t[:1], y_t[:1], None))
     model.stop_training = False
     callback_list.on_train_begin()
-    # Looked up after on_train_begin: a GradientLogger hooks the optimizer there, and its token
-    # tells a loop traced with its hooks from one traced without.
-    optimizer = model.optimizer
-    key = (id(optimizer), getattr(optimizer, "_kerasbp_token", None), tuple(X_t.shape), tuple(y_t.shape), X_t.dtype, batch_size, epochs_per_call, jit)
-    loops = _LOOPS.setdefault(model, {})
+    # Looked up after on_train_begin: a GradientLogger attaches its capture there, and a loop
+    # traced with those hooks serves only that capture (which lives as long as the model).
+    hooks = capture.attached_capture(model)
+    key = (hooks, tuple(X_t.shape), tuple(y_t.shape), X_t.dtype, batch_size, epochs_per_call, jit)
+    loops = _LOOPS.setdefault(model, weakref.WeakKeyDictionary()).setdefault(model.optimizer, {})
     if key not in loops:
         loops[key] = _make_loop(model, batch_size, n_full, rest, jit, epochs_per_call)
     run = loops[key]

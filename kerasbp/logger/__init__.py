@@ -1,5 +1,20 @@
-"""GradientLogger and the log it keeps (temporary re-export while the package is split)."""
+"""The gradients Keras applies, recorded from inside `model.fit`.
 
-from kerasbp.callbacks import GradientLog, GradientLogger, Health, load_gradient_log
+- `log.py`: `GradientLog` (the data, `health()`, exports) and `load_gradient_log`; NumPy only.
+- `capture.py`: the hooks on the optimizer and the buffers they write inside the train step.
+- `callback.py`: `GradientLogger`, the Keras callback that attaches a capture and keeps the log.
 
-__all__ = ["GradientLog", "GradientLogger", "Health", "load_gradient_log"]
+`GradientLogger` loads lazily (PEP 562), so reading a saved log needs NumPy only.
+"""
+
+import importlib
+
+from kerasbp.logger.log import STATS, GradientLog, Health, load_gradient_log
+
+__all__ = ["STATS", "GradientLog", "GradientLogger", "Health", "load_gradient_log"]
+
+
+def __getattr__(name):
+    if name == "GradientLogger":
+        return importlib.import_module("kerasbp.logger.callback").GradientLogger
+    raise AttributeError(f"module 'kerasbp.logger' has no attribute {name!r}")

@@ -1,6 +1,7 @@
 """GradientLogger records the gradients the optimizer applied, from inside fit."""
 
 import csv
+import gc
 import glob
 import warnings
 
@@ -10,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from kerasbp import compile_model, dense_model, linear_model, train, xor_data, xor_model
-from kerasbp.callbacks import STATS, GradientLogger, load_gradient_log
+from kerasbp.logger import STATS, GradientLogger, load_gradient_log
 
 
 def regression_data(n=37, seed=0):
@@ -340,3 +341,115 @@ def test_update_ratio_from_captured_increments_equals_the_weight_change(optimize
         a = logger.stats_array()
         nonzero = norms[0] > 0
         np.testing.assert_allclose(ratios[0][nonzero] * norms[0][nonzero], 0.05 * a[:, :, STATS.index("norm")][nonzero], rtol=1e-6)
+
+
+# ---------------------------------------------------------------- defects found on review
+
+
+def test_a_reused_logger_acts_on_nonfinite_in_every_fit():
+    # Before the fix, the flag that made the first fit raise was never reset, so the second fit
+    # of the same logger trained on through NaN gradients silently.
+    X = 100 * np.arange(-4, 4, dtype="float32").reshape(-1, 1)
+    y = 3 * X
+    model = compile_model(linear_model(1), keras.optimizers.SGD(1e4))
+    logger = GradientLogger(on_nonfinite="raise")
+    for _ in range(2):
+        model.set_weights([np.zeros((1, 1), "float32"), np.zeros(1, "float32")])
+        model.optimizer.iterations.assign(0)
+        with pytest.raises(FloatingPointError, match="non-finite gradient"):
+            model.fit(X, y, epochs=20, batch_size=2, shuffle=False, callbacks=[logger], verbose=0)
+
+
+def _two_sided_relu_model():
+    # Hidden unit 0 is active for x > 0 only, unit 1 for x < 0 only (kernel [[1, -1]], bias 0),
+    # so on positive data only unit 0's kernel gets a gradient, on negative data only unit 1's.
+    model = dense_model([1, 2, 1], ["relu", "linear"], seed=0)
+    model.set_weights([np.array([[1.0, -1.0]], "float32"), np.zeros(2, "float32"), np.ones((2, 1), "float32"), np.zeros(1, "float32")])
+    return compile_model(model, keras.optimizers.SGD(1e-4))
+
+
+def test_dead_units_combine_over_runs_with_rebuilt_buffers():
+    model = _two_sided_relu_model()
+    positive = np.linspace(1, 2, 8, dtype="float32").reshape(-1, 1)
+    logger = GradientLogger()
+    model.fit(positive, 5 * positive, epochs=1, batch_size=4, shuffle=False, callbacks=[logger], verbose=0)
+    assert logger.health().dead_units == {logger.names[0]: [1]}  # unit 1 had no gradient yet
+    # kb.train runs 400 steps per call here: device buffers of more rows are made for it.
+    train(model, -positive, 5 * positive, epochs=200, batch_size=4, callbacks=[logger])
+    assert len(logger.steps) == 2 + 400
+    assert logger.health().dead_units == {}  # unit 0 had gradients in the first run, unit 1 in the second
+
+
+def _count_traces(model):
+    traces = []
+    original = model.train_step
+
+    def counting(data):
+        traces.append(1)
+        return original(data)
+
+    model.train_step = counting
+    return traces
+
+
+def test_two_loggers_in_a_row_on_one_model_each_log_their_run_and_trace_once():
+    X, y = xor_data()
+    model = compile_model(xor_model(seed=0), "sgd", learning_rate=0.5)
+    traces = _count_traces(model)
+    first = GradientLogger(record="full")
+    train(model, X, y, epochs=5, batch_size=4, callbacks=[first])
+    first_steps = first.steps.copy()
+    n_traced = len(traces)
+    del first
+    gc.collect()  # the first logger's objects die, and a new one may get their ids
+    second = GradientLogger(record="full")
+    train(model, X, y, epochs=5, batch_size=4, callbacks=[second])
+    np.testing.assert_array_equal(first_steps, np.arange(5))
+    np.testing.assert_array_equal(second.steps, np.arange(5, 10))
+    assert len(traces) == n_traced  # the second logger reused the traced loop
+    # and what it logged is this run's gradients: the step-5 gradient at the weights after 5 steps
+    twin_model = compile_model(xor_model(seed=0), "sgd", learning_rate=0.5)
+    train(twin_model, X, y, epochs=5, batch_size=4)
+    with tf.GradientTape() as tape:
+        loss = twin_model.compute_loss(X, y, twin_model(X, training=True))
+    expected = tape.gradient(loss, twin_model.trainable_weights)
+    for logged, g in zip(second.gradients(), expected, strict=True):
+        np.testing.assert_allclose(logged[0], g.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_train_documents_every_verbose_value_it_accepts(capsys):
+    assert "2 (one line per epoch)" in " ".join(train.__doc__.split())
+    X, y = xor_data()
+    model = compile_model(xor_model(seed=0), "sgd")
+    train(model, X, y, epochs=3, batch_size=4, verbose=2, epochs_per_call=1)
+    assert capsys.readouterr().out.count("loss:") == 3
+    with pytest.raises(ValueError, match="verbose"):
+        train(model, X, y, epochs=1, verbose=3)
+
+
+def test_an_empty_snapshot_log_saves_and_loads(tmp_path):
+    X, y = xor_data()
+    model = compile_model(xor_model(seed=0), "sgd")
+    train(model, X, y, epochs=1, batch_size=4)  # iteration 0 is done without a logger
+    logger = GradientLogger(every_n_steps=100, snapshots=True)
+    model.fit(X, y, epochs=1, batch_size=4, callbacks=[logger], verbose=0)  # iteration 1: not logged
+    assert len(logger) == 0
+    logger.to_npz(tmp_path / "empty.npz")
+    back = load_gradient_log(tmp_path / "empty.npz")
+    assert len(back) == 0
+    assert [w.shape for w in back.weights()] == [(0, 2, 4), (0, 4), (0, 4, 1), (0, 1)]
+
+
+def test_a_log_streamed_to_disk_saves_and_loads(tmp_path):
+    X, y = regression_data()
+    model = compile_model(dense_model([2, 3, 1], ["tanh", "linear"], seed=0), "sgd")
+    logger = GradientLogger(record="full", path=tmp_path / "grads")
+    model.fit(X, y, epochs=2, batch_size=10, shuffle=False, callbacks=[logger], verbose=0)
+    logger.to_npz(tmp_path / "log.npz")
+    for back in (load_gradient_log(tmp_path / "log.npz"), load_gradient_log(tmp_path / "grads")):
+        np.testing.assert_array_equal(back.steps, np.arange(8))
+        np.testing.assert_array_equal(back.stats_array(), logger.stats_array())
+        assert back.names == logger.names
+        for a, b in zip(back.gradients(), logger.gradients(), strict=True):
+            assert a.shape[0] == 8
+            np.testing.assert_array_equal(a, b)

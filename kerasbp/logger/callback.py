@@ -1,0 +1,325 @@
+"""`GradientLogger`: the Keras callback that records the gradients the optimizer applies in `fit`.
+
+Thin: it attaches a capture (`kerasbp/logger/capture.py`) at the start of training, reads the
+rows it wrote from time to time, and keeps them as a `GradientLog` (`kerasbp/logger/log.py`),
+streaming whole gradients to disk with `path=` and to TensorBoard with `tensorboard_dir=`.
+"""
+
+import math
+import os
+import warnings
+
+import kerasbp.native_logs  # noqa: F401  (first: TensorFlow starts without its native log lines)
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kerasbp.checks import check_bool, check_choice, check_output_path, check_positive_float, check_positive_int
+from kerasbp.logger import capture
+from kerasbp.files import atomic_write
+from kerasbp.logger.log import FOLDER_LOG, STATS, GradientLog, gradient_file
+
+#: Column of each statistic in a row of `stats`.
+STATS_INDEX = {name: i for i, name in enumerate(STATS)}
+
+#: Rows of the statistics buffer at least: the host reads it only every few hundred steps.
+MIN_STATS_ROWS = 256
+
+
+def _activation_name(layer):
+    activation = getattr(layer, "activation", None)
+    return getattr(activation, "__name__", "") if activation is not None else ""
+
+
+class GradientLogger(keras.callbacks.Callback, GradientLog):
+    """Records the gradients the optimizer applies, at every `every_n_steps`-th step of `fit`.
+
+    It works with a plain `model.fit(..., callbacks=[logger])` on any compiled Keras model with
+    the TensorFlow backend (and with `kerasbp.train`). The gradients are those handed to
+    `optimizer.apply_gradients` in the train step, before loss-scale division, clipping and
+    weight decay, so they are exact with `shuffle=True`, a last partial batch and
+    `steps_per_execution > 1` (every step of an execution is recorded). Once trained, the logger
+    is a `kerasbp.GradientLog` (steps, losses, statistics, exports, `health()`).
+
+    Args:
+        every_n_steps: int >= 1, log optimizer steps whose 0-based iteration is a multiple of it.
+            Defaults to 1.
+        record: `"stats"` (per variable per step: `STATS`) or `"full"` (also the whole gradient
+            arrays). Defaults to `"stats"`.
+        on_nonfinite: what to do when a gradient holds NaN or Inf: `"warn"` (a warning naming the
+            first step, layer and variable), `"stop"` (also stop training after that call of the
+            train function) or `"raise"` (raise `FloatingPointError`). Each `fit` acts on its
+            own first non-finite step. Defaults to `"warn"`.
+        path: folder to stream full gradients to (one raw file per variable, memory-mapped back
+            by `gradients()`; created if its parent folder exists; files of an earlier log there
+            are replaced; at the end of training the rest of the log is saved beside them, so
+            `kerasbp.load_gradient_log(path)` reads the folder), or None to hold them in
+            memory. Defaults to None.
+        max_memory_mb: positive float, the bound on full gradients held in memory without `path`
+            and on the device-side buffer; past it, training stops with a `MemoryError` that
+            suggests `path=` or a larger `every_n_steps`. Defaults to 512.
+        tensorboard_dir: folder for TensorBoard event files (per variable gradient norms and
+            histograms, and the loss), or None. Defaults to None.
+        snapshots: bool, also record the weights and the optimizer's variables before each logged
+            step (`weights()`, `optimizer_state()`), held in memory, so that any step can be
+            replayed exactly (e.g. by `kerasbp.compare`). Defaults to False.
+
+    Raises:
+        TypeError, ValueError: for bad arguments.
+        RuntimeError: at `fit` on a backend other than TensorFlow, or a model without optimizer.
+
+    Example:
+        >>> logger = GradientLogger()
+        >>> model.fit(X, y, epochs=2, callbacks=[logger])  # doctest: +SKIP
+        >>> logger.stats["sequential/dense_0/kernel"]["norm"]  # doctest: +SKIP
+    """
+
+    def __init__(self, every_n_steps=1, record="stats", on_nonfinite="warn", path=None, max_memory_mb=512, tensorboard_dir=None, snapshots=False):
+        keras.callbacks.Callback.__init__(self)
+        GradientLog.__init__(self)
+        self.every_n_steps = check_positive_int("every_n_steps", every_n_steps)
+        self.record = check_choice("record", record, ("stats", "full"))
+        self.on_nonfinite = check_choice("on_nonfinite", on_nonfinite, ("warn", "stop", "raise"))
+        self.async_safe = self.on_nonfinite == "warn"  # see on_train_batch_end
+        self.path = None if path is None else check_output_path("path", path) if not os.path.isdir(path) else os.fspath(path)
+        if self.path is not None and self.record != "full":
+            raise ValueError(f'`path` streams full gradients and needs record="full". Received: record={record!r}, path={path!r}')
+        if self.path is not None and os.path.exists(self.path) and not os.path.isdir(self.path):
+            raise ValueError(f"`path` must be a folder (new or existing) to stream gradients to. Received a file: path={self.path!r}")
+        self.max_memory_mb = check_positive_float("max_memory_mb", max_memory_mb)
+        self.tensorboard_dir = None if tensorboard_dir is None else os.fspath(tensorboard_dir)
+        if self.tensorboard_dir is not None:
+            try:
+                import tensorboard  # noqa: F401  (optional dependency)
+            except ImportError:
+                raise ImportError("`tensorboard_dir` needs the tensorboard package: pip install 'kerasbp[tensorboard]'") from None
+        self.snapshots = check_bool("snapshots", snapshots)
+        self.first_nonfinite = None  # {"step", "epoch", "layer", "variable"} of the first NaN/Inf gradient logged
+        self.missing = []  # names of variables whose gradient came back None
+        self._capture = None
+        self._n_read = self._unread_calls = 0
+        self._rows_per_call = 1
+        self._pending = True
+        self._acted_on_nonfinite = False
+        self._writer = None
+        self._files = None  # open while training: one raw file per variable
+        self._file_names = None
+        self._dtype = np.float32
+
+    # ----------------------------------------------------------------- attaching to the model
+    def on_train_begin(self, logs=None):
+        if keras.backend.backend() != "tensorflow":
+            raise RuntimeError(
+                f"GradientLogger supports the TensorFlow backend only; Keras is running on {keras.backend.backend()!r}. "
+                "Set KERAS_BACKEND=tensorflow before importing keras."
+            )
+        model = self.model
+        optimizer = getattr(model, "optimizer", None)
+        if optimizer is None:
+            raise RuntimeError("GradientLogger needs a compiled model with an optimizer")
+        if not model.built:
+            raise ValueError(
+                "GradientLogger needs a built model, so that its variables exist before training: "
+                "start it with keras.Input(shape) or call model.build(input_shape) first"
+            )
+        self._describe(model)
+        capture.detach(model)  # hooks left by an interrupted fit
+        if not optimizer.built:
+            optimizer.build(list(model.trainable_weights))  # as its first `apply` would; its slot variables now exist
+        if self.snapshots:
+            self.optimizer_variable_names = [v.path for v in optimizer.variables]
+            if self._weights is None:
+                self._weights = [[] for _ in self.names]
+                self._optimizer_state = [[] for _ in optimizer.variables]
+        steps_per_call = int(self.params.get("steps_per_call") or getattr(model, "steps_per_execution", 1) or 1)
+        keep_full = self.record == "full" or self.tensorboard_dir is not None
+        # Rows one call of the train function can write. Statistics are small, so their buffer
+        # holds MIN_STATS_ROWS or more and the host reads it only now and then; full gradients
+        # are read after every call.
+        self._rows_per_call = steps_per_call // self.every_n_steps + 1
+        capacity = self._rows_per_call if keep_full else max(self._rows_per_call, MIN_STATS_ROWS)
+        self._dtype = np.float64 if any(v.dtype == "float64" for v in model.trainable_weights) else np.float32
+        n_params = sum(math.prod(s) for s in self.shapes)
+        buffer_mb = capacity * n_params * np.dtype(self._dtype).itemsize / 2**20 if keep_full else 0
+        if buffer_mb > self.max_memory_mb:
+            raise MemoryError(
+                f"GradientLogger(record='full') would need {buffer_mb:.1f} MB of device buffer for {capacity} steps per call "
+                f"of {n_params} parameters, over max_memory_mb={self.max_memory_mb:g}. Lower steps_per_execution or raise max_memory_mb"
+            )
+        self._capture = capture.capture_for(
+            model,
+            optimizer,
+            every_n_steps=self.every_n_steps,
+            capacity=capacity,
+            keep_full=keep_full,
+            snapshots=self.snapshots,
+            tracked=tuple(alive is not None for alive in self._alive),
+            steps_per_execution=steps_per_call,
+        )
+        # Per-run state: each fit reads from where the buffers are now and acts on its own
+        # first non-finite step.
+        self._capture.reset_units()
+        self._n_read = self._capture.count
+        self._unread_calls = 0
+        self._acted_on_nonfinite = False
+        self._fit_start = int(optimizer.iterations.numpy())
+        self._steps_per_epoch = self.params.get("steps") or None
+        if self.path is not None:
+            # The first fit starts the files afresh (an earlier log there is replaced); later
+            # fits of this logger append to them.
+            mode = "ab" if self._file_names else "wb"
+            os.makedirs(self.path, exist_ok=True)
+            self._file_names = [gradient_file(self.path, j) for j in range(len(self.names))]
+            self._files = [open(name, mode) for name in self._file_names]
+        if self.tensorboard_dir is not None and self._writer is None:
+            self._writer = tf.summary.create_file_writer(self.tensorboard_dir)
+        self._capture.attach()
+        self.missing = list(self._capture.missing)
+
+    def _describe(self, model):
+        """Names, layers, activations and shapes of the model's variables; dead-unit tracking."""
+        variables = list(model.trainable_weights)
+        names = [v.path for v in variables]
+        if self.names and names != self.names:
+            raise ValueError(f"this GradientLogger already holds a log of variables {self.names}; the model has {names}. Use a new logger")
+        layer_of = {}
+        for layer in model._flatten_layers(include_self=False):
+            for v in layer.trainable_weights:
+                layer_of[id(v)] = layer
+        self.names = names
+        self.shapes = [tuple(int(d) for d in v.shape) for v in variables]
+        self.layers = [layer_of[id(v)].name if id(v) in layer_of else "" for v in variables]
+        self.activations = [_activation_name(layer_of.get(id(v))) for v in variables]
+        if self._grads is None:
+            self._grads = [[] for _ in variables]
+        if self._alive is None:
+            # Dead units are tracked for relu layers' kernels: a unit whose gradient stays zero.
+            self._alive = [np.zeros(s[-1:], bool) if len(s) >= 2 and a == "relu" else None for s, a in zip(self.shapes, self.activations, strict=True)]
+
+    def on_train_batch_begin(self, batch, logs=None):
+        # Read the device buffer only when the coming call could overflow it: a read per step
+        # would cost more than the statistics.
+        if (self._unread_calls + 1) * self._rows_per_call > self._capture.buffers.capacity:
+            self._collect()
+        self._pending = True  # the train function is about to run: rows will follow
+        self._unread_calls += 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        # "stop" and "raise" must act at the step a non-finite gradient appears. With "warn" this
+        # does nothing, and `async_safe` lets Keras run it without waiting for the step's logs.
+        if self.on_nonfinite != "warn":
+            self._collect()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._collect()
+
+    def on_train_end(self, logs=None):
+        self.detach()
+
+    def detach(self):
+        """Unhook the optimizer and flush files. `on_train_end` calls it; call it yourself after
+        an interrupted `fit` before training the model without this logger."""
+        self._sync()
+        if self._capture is not None:
+            self._capture.detach()
+        if self._files is not None:
+            for f in self._files:
+                f.close()
+            self._files = None
+            # The folder now holds a whole log: load_gradient_log(path) reads it.
+            arrays = self._arrays(gradients=False, grad_dtype=np.dtype(self._dtype).name)
+            atomic_write(os.path.join(self.path, FOLDER_LOG), lambda f: np.savez(f, **arrays))
+        if self._writer is not None:
+            self._writer.flush()
+
+    # ------------------------------------------------------------------ reading the device
+    def _sync(self):
+        if self._capture is not None:
+            self._pending = True
+            self._collect()
+
+    def _collect(self):
+        """Read the rows written on the device since the last read and append them."""
+        if not self._pending:
+            return  # nothing ran since the last read (e.g. epoch ends replayed by kerasbp.train)
+        self._pending = False
+        self._unread_calls = 0
+        count = self._capture.count
+        if count <= self._n_read:
+            return
+        rows = self._capture.read(self._n_read, count)
+        self._n_read = count
+        steps = rows["steps"]
+        epochs = (steps - self._fit_start) // self._steps_per_epoch if self._steps_per_epoch else np.zeros_like(steps)
+        if rows["full"] is not None and self.record == "full":
+            self._store_full(rows["full"])
+        for j, alive in enumerate(rows["alive"]):
+            if alive is not None:
+                self._alive[j] |= alive  # combined with earlier runs of this logger
+        if rows["weights"] is not None:
+            for chunks, w in zip(self._weights + self._optimizer_state, rows["weights"] + rows["optimizer_state"], strict=True):
+                chunks.append(w)
+        self._append(steps, epochs, rows["losses"], rows["stats"])
+        if self._writer is not None:
+            self._write_tensorboard(steps, rows["losses"], rows["stats"], rows["full"])
+        self._check_nonfinite(steps, epochs, rows["stats"])
+
+    def _store_full(self, fulls):
+        if self._files is not None:
+            for f, g in zip(self._files, fulls, strict=True):
+                f.write(np.ascontiguousarray(g).tobytes())
+            return
+        held = sum(sum(c.nbytes for c in chunks) for chunks in self._grads) + sum(g.nbytes for g in fulls)
+        if held > self.max_memory_mb * 2**20:
+            self.model.stop_training = True
+            raise MemoryError(
+                f"GradientLogger(record='full') holds {held / 2**20:.1f} MB of gradients, over max_memory_mb="
+                f"{self.max_memory_mb:g}. Pass path=... to stream them to disk, or raise every_n_steps"
+            )
+        for chunks, g in zip(self._grads, fulls, strict=True):
+            chunks.append(g)
+
+    def _grad_array(self, j):
+        if self._file_names is None:
+            return GradientLog._grad_array(self, j)
+        if self._files is not None:
+            self._files[j].flush()
+        shape = self.shapes[j]
+        dtype = np.dtype(self._dtype)
+        file = self._file_names[j]
+        n = os.path.getsize(file) // (dtype.itemsize * max(1, math.prod(shape)))
+        if n == 0:
+            return np.zeros((0, *shape), dtype)
+        return np.memmap(file, dtype=dtype, mode="r", shape=(n, *shape))
+
+    def _write_tensorboard(self, steps, losses, stats, fulls):
+        norm = STATS_INDEX["norm"]
+        with self._writer.as_default():
+            for r, step in enumerate(steps):
+                step = int(step)
+                tf.summary.scalar("loss", losses[r], step=step)
+                for j, name in enumerate(self.names):
+                    tf.summary.scalar(f"gradient_norm/{name}", stats[r, j, norm], step=step)
+                    if fulls is not None:
+                        tf.summary.histogram(f"gradients/{name}", fulls[j][r], step=step)
+
+    def _check_nonfinite(self, steps, epochs, stats):
+        counts = stats[:, :, STATS_INDEX["nonfinite"]]
+        bad = counts > 0
+        if not bad.any() or self._acted_on_nonfinite:
+            return
+        r, j = np.argwhere(bad)[0]
+        message = (
+            f"non-finite gradient at step {int(steps[r])} (epoch {int(epochs[r])}) in layer {self.layers[j]!r}, "
+            f"variable {self.names[j]!r}: {int(counts[r, j])} NaN/Inf entries"
+        )
+        if self.first_nonfinite is None:
+            self.first_nonfinite = {"step": int(steps[r]), "epoch": int(epochs[r]), "layer": self.layers[j], "variable": self.names[j]}
+        self._acted_on_nonfinite = True
+        if self.on_nonfinite == "raise":
+            self.detach()
+            raise FloatingPointError(message)
+        if self.on_nonfinite == "stop":
+            self.model.stop_training = True
+            message += "; training stopped"
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
