@@ -8,6 +8,7 @@ runs a whole run of epochs inside one compiled TensorFlow function that calls th
 
 import contextlib
 import logging
+import time
 import weakref
 
 import kerasbp.native_logs  # noqa: F401  (first: TensorFlow starts without its native log lines)
@@ -21,6 +22,15 @@ from kerasbp.native_logs import quiet_native_logs
 
 #: Steps that one call of the compiled loop runs at most when `epochs_per_call` is automatic.
 MAX_STEPS_PER_CALL = 4096
+
+#: Wall time one call of the compiled loop aims at: calls return this often, so that Ctrl-C and
+#: callbacks are seen, and the loop runs fewer epochs per call when a step is slow. The number
+#: of epochs in a call is a tensor, so changing it traces nothing.
+SECONDS_PER_CALL = 0.2
+
+#: With `jit_compile="auto"`, runs of at least this many steps are XLA-compiled: below it, XLA's
+#: compile time is not won back (measured by `benchmarks/run.py`, "time to result").
+AUTO_XLA_MIN_STEPS = 20_000
 
 
 def _is_kerasbp_aware(callback):
@@ -45,7 +55,7 @@ def _input_width(model):
     return None if shape[-1] is None else int(shape[-1])
 
 
-def train(model, X, y, epochs=1, batch_size=None, callbacks=None, verbose=0, epochs_per_call=None, jit_compile=True):
+def train(model, X, y, epochs=1, batch_size=None, callbacks=None, verbose=0, epochs_per_call=None, jit_compile="auto"):
     """Train a compiled model like `model.fit(X, y, shuffle=False)`, fast for tiny epochs.
 
     Batches are consecutive slices of `X` and `y` in order, the last partial batch kept, as in
@@ -72,12 +82,17 @@ def train(model, X, y, epochs=1, batch_size=None, callbacks=None, verbose=0, epo
         callbacks: list of `keras.callbacks.Callback`. Defaults to None.
         verbose: 0 (silent), 1 (a progress bar per epoch) or 2 (one line per epoch), as in
             `fit`. Defaults to 0.
-        epochs_per_call: int >= 1 or None. None runs up to `MAX_STEPS_PER_CALL` steps per call
-            when the callbacks allow it (see above), else one epoch per call.
-        jit_compile: bool, compile the loop with XLA (about twice as fast on a CPU for tiny
-            networks; XLA may fuse operations differently from `fit`, which Keras does not
-            XLA-compile on a CPU, so results agree to float rounding rather than bit for bit).
-            Ignored (False) when the model was compiled with `run_eagerly=True`. Defaults to True.
+        epochs_per_call: int >= 1 or None, the most epochs one call of the compiled loop runs.
+            None allows up to `MAX_STEPS_PER_CALL` steps per call when the callbacks allow it
+            (see above), else one epoch per call. Within that bound, each call runs as many
+            epochs as fit in about `SECONDS_PER_CALL`, so that the loop returns often.
+            It does not depend on `epochs`, so runs of another length reuse the traced loop.
+        jit_compile: True, False or `"auto"`: compile the loop with XLA (about twice as fast
+            per step on a CPU for tiny networks, but its compile costs about half a second;
+            XLA may fuse operations differently from `fit`, which Keras does not XLA-compile on
+            a CPU, so results agree to float rounding rather than bit for bit). `"auto"` uses
+            XLA for runs of at least `AUTO_XLA_MIN_STEPS` steps. Ignored (False) when the model
+            was compiled with `run_eagerly=True`. Defaults to `"auto"`.
 
     Returns:
         `keras.callbacks.History`, also set as `model.history`.
@@ -104,8 +119,8 @@ def train(model, X, y, epochs=1, batch_size=None, callbacks=None, verbose=0, epo
         raise ValueError("`model` must be compiled before training: call compile_model(model, ...) first")
     epochs = check_positive_int("epochs", epochs)
     batch_size = 32 if batch_size is None else check_positive_int("batch_size", batch_size)
-    if not isinstance(jit_compile, bool):
-        raise TypeError(f"`jit_compile` must be True or False. Received: jit_compile={jit_compile!r}")
+    if not (isinstance(jit_compile, bool) or jit_compile == "auto"):
+        raise TypeError(f"`jit_compile` must be True, False or 'auto'. Received: jit_compile={jit_compile!r}")
     if verbose not in (0, 1, 2):
         raise ValueError(f"`verbose` must be 0, 1 or 2. Received: verbose={verbose!r}")
     X, y = check_xy(X, y, n_features=_input_width(model), n_outputs=_output_width(model), dtype=keras.config.floatx())
@@ -119,7 +134,7 @@ def train(model, X, y, epochs=1, batch_size=None, callbacks=None, verbose=0, epo
             epochs_per_call = max(1, MAX_STEPS_PER_CALL // steps_per_epoch)
         else:
             epochs_per_call = 1
-    epochs_per_call = min(check_positive_int("epochs_per_call", epochs_per_call), epochs)
+    epochs_per_call = check_positive_int("epochs_per_call", epochs_per_call)
 
     callback_list = keras.callbacks.CallbackList(
         callbacks,
@@ -133,7 +148,9 @@ def train(model, X, y, epochs=1, batch_size=None, callbacks=None, verbose=0, epo
     )
     X_t, y_t = tf.constant(X), tf.constant(y)
     with _quiet_retracing():
-        jit = bool(jit_compile) and not model.run_eagerly
+        if jit_compile == "auto":
+            jit_compile = epochs * steps_per_epoch >= AUTO_XLA_MIN_STEPS
+        jit = jit_compile and not model.run_eagerly
         try:
             return _train(model, X_t, y_t, batch_size, n_full, rest, epochs, epochs_per_call, callback_list, jit)
         except BaseException:
@@ -185,13 +202,20 @@ def _train(model, X_t, y_t, batch_size, n_full, rest, epochs, epochs_per_call, c
     run = loops[key]
     epoch = 0
     logs = None
+    chunk = 1  # epochs in the next call: grows until a call takes about SECONDS_PER_CALL
     while epoch < epochs and not model.stop_training:
-        n_epochs = min(epochs_per_call, epochs - epoch)
+        n_epochs = min(chunk, epochs_per_call, epochs - epoch)
         callback_list.on_epoch_begin(epoch)
         callback_list.on_train_batch_begin(0)
+        start = time.perf_counter()
         with quiet_native_logs() if epoch == 0 else contextlib.nullcontext():  # XLA's first-compile notices
             history = run(X_t, y_t, tf.constant(n_epochs))
         history = {k: v.numpy()[:n_epochs] for k, v in history.items()}
+        if epoch == 0:  # the first call traces and compiles: its time says nothing of a step
+            chunk = 4
+        else:
+            per_epoch = (time.perf_counter() - start) / n_epochs
+            chunk = max(1, min(4 * n_epochs, int(SECONDS_PER_CALL / per_epoch)))
         last = {k: float(v[-1]) for k, v in history.items()}
         callback_list.on_train_batch_end(steps_per_epoch - 1, last)
         for i in range(n_epochs):

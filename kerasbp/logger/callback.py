@@ -222,6 +222,7 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
         self._sync()
         if self._capture is not None:
             self._capture.detach()
+            self._capture = None  # it may serve another logger next: this one reads no more
         if self._files is not None:
             for f in self._files:
                 f.close()
