@@ -152,7 +152,9 @@ def train(model, X, y, epochs=1, batch_size=None, callbacks=None, verbose=0, epo
             jit_compile = epochs * steps_per_epoch >= AUTO_XLA_MIN_STEPS
         jit = jit_compile and not model.run_eagerly
         try:
-            return _train(model, X_t, y_t, batch_size, n_full, rest, epochs, epochs_per_call, callback_list, jit)
+            # A GradientLogger that stops or raises on NaN/Inf stops the loop at that very step.
+            halt = any(isinstance(c, GradientLogger) and c.on_nonfinite != "warn" for c in callbacks)
+            return _train(model, X_t, y_t, batch_size, n_full, rest, epochs, epochs_per_call, callback_list, jit, halt)
         except BaseException:
             # An exception or KeyboardInterrupt: unhook GradientLoggers, keeping what they logged.
             for callback in callbacks:
@@ -185,7 +187,7 @@ def _quiet_retracing():
 _LOOPS = weakref.WeakKeyDictionary()
 
 
-def _train(model, X_t, y_t, batch_size, n_full, rest, epochs, epochs_per_call, callback_list, jit):
+def _train(model, X_t, y_t, batch_size, n_full, rest, epochs, epochs_per_call, callback_list, jit, halt):
     steps_per_epoch = n_full + (rest > 0)
     # Build the model, its compiled loss and metrics, and the optimizer's variables now, as
     # `fit` and `train_on_batch` do, so that no variable is created inside the loop.
@@ -195,10 +197,11 @@ def _train(model, X_t, y_t, batch_size, n_full, rest, epochs, epochs_per_call, c
     # Looked up after on_train_begin: a GradientLogger attaches its capture there, and a loop
     # traced with those hooks serves only that capture (which lives as long as the model).
     hooks = capture.attached_capture(model)
-    key = (hooks, tuple(X_t.shape), tuple(y_t.shape), X_t.dtype, batch_size, epochs_per_call, jit)
+    go_on = hooks.all_finite if halt and hooks is not None else None
+    key = (hooks, go_on is not None, tuple(X_t.shape), tuple(y_t.shape), X_t.dtype, batch_size, epochs_per_call, jit)
     loops = _LOOPS.setdefault(model, weakref.WeakKeyDictionary()).setdefault(model.optimizer, {})
     if key not in loops:
-        loops[key] = _make_loop(model, batch_size, n_full, rest, jit, epochs_per_call)
+        loops[key] = _make_loop(model, batch_size, n_full, rest, jit, epochs_per_call, go_on)
     run = loops[key]
     epoch = 0
     logs = None
@@ -209,7 +212,8 @@ def _train(model, X_t, y_t, batch_size, n_full, rest, epochs, epochs_per_call, c
         callback_list.on_train_batch_begin(0)
         start = time.perf_counter()
         with quiet_native_logs() if epoch == 0 else contextlib.nullcontext():  # XLA's first-compile notices
-            history = run(X_t, y_t, tf.constant(n_epochs))
+            n_ran, history = run(X_t, y_t, tf.constant(n_epochs))
+        n_epochs = int(n_ran)  # fewer when a non-finite step stopped the loop
         history = {k: v.numpy()[:n_epochs] for k, v in history.items()}
         if epoch == 0:  # the first call traces and compiles: its time says nothing of a step
             chunk = 4
@@ -230,10 +234,16 @@ def _train(model, X_t, y_t, batch_size, n_full, rest, epochs, epochs_per_call, c
     return model.history
 
 
-def _make_loop(model, batch_size, n_full, rest, jit, max_epochs):
-    """Build the compiled function `run(X, y, n_epochs)` that trains `n_epochs` epochs and
-    returns their logs."""
+def _make_loop(model, batch_size, n_full, rest, jit, max_epochs, go_on=None):
+    """Build the compiled function `run(X, y, n_epochs)` that trains up to `n_epochs` epochs and
+    returns how many it started and their logs.
+
+    `go_on`: None, or a function returning a scalar bool tensor, checked before every step: the
+    loop stops at the first step where it is False (the epoch it stops in counts as started)."""
     names = list(model.get_metrics_result())
+
+    def going_on():
+        return tf.constant(True) if go_on is None else go_on()
 
     def epoch_body(X, y):
         n_features, n_outputs = X.shape[1], y.shape[1]
@@ -248,9 +258,14 @@ def _make_loop(model, batch_size, n_full, rest, jit, max_epochs):
             return i + 1
 
         if n_full:
-            tf.while_loop(lambda i: i < n_full, step, [tf.constant(0)])
+            tf.while_loop(lambda i: tf.logical_and(i < n_full, going_on()), step, [tf.constant(0)])
         if rest:
-            model.train_step((X[n_full * batch_size :], y[n_full * batch_size :]))
+
+            def last_batch():
+                model.train_step((X[n_full * batch_size :], y[n_full * batch_size :]))
+                return tf.constant(0)
+
+            tf.cond(going_on(), last_batch, lambda: tf.constant(0))
         return model.get_metrics_result()
 
     @tf.function(jit_compile=jit)
@@ -262,7 +277,7 @@ def _make_loop(model, batch_size, n_full, rest, jit, max_epochs):
             return (e + 1,) + tuple(a.write(e, tf.cast(logs[k], tf.float64)) for k, a in zip(names, acc, strict=True))
 
         arrays = tuple(tf.TensorArray(tf.float64, size=max_epochs) for _ in names)
-        out = tf.while_loop(lambda e, *acc: e < n_epochs, body, (tf.constant(0),) + arrays)
-        return {k: a.stack() for k, a in zip(names, out[1:], strict=True)}
+        out = tf.while_loop(lambda e, *acc: tf.logical_and(e < n_epochs, going_on()), body, (tf.constant(0),) + arrays)
+        return out[0], {k: a.stack() for k, a in zip(names, out[1:], strict=True)}
 
     return run

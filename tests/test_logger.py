@@ -148,15 +148,19 @@ def diverging_model():
 
 
 def test_divergence_is_reported_at_the_first_non_finite_step_and_variable():
+    # The loss overflows one step before the gradients do: the first report names the loss.
     model, X, y = diverging_model()
     logger = GradientLogger(on_nonfinite="warn")
-    with pytest.warns(RuntimeWarning, match=r"non-finite gradient at step (\d+) \(epoch \d+\) in layer 'dense_0', variable '.*dense_0/kernel'"):
+    with pytest.warns(RuntimeWarning, match=r"non-finite loss at step (\d+) \(epoch \d+\): inf, its gradients still finite"):
         model.fit(X, y, epochs=10, batch_size=1, shuffle=False, callbacks=[logger], verbose=0)
     nonfinite = logger.stats_array()[:, :, STATS.index("nonfinite")]
-    first = int(np.argmax(nonfinite.sum(axis=1) > 0))
-    assert logger.first_nonfinite["step"] == logger.steps[first]
-    assert np.all(nonfinite[:first] == 0) and nonfinite[first, 0] > 0
-    assert logger.health().nonfinite and logger.health().exploding
+    first_loss = int(np.argmax(~np.isfinite(logger.losses)))
+    first_grad = int(np.argmax(nonfinite.sum(axis=1) > 0))
+    assert first_loss < first_grad and np.all(nonfinite[:first_grad] == 0) and nonfinite[first_grad, 0] > 0
+    assert logger.first_nonfinite == {"step": int(logger.steps[first_loss]), "epoch": 0, "layer": None, "variable": None}
+    health = logger.health()
+    assert health.nonfinite and health.figures["first_nonfinite_step"] == logger.steps[first_loss]
+    assert "first at step 12, the loss (gradients finite)" in str(health)
 
 
 def test_on_nonfinite_stop_ends_fit_at_that_step():
@@ -171,7 +175,7 @@ def test_on_nonfinite_stop_ends_fit_at_that_step():
 def test_on_nonfinite_raise():
     model, X, y = diverging_model()
     logger = GradientLogger(on_nonfinite="raise")
-    with pytest.raises(FloatingPointError, match=r"non-finite gradient at step \d+"):
+    with pytest.raises(FloatingPointError, match=r"non-finite loss at step \d+"):
         model.fit(X, y, epochs=10, batch_size=1, shuffle=False, callbacks=[logger], verbose=0)
     # the data up to the failing step stays readable, and the optimizer is unhooked
     assert logger.steps[-1] == logger.first_nonfinite["step"]
@@ -356,7 +360,7 @@ def test_a_reused_logger_acts_on_nonfinite_in_every_fit():
     for _ in range(2):
         model.set_weights([np.zeros((1, 1), "float32"), np.zeros(1, "float32")])
         model.optimizer.iterations.assign(0)
-        with pytest.raises(FloatingPointError, match="non-finite gradient"):
+        with pytest.raises(FloatingPointError, match="non-finite (loss|gradient) at step"):
             model.fit(X, y, epochs=20, batch_size=2, shuffle=False, callbacks=[logger], verbose=0)
 
 

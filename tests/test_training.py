@@ -65,9 +65,9 @@ def test_jit_compile_auto_uses_xla_only_for_long_runs(monkeypatch):
     seen = []
     real = training._make_loop
 
-    def spy(model, batch_size, n_full, rest, jit, max_epochs):
+    def spy(model, batch_size, n_full, rest, jit, *args):
         seen.append(jit)
-        return real(model, batch_size, n_full, rest, jit, max_epochs)
+        return real(model, batch_size, n_full, rest, jit, *args)
 
     monkeypatch.setattr(training, "_make_loop", spy)
     monkeypatch.setattr(training, "AUTO_XLA_MIN_STEPS", 100)
@@ -78,3 +78,27 @@ def test_jit_compile_auto_uses_xla_only_for_long_runs(monkeypatch):
     assert seen == [False, True]
     with pytest.raises(TypeError, match="jit_compile"):
         train(model, X, y, jit_compile="yes")
+
+
+@pytest.mark.parametrize("on_nonfinite", ["stop", "raise"])
+def test_a_stopping_logger_stops_the_loop_at_the_first_nonfinite_step(on_nonfinite):
+    # Linear regression with a learning rate far too large: the weights grow by a factor of
+    # about 1e4 a step and overflow float32 within a few dozen steps.
+    X = np.linspace(0, 300, 30, dtype="float32")[:, None]
+    y = 0.05 * X + 7
+    model = compile_model(keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)]), "sgd", learning_rate=0.01)
+    logger = GradientLogger(on_nonfinite=on_nonfinite)
+    if on_nonfinite == "raise":
+        with pytest.raises(FloatingPointError, match="non-finite (loss|gradient) at step"):
+            train(model, X, y, epochs=50, batch_size=1, callbacks=[logger])
+    else:
+        with pytest.warns(RuntimeWarning, match="training stopped"):
+            history = train(model, X, y, epochs=50, batch_size=1, callbacks=[logger])
+        assert len(history.history["loss"]) == logger.epochs[-1] + 1  # the epoch it stopped in is the last
+    nonfinite = logger.stat("nonfinite").sum(axis=1) > 0
+    bad = ~np.isfinite(logger.losses) | nonfinite
+    first = int(np.flatnonzero(bad)[0])
+    assert first == len(logger.steps) - 1  # the log ends at the first non-finite step
+    assert logger.first_nonfinite["step"] == logger.steps[first]
+    assert logger.health().figures["first_nonfinite_step"] == logger.steps[first]
+    assert int(model.optimizer.iterations.numpy()) == logger.steps[-1] + 1

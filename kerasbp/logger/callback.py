@@ -46,10 +46,11 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
             Defaults to 1.
         record: `"stats"` (per variable per step: `STATS`) or `"full"` (also the whole gradient
             arrays). Defaults to `"stats"`.
-        on_nonfinite: what to do when a gradient holds NaN or Inf: `"warn"` (a warning naming the
-            first step, layer and variable), `"stop"` (also stop training after that call of the
-            train function) or `"raise"` (raise `FloatingPointError`). Each `fit` acts on its
-            own first non-finite step. Defaults to `"warn"`.
+        on_nonfinite: what to do when a logged step's loss or gradient holds NaN or Inf:
+            `"warn"` (a warning naming the first step, layer and variable), `"stop"` (also stop
+            training: `kerasbp.train` stops at that very step, `fit` after that call of the
+            train function) or `"raise"` (raise `FloatingPointError`, also at that step in
+            `kerasbp.train`). Each run acts on its own first non-finite step. Defaults to `"warn"`.
         path: folder to stream full gradients to (one raw file per variable, memory-mapped back
             by `gradients()`; created if its parent folder exists; files of an earlier log there
             are replaced; at the end of training the rest of the log is saved beside them, so
@@ -158,7 +159,7 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
         )
         # Per-run state: each fit reads from where the buffers are now and acts on its own
         # first non-finite step.
-        self._capture.reset_units()
+        self._capture.start_run()
         self._n_read = self._capture.count
         self._unread_calls = 0
         self._acted_on_nonfinite = False
@@ -263,7 +264,7 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
         self._append(steps, epochs, rows["losses"], rows["stats"])
         if self._writer is not None:
             self._write_tensorboard(steps, rows["losses"], rows["stats"], rows["full"])
-        self._check_nonfinite(steps, epochs, rows["stats"])
+        self._check_nonfinite(steps, epochs, rows["losses"], rows["stats"])
 
     def _store_full(self, fulls):
         if self._files is not None:
@@ -304,23 +305,26 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
                     if fulls is not None:
                         tf.summary.histogram(f"gradients/{name}", fulls[j][r], step=step)
 
-    def _check_nonfinite(self, steps, epochs, stats):
+    def _check_nonfinite(self, steps, epochs, losses, stats):
         counts = stats[:, :, STATS_INDEX["nonfinite"]]
-        bad = counts > 0
+        bad = (counts > 0).any(axis=1) | ~np.isfinite(losses)
         if not bad.any() or self._acted_on_nonfinite:
             return
-        r, j = np.argwhere(bad)[0]
-        message = (
-            f"non-finite gradient at step {int(steps[r])} (epoch {int(epochs[r])}) in layer {self.layers[j]!r}, "
-            f"variable {self.names[j]!r}: {int(counts[r, j])} NaN/Inf entries"
-        )
+        r = int(np.flatnonzero(bad)[0])
+        if (counts[r] > 0).any():
+            j = int(np.flatnonzero(counts[r] > 0)[0])
+            what = f"non-finite gradient at step {int(steps[r])} (epoch {int(epochs[r])}) in layer {self.layers[j]!r}, variable {self.names[j]!r}: {int(counts[r, j])} NaN/Inf entries"
+            layer, variable = self.layers[j], self.names[j]
+        else:
+            what = f"non-finite loss at step {int(steps[r])} (epoch {int(epochs[r])}): {float(losses[r])!r}, its gradients still finite"
+            layer = variable = None
         if self.first_nonfinite is None:
-            self.first_nonfinite = {"step": int(steps[r]), "epoch": int(epochs[r]), "layer": self.layers[j], "variable": self.names[j]}
+            self.first_nonfinite = {"step": int(steps[r]), "epoch": int(epochs[r]), "layer": layer, "variable": variable}
         self._acted_on_nonfinite = True
         if self.on_nonfinite == "raise":
             self.detach()
-            raise FloatingPointError(message)
+            raise FloatingPointError(what)
         if self.on_nonfinite == "stop":
             self.model.stop_training = True
-            message += "; training stopped"
-        warnings.warn(message, RuntimeWarning, stacklevel=2)
+            what += "; training stopped"
+        warnings.warn(what, RuntimeWarning, stacklevel=2)

@@ -50,6 +50,8 @@ class DeviceBuffers:
 
         self.capacity, self.dtype = capacity, dtype
         self.count = var((), tf.int64, "count")
+        # The step of this run's first logged step with a non-finite loss or gradient, or -1.
+        self.first_nonfinite = tf.Variable(tf.constant(-1, tf.int64), trainable=False, name="kerasbp_first_nonfinite")
         self.steps = var((capacity,), tf.int64, "steps")
         self.losses = var((capacity,), dtype, "losses")
         self.stats = var((capacity, len(variables), len(STATS)), dtype, "stats")
@@ -182,11 +184,18 @@ class TensorFlowCapture:
         self.attached = False
         _ATTACHED.pop(self.model, None)
 
-    def reset_units(self):
-        """Forget which units had a nonzero gradient (a new logger starts its own tracking)."""
+    def start_run(self):
+        """Forget which units had a nonzero gradient and any non-finite step: a run starts."""
         for alive in self.buffers.alive:
             if alive is not None:
                 alive.assign(tf.zeros_like(alive))
+        self.buffers.first_nonfinite.assign(-1)
+
+    def all_finite(self):
+        """Scalar bool tensor: no logged step of this run had a non-finite loss or gradient.
+
+        `kerasbp.train` checks it before each step, so a run can stop at that step."""
+        return self.buffers.first_nonfinite < 0
 
     def read(self, start, stop):
         """Rows `start` to `stop` (counts since the buffers were made) as NumPy arrays.
@@ -305,11 +314,13 @@ class TensorFlowCapture:
                 present = [j for j in range(len(model_vars)) if j in by_model_index and by_model_index[j][0] is not None]
                 grads_present = [tf.convert_to_tensor(by_model_index[j][0]) for j in present]  # IndexedSlices -> dense
                 rows = tf.fill([len(model_vars), len(STATS)], tf.constant(float("nan"), buf.dtype))
+                finite = tf.reduce_all(tf.math.is_finite(loss))
                 if present:
                     tracked = [buf.alive[j] is not None for j in present]
                     updates = [change(j) for j in present] if from_increments else [model_vars[j].value - befores[j] for j in present]
                     values, nonzero = step_statistics(grads_present, tf.gather(squares, present), updates, buf.dtype, tracked)
                     rows = values if len(present) == len(model_vars) else tf.tensor_scatter_nd_update(rows, [[j] for j in present], values)
+                    finite = tf.logical_and(finite, tf.reduce_all(tf.equal(values[:, STATS.index("nonfinite")], 0)))
                     for j, units in zip(present, nonzero, strict=True):
                         if units is not None:
                             buf.alive[j].assign(tf.logical_or(buf.alive[j], units))
@@ -323,6 +334,8 @@ class TensorFlowCapture:
                 buf.losses.scatter_nd_update([[slot]], tf.cast(tf.reshape(loss, [1]), buf.dtype))
                 buf.steps.scatter_nd_update([[slot]], tf.reshape(step, [1]))
                 buf.count.assign_add(1)
+                first = buf.first_nonfinite
+                first.assign(tf.where(tf.logical_and(tf.logical_not(finite), first < 0), step, first))
                 return tf.constant(True)
 
             if every_n == 1:

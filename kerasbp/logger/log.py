@@ -27,7 +27,7 @@ class Health:
     Attributes:
         vanishing: bool, the first layer's gradient norm is a tiny fraction of the last layer's.
         exploding: bool, a gradient norm above the threshold, or a non-finite gradient.
-        nonfinite: bool, a gradient held NaN or Inf.
+        nonfinite: bool, a logged loss or gradient held NaN or Inf.
         dead_units: dict `{variable name: list of unit indices}` of relu units whose gradient was
             zero at every logged step.
         figures: dict of the numbers behind each flag.
@@ -59,7 +59,8 @@ class Health:
             f"{f['max_norm']:.3g} (threshold {f['exploding_norm']:.3g})"
         )
         if self.nonfinite:
-            lines.append(f"  NON-FINITE - first at step {f['first_nonfinite_step']}, variable {f['first_nonfinite_variable']!r}")
+            where = f"variable {f['first_nonfinite_variable']!r}" if f["first_nonfinite_variable"] else "the loss (gradients finite)"
+            lines.append(f"  NON-FINITE - first at step {f['first_nonfinite_step']}, {where}")
         else:
             lines.append("  non-finite: none")
         if self.dead_units:
@@ -300,6 +301,7 @@ class GradientLog:
     def health(self, vanishing_ratio=1e-3, exploding_norm=1e3):
         """Flag vanishing, exploding and non-finite gradients, and dead relu units.
 
+        Non-finite: a logged loss or gradient held NaN or Inf (the first such step is named).
         Vanishing: the median over logged steps of `|grad(first kernel)| / |grad(last kernel)|` is
         below `vanishing_ratio` (kernels are the variables with 2 or more dimensions). Exploding:
         a gradient L2 norm above `exploding_norm`. Dead units: units (last axis of a relu layer's
@@ -330,11 +332,13 @@ class GradientLog:
             vanishing = bool(ratio < vanishing_ratio)
         finite_norms = norms[np.isfinite(norms)]
         figures["max_norm"] = float(finite_norms.max()) if finite_norms.size else float("nan")
-        bad = self.stat("nonfinite") > 0
-        nonfinite = bool(bad.any())
+        bad = self.stat("nonfinite") > 0  # (n_logged, n_variables)
+        bad_rows = bad.any(axis=1) | ~np.isfinite(self.losses)
+        nonfinite = bool(bad_rows.any())
         if nonfinite:
-            r, j = np.argwhere(bad)[0]
-            figures.update(first_nonfinite_step=int(steps[r]), first_nonfinite_variable=self.names[j])
+            r = int(np.flatnonzero(bad_rows)[0])
+            variable = self.names[int(np.flatnonzero(bad[r])[0])] if bad[r].any() else None
+            figures.update(first_nonfinite_step=int(steps[r]), first_nonfinite_variable=variable)
         exploding = nonfinite or bool(figures["max_norm"] > exploding_norm)
         dead, units = {}, {}
         for j, alive in enumerate(self._alive or []):
