@@ -12,7 +12,7 @@ from kerasbp.checks import check_array, check_dtype, check_positive_int, check_r
 
 
 def xor_data(dtype="float32"):
-    """The XOR truth table of the seed notebook.
+    """The XOR truth table, the data of the classic NumPy XOR example.
 
     Args:
         dtype: float dtype of the arrays. Defaults to `"float32"`.
@@ -38,7 +38,8 @@ def xor_data(dtype="float32"):
 def linear_data(n_samples=100, slope=2.0, intercept=1.0, noise=0.1, seed=42):
     """Noisy points on a line, `y = slope * x + intercept + noise * N(0, 1)`, with `x ~ U[0, 1)`.
 
-    With the defaults this reproduces the seed notebook's arrays exactly:
+    With the defaults this reproduces, bit for bit, the arrays of the Keras linear regression that
+    kerasbp grew from:
     `np.random.seed(42); X = np.random.rand(100, 1); y = 2 * X + 1 + 0.1 * np.random.randn(100, 1)`.
     It draws from its own `np.random.RandomState(seed)` (the same generator as `np.random.seed`),
     so NumPy's global random state is left untouched.

@@ -14,8 +14,10 @@ import argparse
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("MPLBACKEND", "Agg")
+from matplotlib.figure import Figure  # drawn without pyplot: no window, no backend to choose
+
+import kerasbp as kb
+from kerasbp.plotting import plot_gradient_norms, plot_loss_curves
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "gradient_norms.png")
 
@@ -27,30 +29,25 @@ def make_gradient_norms_figure(out=DEFAULT_OUT, epochs=500, seed=0, learning_rat
         out: str, the PNG file to write (its folder is created). Defaults to `docs/gradient_norms.png`.
         epochs: int >= 1, epochs of one full batch each (so one optimizer step per epoch).
             Defaults to 500.
-        seed: int >= 0, seed of the initial weights. Defaults to 0.
+        seed: int >= 0, random seed of the initial weights. Defaults to 0.
         learning_rate: positive float, Adam's learning rate. Defaults to 0.05.
         dpi: int, resolution of the PNG. Defaults to 110.
 
     Returns:
         The `GradientLogger` that recorded the run.
     """
-    import matplotlib.pyplot as plt
-
-    import kerasbp as kb
-    from kerasbp.plotting import plot_gradient_norms, plot_loss_curves
-
     X, y = kb.xor_data()
     model = kb.compile_model(kb.xor_model(seed=seed), "adam", learning_rate=learning_rate, loss="binary_crossentropy")
     logger = kb.GradientLogger()
     kb.train(model, X, y, epochs=epochs, batch_size=4, callbacks=[logger])
-    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(7, 6), layout="constrained", height_ratios=(2, 3))
+    fig = Figure(figsize=(7, 6), layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(2, 3))
     title = f"XOR, 2-4-1 sigmoid network, Adam (lr {learning_rate:g})"
     plot_loss_curves({"binary cross-entropy": logger.losses}, ax=top, xlabel="", ylabel="loss", first_x=0, title=title)
     plot_gradient_norms(logger, ax=bottom, title="gradient L2 norm per layer and variable (recorded by GradientLogger)")
     folder = os.path.dirname(os.path.abspath(out))
     os.makedirs(folder, exist_ok=True)
     fig.savefig(out, dpi=dpi)
-    plt.close(fig)
     return logger
 
 
@@ -59,7 +56,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=DEFAULT_OUT, help="PNG file to write (default: docs/gradient_norms.png)")
     parser.add_argument("--epochs", type=int, default=500, help="training epochs, one step each (default: 500)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the initial weights (default: 0)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the initial weights (default: 0)")
     args = parser.parse_args(argv)
     if args.epochs < 1:
         parser.error(f"--epochs must be a positive integer. Received: {args.epochs}")

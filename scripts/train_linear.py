@@ -1,7 +1,9 @@
-"""Linear regression with backpropagation: the seed notebook's Keras Dense(1) on y = 2x + 1 + noise.
+"""Linear regression with backpropagation: a Keras Dense(1) learning y = 2x + 1 + noise.
+
+This is the Keras linear regression that kerasbp grew from, beside the least-squares answer.
 
 Usage:
-    python scripts/train_linear.py                      # the seed's run: 100 points, SGD, 100 epochs, batch 10
+    python scripts/train_linear.py                      # the original run: 100 points, SGD, 100 epochs, batch 10
     python scripts/train_linear.py --optimizer adam --learning-rate 0.05 --epochs 300
     python scripts/train_linear.py --csv data.csv --x-columns a,b --y-column y --standardize
     python scripts/train_linear.py --json --log-gradients grads.npz

@@ -1,4 +1,4 @@
-"""The seed notebook's 2-4-1 sigmoid network learning XOR, trained by Keras.
+"""The 2-4-1 sigmoid network of the classic NumPy XOR example, trained by Keras to learn XOR.
 
 Usage:
     python scripts/train_xor.py                         # Adam at 0.05, binary cross-entropy, 1000 epochs

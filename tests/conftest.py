@@ -1,10 +1,11 @@
+import kerasbp.native_logs  # noqa: F401  (first: TensorFlow starts without its native log lines)
+
 import os
 
-os.environ.setdefault("MPLBACKEND", "Agg")
+import keras
+import pytest
 
-import kerasbp.native_logs  # noqa: E402, F401  (first: TensorFlow starts without its native log lines)
-import keras  # noqa: E402
-import pytest  # noqa: E402
+os.environ.setdefault("MPLBACKEND", "Agg")  # before any test imports matplotlib.pyplot: no windows
 
 
 def set_float(dtype):

@@ -1,32 +1,48 @@
-"""The two scripts and the functions behind them (the main job)."""
+"""The scripts' command lines (kerasbp.cli) and the training jobs behind them (kerasbp.jobs)."""
 
+import inspect
 import json
 import os
+import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from kerasbp.cli import main_linear, main_xor, ols, run_linear, run_xor
+from kerasbp import cli, jobs
+from kerasbp.callbacks import load_gradient_log
+from kerasbp.cli import main_compare, main_linear, main_xor
+from kerasbp.jobs import run_linear, run_xor
+from kerasbp.reference.losses import LOSS_NAMES
+from kerasbp.reference.optimizers import OPTIMIZERS
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def run_script(name, *args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / name), *args], capture_output=True, text=True, env=env, timeout=300)
+#: TensorFlow's native log lines (tensorflow/tensorflow#100442) that must not reach a user.
+NATIVE_LOG_LINES = ("All log messages before absl", "cudart_stub", "oneDNN custom operations", "XLA service")
 
 
-def test_train_linear_script_defaults_reproduce_the_seed_run():
+def user_env():
+    """The environment of a user who never heard of TF_CPP_MIN_LOG_LEVEL: kerasbp's default applies."""
+    return {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+
+
+def run_script(name, *args, python_flags=()):
+    command = [sys.executable, *python_flags, str(ROOT / "scripts" / name), *args]
+    return subprocess.run(command, capture_output=True, text=True, env=user_env(), timeout=300)
+
+
+def test_train_linear_script_defaults_reproduce_the_original_run():
     proc = run_script("train_linear.py", "--json", "--seed", "0")
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     r = json.loads(proc.stdout)
     assert r["optimizer"] == "sgd" and r["epochs"] == 100 and r["batch_size"] == 10
     assert r["learning_rate"] == pytest.approx(0.01)
-    # the seed's data: least squares computed independently with np.polyfit
+    # linear_data(), the original run's points: least squares computed independently with np.polyfit
     np.random.seed(42)
     X = np.random.rand(100, 1)
     y = 2 * X + 1 + 0.1 * np.random.randn(100, 1)
@@ -48,16 +64,10 @@ def test_train_linear_text_output():
         assert text in proc.stdout
 
 
-def test_adam_reaches_least_squares_on_the_seed_data():
+def test_adam_reaches_least_squares_on_the_linear_data():
     r = run_linear(optimizer="adam", learning_rate=0.05, epochs=100, seed=0)
     assert abs(r["coefficients"][0] - r["ols_coefficients"][0]) < 0.02
     assert abs(r["intercept"] - r["ols_intercept"]) < 0.02
-
-
-def test_ols_known_answer():
-    X = np.array([[0.0], [1.0], [2.0]])
-    coef, intercept = ols(X, 3 * X - 1)
-    assert coef.tolist() == pytest.approx([3.0], abs=1e-12) and intercept == pytest.approx(-1.0, abs=1e-12)
 
 
 def test_csv_with_two_columns_and_standardize(tmp_path):
@@ -143,7 +153,7 @@ def test_train_linear_bad_input_exits_2_with_one_line(argv, message, csv_files, 
 
 XOR_BAD = [
     (["--optimizer", "lbfgs"], "`optimizer` must be one of"),
-    (["--loss", "hinge"], "`loss` must be one of ['binary_crossentropy', 'mse']. Received: loss='hinge'"),
+    (["--loss", "hinge"], f"`loss` must be one of {list(LOSS_NAMES)}. Received: loss='hinge'"),
     (["--activation", "softmax"], "`activations[0]` must be one of"),
     (["--hidden-units", "0"], "`hidden_units` must be a positive integer"),
     (["--epochs", "-1"], "`epochs` must be a positive integer"),
@@ -175,8 +185,6 @@ def test_scripts_bad_input_real_process(script, args):
 
 
 def test_log_gradients_option_saves_the_log(tmp_path):
-    from kerasbp.callbacks import load_gradient_log
-
     path = tmp_path / "linear.npz"
     assert main_linear(["--epochs", "3", "--log-gradients", str(path)]) == 0
     log = load_gradient_log(path)
@@ -188,11 +196,112 @@ def test_log_gradients_option_saves_the_log(tmp_path):
 
 
 def test_long_runs_log_every_kth_step_to_bound_memory(tmp_path, monkeypatch):
-    from kerasbp import cli
-    from kerasbp.callbacks import load_gradient_log
-
-    monkeypatch.setattr(cli, "MAX_LOGGED_STEPS", 10)
+    monkeypatch.setattr(jobs, "MAX_LOGGED_STEPS", 10)
     path = tmp_path / "xor.npz"
-    cli.run_xor(epochs=50, log_gradients=path)
+    jobs.run_xor(epochs=50, log_gradients=path)
     log = load_gradient_log(path)
     assert log.every_n_steps == 5 and log.steps.tolist() == list(range(0, 50, 5))
+
+
+# ---------------------------------------------------------------------------- command line vs jobs
+
+
+def test_script_main_leaves_the_environment_alone(monkeypatch):
+    # script_main used to setdefault TF_CPP_MIN_LOG_LEVEL, too late to matter: `import kerasbp`
+    # sets it before TensorFlow is imported, and script_main only exits with main()'s status.
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.script_main(lambda: 3)
+    assert exit_info.value.code == 3
+    assert "TF_CPP_MIN_LOG_LEVEL" not in os.environ
+
+
+def test_train_xor_script_writes_no_tensorflow_log_lines():
+    # No TF_CPP_MIN_LOG_LEVEL in the environment: the quiet default is kerasbp's own.
+    proc = run_script("train_xor.py", "--epochs", "2")
+    assert proc.returncode == 0, proc.stderr
+    for line in NATIVE_LOG_LINES:
+        assert line not in proc.stderr
+    assert proc.stderr == ""
+    assert "learned XOR" in proc.stdout
+
+
+HELP_WITHOUT_TENSORFLOW = textwrap.dedent(
+    """
+    import json, sys
+    from kerasbp.cli import main_compare, main_linear, main_xor
+    statuses = []
+    for main, argv in ((main_xor, ["--help"]), (main_linear, ["--help"]), (main_compare, ["--help"]),
+                       (main_linear, ["--frobnicate"]), (main_xor, ["--epochs", "2.5"])):
+        try:
+            main(argv)
+        except SystemExit as e:
+            statuses.append(e.code)
+    imported = sorted({m.split(".")[0] for m in sys.modules} & {"tensorflow", "keras", "matplotlib", "kerasbp"})
+    print(json.dumps({"statuses": statuses, "imported": imported}))
+    """
+)
+
+
+def test_help_and_usage_errors_do_not_import_tensorflow():
+    proc = subprocess.run([sys.executable, "-c", HELP_WITHOUT_TENSORFLOW], capture_output=True, text=True, env=user_env(), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result == {"statuses": [0, 0, 0, 2, 2], "imported": ["kerasbp"]}
+    # the real script, import by import
+    proc = run_script("train_xor.py", "--help", python_flags=("-X", "importtime"))
+    assert proc.returncode == 0 and "usage: train_xor.py" in proc.stdout
+    modules = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")]
+    assert "kerasbp.cli" in modules
+    assert not [m for m in modules if m.split(".")[0] in ("tensorflow", "keras")]
+
+
+@pytest.mark.parametrize(
+    "main, job, options",
+    [
+        (main_linear, run_linear, {"--optimizer": "optimizer", "--epochs": "epochs", "--batch-size": "batch_size", "--seed": "seed"}),
+        (
+            main_xor,
+            run_xor,
+            {
+                "--optimizer": "optimizer",
+                "--learning-rate": "learning_rate",
+                "--epochs": "epochs",
+                "--seed": "seed",
+                "--hidden-units": "hidden_units",
+                "--activation": "activation",
+                "--loss": "loss",
+            },
+        ),
+        (main_compare, jobs.run_compare, {"--task": "task", "--optimizer": "optimizer", "--dtype": "dtype", "--seed": "seed"}),
+    ],
+    ids=["linear", "xor", "compare"],
+)
+def test_help_shows_the_jobs_defaults(main, job, options, capsys):
+    # cli writes the defaults out (so that --help does not import the jobs); they must be the jobs' own.
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    sections = {part.split()[0]: part for part in re.split(r" (?=--[a-z])", text.split("options:", 1)[1])}
+    defaults = inspect.signature(job).parameters
+    for option, name in options.items():
+        assert f"default: {defaults[name].default}" in sections[option], (option, sections[option])
+
+
+@pytest.mark.parametrize("main", [main_linear, main_xor, main_compare], ids=["linear", "xor", "compare"])
+def test_choices_come_from_the_twin_registries(main, capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    registries = [OPTIMIZERS] if main is main_linear else [OPTIMIZERS, LOSS_NAMES]
+    for registry in registries:
+        names = list(registry)
+        assert ", ".join(names[:-1]) + " or " + names[-1] in text
+    assert main(["--optimizer", "adagrad"]) == 2
+    assert f"`optimizer` must be one of {list(OPTIMIZERS)}. Received: optimizer='adagrad'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("loss", list(LOSS_NAMES))
+def test_xor_job_takes_every_loss_name_of_the_twin(loss):
+    r = run_xor(epochs=1, loss=loss.upper())
+    assert r["loss"] == loss and r["steps"] == 1

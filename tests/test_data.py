@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from kerasbp.checks import check_positive_float, check_positive_int, check_range, check_xy
-from kerasbp.data import Standardizer, linear_data, load_xy_csv, xor_data
+from kerasbp.data import Standardizer, batch_slices, least_squares, linear_data, load_xy_csv, xor_data
 
 
 def test_xor_data_is_the_truth_table():
@@ -12,7 +12,7 @@ def test_xor_data_is_the_truth_table():
     assert xor_data("float64")[0].dtype == np.float64
 
 
-def test_linear_data_reproduces_the_seed_arrays_without_touching_global_state():
+def test_linear_data_reproduces_the_original_arrays_without_touching_global_state():
     np.random.seed(123)
     before = np.random.get_state()[1].copy()
     X, y = linear_data()
@@ -22,7 +22,7 @@ def test_linear_data_reproduces_the_seed_arrays_without_touching_global_state():
     y_seed = 2 * X_seed + 1 + 0.1 * np.random.randn(100, 1)
     np.testing.assert_array_equal(X, X_seed)  # bit for bit
     np.testing.assert_array_equal(y, y_seed)
-    # the seed notebook's first point, printed by hand from np.random.seed(42)
+    # the first point of the original linear regression, printed by hand from np.random.seed(42)
     assert X[0, 0] == pytest.approx(0.3745401188473625, abs=0)
 
 
@@ -156,3 +156,51 @@ def test_load_xy_csv_encodings(tmp_path):
         load_xy_csv(path, "x", "y")
     with pytest.raises(TypeError, match="`path` must be a file path. Received: path=None"):
         load_xy_csv(None, "x", "y")
+
+
+# ---------------------------------------------------------------------------- least squares, batches
+
+
+def test_least_squares_known_answer():
+    X = np.array([[0.0], [1.0], [2.0]])
+    coef, intercept = least_squares(X, 3 * X - 1)
+    assert coef.dtype == np.float64 and coef.shape == (1,) and isinstance(intercept, float)
+    assert coef.tolist() == pytest.approx([3.0], abs=1e-12) and intercept == pytest.approx(-1.0, abs=1e-12)
+
+
+def test_least_squares_against_polyfit_and_two_columns():
+    # The same fit two ways: lstsq on [X, 1] and np.polyfit (1e-10: two float64 solvers).
+    X, y = linear_data()
+    (slope,), intercept = least_squares(X, y[:, 0])  # 1-D targets are one column
+    expected_slope, expected_intercept = np.polyfit(X[:, 0], y[:, 0], 1)
+    assert slope == pytest.approx(expected_slope, rel=1e-10) and intercept == pytest.approx(expected_intercept, rel=1e-10)
+    rng = np.random.default_rng(0)
+    X2 = rng.normal(size=(50, 2))  # (50, 2)
+    coef, intercept = least_squares(X2, X2 @ [0.5, -2.0] + 3.0)
+    np.testing.assert_allclose(coef, [0.5, -2.0], rtol=0, atol=1e-12)
+    assert intercept == pytest.approx(3.0, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "X, y, error, match",
+    [
+        ([[1.0], [2.0]], [1.0], ValueError, r"same number of rows.*\(2, 1\).*\(1, 1\)"),
+        ([[1.0], [2.0]], [[1.0, 2.0], [3.0, 4.0]], ValueError, r"`y` must be one column"),
+        ([[1.0], [np.nan]], [1.0, 2.0], ValueError, "`X`"),
+        ([["a"], ["b"]], [1.0, 2.0], TypeError, "`X`"),
+    ],
+    ids=["rows", "two-targets", "nan", "strings"],
+)
+def test_least_squares_bad_input(X, y, error, match):
+    with pytest.raises(error, match=match):
+        least_squares(X, y)
+
+
+def test_batch_slices_match_fit_without_shuffle():
+    assert batch_slices(10, 3) == [slice(0, 3), slice(3, 6), slice(6, 9), slice(9, 10)]  # last partial batch kept
+    assert batch_slices(4, 4) == [slice(0, 4)]
+    assert batch_slices(3, 32) == [slice(0, 3)]
+    with pytest.raises(ValueError, match="`batch_size` must be a positive integer"):
+        batch_slices(4, 0)
+    with pytest.raises(TypeError, match="`n_samples`"):
+        batch_slices(4.0, 2)

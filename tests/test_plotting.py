@@ -14,7 +14,10 @@ import pytest  # noqa: E402
 import kerasbp as kb  # noqa: E402
 from kerasbp import plotting  # noqa: E402
 from kerasbp.callbacks import load_gradient_log  # noqa: E402
-from kerasbp.cli import ols  # noqa: E402
+from kerasbp.data import least_squares  # noqa: E402
+from kerasbp.jobs import run_compare  # noqa: E402
+from kerasbp.plotting import curves, surfaces, twin  # noqa: E402
+from kerasbp.plotting.surfaces import _mse_grid  # noqa: E402
 from kerasbp.reference import NumpyMLP  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -295,7 +298,7 @@ def test_loss_surface_marks_least_squares_and_draws_paths():
     fig = plotting.plot_loss_surface(X, y, paths)
     ax = fig.axes[0]
     lines = {line.get_label(): line for line in ax.get_lines()}
-    (w_star,), b_star = ols(X, y)
+    (w_star,), b_star = least_squares(X, y)
     star = lines["least squares"]
     assert star.get_marker() == "*"
     np.testing.assert_allclose([star.get_xdata()[0], star.get_ydata()[0]], [w_star, b_star])
@@ -321,7 +324,7 @@ def test_mse_grid_matches_direct_computation():
     X, y = kb.linear_data(n_samples=30)
     W, B = np.meshgrid([-1.0, 0.5, 2.0], [0.0, 1.0])
     direct = np.array([[np.mean((w * X + b - y) ** 2) for w, b in zip(wr, br, strict=True)] for wr, br in zip(W, B, strict=True)])
-    np.testing.assert_allclose(plotting._mse_grid(X[:, 0], y[:, 0], W, B), direct, rtol=1e-12)
+    np.testing.assert_allclose(_mse_grid(X[:, 0], y[:, 0], W, B), direct, rtol=1e-12)
 
 
 def test_loss_surface_ranges_and_bad_input():
@@ -419,8 +422,6 @@ def test_readme_figure_is_committed():
 
 
 def test_plot_comparison_draws_a_report():
-    from kerasbp.cli import run_compare
-
     report = run_compare("xor", "adam", epochs=4)
     fig = plotting.plot_comparison(report)
     ax_loss, ax_diff = fig.axes
@@ -435,6 +436,23 @@ def test_plot_comparison_draws_a_report():
     # the tolerance lines are drawn at the report's tolerances
     levels = sorted({line.get_ydata()[0] for line in ax_diff.get_lines() if line.get_linestyle() == ":"})
     assert levels == sorted({report.tolerances["gradient"], report.tolerances["weights"]})
-    assert ax_diff.get_yscale() == "log" and ": ok" in ax_loss.get_title()
+    assert ax_diff.get_yscale() == "log"
+    assert ax_loss.get_title() == f"{report.optimizer_name}, {report.loss}, float32: ok" and "(" not in ax_loss.get_title()
     with pytest.raises(TypeError, match="ComparisonReport"):
         plotting.plot_comparison({"ok": True})
+
+
+# ---------------------------------------------------------------------------- the package
+
+
+def test_every_public_name_is_in_the_package_and_its_subject_module():
+    modules = {
+        curves: ["plot_gradient_norms", "plot_gradient_profile", "plot_loss_curves"],
+        surfaces: ["plot_decision_boundary", "plot_loss_surface", "weights_to_path"],
+        twin: ["plot_comparison", "plot_twin_comparison"],
+    }
+    assert sorted(plotting.__all__) == sorted(name for names in modules.values() for name in names)
+    for module, names in modules.items():
+        for name in names:
+            assert getattr(plotting, name) is getattr(module, name)
+            assert getattr(kb.plotting, name) is getattr(module, name)

@@ -1,0 +1,304 @@
+"""The training jobs behind `scripts/`: plain functions that a test or a notebook can call.
+
+`run_linear` and `run_xor` train a Keras model with `kerasbp.train` and a `GradientLogger` and
+return a dict (what the scripts print with `--json`); `run_compare` runs `kerasbp.compare` and
+returns its `ComparisonReport`. Their command lines are in `kerasbp.cli`. A run whose loss or
+gradients turn non-finite raises `Diverged`, which says at which epoch and step.
+
+The optimizer names come from the NumPy twin's registry (`kerasbp.reference.optimizers.OPTIMIZERS`,
+keyed by Keras's names) and the loss names from the twin's `kerasbp.reference.losses.LOSS_NAMES`,
+so a job accepts exactly what the twin can check.
+
+Example:
+    >>> result = run_xor(epochs=3, seed=0)   # doctest: +SKIP
+    >>> result["steps"], result["learned"]   # doctest: +SKIP
+    (3, False)
+"""
+
+import warnings
+
+import numpy as np
+
+from kerasbp.checks import check_choice, check_output_path, check_positive_float, check_positive_int, check_seed, check_xy
+from kerasbp.comparison import compare
+from kerasbp.data import Standardizer, least_squares, linear_data, load_xy_csv, xor_data
+from kerasbp.logger import GradientLogger
+from kerasbp.models import compile_model, linear_model, xor_model
+from kerasbp.precision import floatx
+from kerasbp.reference.losses import LOSS_NAMES
+from kerasbp.reference.optimizers import OPTIMIZERS
+from kerasbp.training import train
+
+#: Inputs at which `run_linear` reports predictions on one input column, as the Keras linear
+#: regression that kerasbp grew from did.
+PREDICT_AT = (0.3, 0.5, 0.7)
+
+#: Defaults of `run_xor`: they learn XOR for every seed 0-9 (checked by the test suite).
+XOR_DEFAULTS = {"optimizer": "adam", "learning_rate": 0.05, "epochs": 1000, "loss": "binary_crossentropy"}
+
+#: The scripts log every step up to this many steps, then every k-th step to stay under it
+#: (about 30 MB of statistics for the XOR network).
+MAX_LOGGED_STEPS = 100_000
+
+
+class Diverged(RuntimeError):
+    """Training produced a non-finite loss or gradient.
+
+    Args:
+        message: str, what happened and what to try.
+        epoch: int, 0-based epoch of the first non-finite value.
+        step: int, 0-based optimizer step of the first non-finite value.
+
+    Attributes:
+        epoch: int, 0-based epoch of the first non-finite value.
+        step: int, 0-based optimizer step of the first non-finite value.
+    """
+
+    def __init__(self, message, epoch, step):
+        super().__init__(message)
+        self.epoch, self.step = epoch, step
+
+
+def _check_run(optimizer, learning_rate, epochs, log_gradients):
+    """The arguments every job takes, checked before any data is read or any model built."""
+    optimizer = check_choice("optimizer", optimizer, OPTIMIZERS)
+    if learning_rate is not None:
+        learning_rate = check_positive_float("learning_rate", learning_rate)
+    epochs = check_positive_int("epochs", epochs)
+    if log_gradients is not None:
+        log_gradients = check_output_path("log_gradients", log_gradients)
+    return optimizer, learning_rate, epochs, log_gradients
+
+
+def _fit(model, X, y, epochs, batch_size, log_gradients, hint):
+    """Train with `kerasbp.train` and a GradientLogger; raise `Diverged` on non-finite values
+    (with `hint` in the message). The log is saved to `log_gradients` even when interrupted."""
+    total_steps = epochs * -(-len(X) // min(batch_size, len(X)))
+    logger = GradientLogger(every_n_steps=max(1, -(-total_steps // MAX_LOGGED_STEPS)), on_nonfinite="stop")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        try:
+            history = train(model, X, y, epochs=epochs, batch_size=batch_size, callbacks=[logger])
+        finally:  # also after Ctrl-C: every completed step is kept
+            if log_gradients:
+                logger.to_npz(log_gradients)  # the folder was checked before training
+    losses = np.asarray(history.history["loss"])  # (epochs_run,)
+    bad_loss = np.flatnonzero(~np.isfinite(logger.losses))
+    bad_grad = np.flatnonzero(logger.stats_array()[:, :, 6].sum(axis=1) > 0)  # column 6: "nonfinite"
+    firsts = bad_loss[:1].tolist() + bad_grad[:1].tolist()
+    if firsts or not np.all(np.isfinite(losses)):
+        if firsts:
+            row = min(firsts)
+            step, epoch = int(logger.steps[row]), int(logger.epochs[row])
+        else:  # between logged steps: the History names the epoch
+            epoch = int(np.flatnonzero(~np.isfinite(losses))[0])
+            step = epoch * (total_steps // epochs)
+        where = f"step {step}" if logger.every_n_steps == 1 else f"logged every {logger.every_n_steps} steps: by step {step}"
+        raise Diverged(
+            f"training diverged: the loss or a gradient became NaN/Inf at epoch {epoch + 1} ({where}). "
+            + hint,
+            epoch,
+            step,
+        )
+    return history, logger
+
+
+def run_linear(
+    optimizer="sgd",
+    learning_rate=None,
+    epochs=100,
+    batch_size=10,
+    seed=0,
+    csv=None,
+    x_columns=None,
+    y_column=None,
+    standardize=False,
+    log_gradients=None,
+):
+    """Linear regression with `linear_model`, reported against ordinary least squares.
+
+    Defaults repeat the Keras linear regression that kerasbp grew from: its 100 points
+    (`linear_data()`, `y = 2x + 1 + noise`), SGD at Keras's default learning rate 0.01, MSE,
+    100 epochs, batch size 10. The least-squares answer is `kerasbp.data.least_squares`.
+
+    Args:
+        optimizer: str, a name in `kerasbp.reference.optimizers.OPTIMIZERS` (`"sgd"`, `"adam"`,
+            `"rmsprop"`; any case). Defaults to `"sgd"`.
+        learning_rate: positive float, or None for Keras's default (0.01 for SGD, 0.001 for Adam
+            and RMSprop). Defaults to None.
+        epochs: int >= 1. Defaults to 100.
+        batch_size: int >= 1. Defaults to 10.
+        seed: int in `[0, 2**31)`, or None for random initial weights: the random seed of the
+            initial weights. Defaults to 0.
+        csv: path of a CSV file with a header row, or None for `linear_data()`. Defaults to None.
+        x_columns: list of input column names (or one comma-separated string); needed with `csv`.
+            Defaults to None.
+        y_column: str, the target column's name; needed with `csv`. Defaults to None.
+        standardize: bool, train on inputs and target scaled to zero mean and unit variance, and
+            report coefficients in the data's own units. Defaults to False.
+        log_gradients: path of an `.npz` file in an existing folder to save the gradient log to
+            (saved even when interrupted), or None. Defaults to None.
+
+    Returns:
+        dict with `coefficients` (list of `n_features` floats), `intercept`, `ols_coefficients`,
+        `ols_intercept` (least squares), `gap` (largest absolute difference to least squares over
+        coefficients and intercept), `final_loss` (last epoch's History loss, in training units),
+        `optimizer`, `learning_rate`, `epochs`, `batch_size`, `standardize`, `columns` (input
+        names) and `predictions` (list of `{"x": [n_features floats], "y": float}`, at
+        `PREDICT_AT` for one input, else at the mean and the mean -/+ one standard deviation).
+
+    Raises:
+        ValueError, TypeError: for bad arguments or data (see `load_xy_csv`, `check_xy`), such as
+            `csv` without `x_columns` and `y_column`, or a constant column with `standardize`.
+        FileNotFoundError: for a missing CSV file.
+        Diverged: if the loss or a gradient became non-finite.
+    """
+    optimizer, learning_rate, epochs, log_gradients = _check_run(optimizer, learning_rate, epochs, log_gradients)
+    batch_size = check_positive_int("batch_size", batch_size)
+    seed = check_seed(seed)
+    if csv is not None:
+        if not x_columns or not y_column:
+            raise ValueError("`csv` needs `x_columns` and `y_column` (--x-columns A,B --y-column C)")
+        X, y = load_xy_csv(csv, x_columns, y_column)
+        columns = [c.strip() for c in x_columns.split(",")] if isinstance(x_columns, str) else list(x_columns)
+    else:
+        if x_columns or y_column:
+            raise ValueError("`x_columns` and `y_column` need `csv` (--csv PATH)")
+        X, y = linear_data()
+        columns = ["x"]
+    X, y = check_xy(X, y, dtype="float64")  # (n, n_features), (n, 1)
+    ols_coef, ols_intercept = least_squares(X, y)
+    if standardize:
+        sx, sy = Standardizer(X, "X", columns), Standardizer(y, "y", [y_column or "y"])
+        X_train, y_train = sx.transform(X), sy.transform(y)
+    else:
+        X_train, y_train = X, y
+    model = compile_model(linear_model(X.shape[1], seed=seed), optimizer, learning_rate, loss="mse")
+    hint = "Try a smaller --learning-rate" + ("" if standardize else ", or --standardize to scale the inputs")
+    history, _ = _fit(model, X_train, y_train, epochs, batch_size, log_gradients, hint)
+    kernel, bias = (w.astype(np.float64) for w in model.get_weights())  # (n_features, 1), (1,)
+    coef, intercept = kernel[:, 0], float(bias[0])
+    if standardize:
+        # y = my + sy * (sum_j w_j (x_j - mx_j) / sx_j + b)
+        coef = sy.std[0] * coef / sx.std
+        intercept = float(sy.mean[0] + sy.std[0] * intercept - coef @ sx.mean)
+    gap = float(max(np.max(np.abs(coef - ols_coef)), abs(intercept - ols_intercept)))
+    if X.shape[1] == 1:
+        points = [[x] for x in PREDICT_AT]
+    else:
+        points = [list(row) for row in np.vstack([X.mean(axis=0) + k * X.std(axis=0) for k in (-1, 0, 1)])]
+    predictions = [{"x": [float(v) for v in p], "y": float(np.dot(coef, p) + intercept)} for p in points]
+    return {
+        "coefficients": coef.tolist(),
+        "intercept": intercept,
+        "ols_coefficients": ols_coef.tolist(),
+        "ols_intercept": ols_intercept,
+        "gap": gap,
+        "final_loss": float(history.history["loss"][-1]),
+        "optimizer": optimizer,
+        "learning_rate": float(model.optimizer.learning_rate.numpy()),
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "standardize": bool(standardize),
+        "columns": columns,
+        "predictions": predictions,
+    }
+
+
+def run_xor(
+    optimizer=XOR_DEFAULTS["optimizer"],
+    learning_rate=XOR_DEFAULTS["learning_rate"],
+    epochs=XOR_DEFAULTS["epochs"],
+    hidden_units=4,
+    activation="sigmoid",
+    loss=XOR_DEFAULTS["loss"],
+    seed=0,
+    log_gradients=None,
+):
+    """The classic NumPy XOR example's 2-4-1 sigmoid network, trained by Keras on the full batch.
+
+    The four rows of `xor_data()` make one batch, so each epoch is one optimizer step.
+
+    Args:
+        optimizer: str, a name in `kerasbp.reference.optimizers.OPTIMIZERS` (`"sgd"`, `"adam"`,
+            `"rmsprop"`; any case). Defaults to `"adam"`.
+        learning_rate: positive float, or None for Keras's default. Defaults to 0.05.
+        epochs: int >= 1. Defaults to 1000.
+        hidden_units: int >= 1. Defaults to 4.
+        activation: str, the hidden activation: `"sigmoid"`, `"tanh"`, `"relu"` or `"linear"`.
+            Defaults to `"sigmoid"`.
+        loss: str, a name in `kerasbp.reference.losses.LOSS_NAMES` (`"binary_crossentropy"`,
+            `"bce"`, `"mse"`, `"mean_squared_error"`). Defaults to `"binary_crossentropy"`.
+        seed: int in `[0, 2**31)`, or None for random initial weights: the random seed of the
+            initial weights. Defaults to 0.
+        log_gradients: path of an `.npz` file in an existing folder to save the gradient log to,
+            or None. Defaults to None.
+
+    Returns:
+        dict with `inputs` (4 x 2 list of ints), `targets` (list of 4 ints), `predictions` (list
+        of 4 outputs), `learned` (bool: every output on the right side of 0.5), `final_loss`,
+        `optimizer`, `learning_rate`, `loss`, `epochs`, `steps` (optimizer steps taken), `seed`.
+
+    Raises:
+        ValueError, TypeError: for bad arguments.
+        Diverged: if the loss or a gradient became non-finite.
+    """
+    optimizer, learning_rate, epochs, log_gradients = _check_run(optimizer, learning_rate, epochs, log_gradients)
+    loss = check_choice("loss", loss, LOSS_NAMES)
+    X, y = xor_data()  # (4, 2), (4, 1)
+    model = compile_model(xor_model(hidden_units, activation, "sigmoid", seed=check_seed(seed)), optimizer, learning_rate, loss=loss)
+    history, _ = _fit(model, X, y, epochs, 4, log_gradients, "Try a smaller --learning-rate")
+    predictions = np.asarray(model(X, training=False))[:, 0].astype(np.float64)  # (4,)
+    learned = bool(np.all((predictions > 0.5) == (y[:, 0] > 0.5)))
+    return {
+        "inputs": X.astype(int).tolist(),
+        "targets": y[:, 0].astype(int).tolist(),
+        "predictions": predictions.tolist(),
+        "learned": learned,
+        "final_loss": float(history.history["loss"][-1]),
+        "optimizer": optimizer,
+        "learning_rate": float(model.optimizer.learning_rate.numpy()),
+        "loss": loss,
+        "epochs": epochs,
+        "steps": int(model.optimizer.iterations.numpy()),
+        "seed": seed,
+    }
+
+
+def run_compare(task="xor", optimizer="sgd", learning_rate=None, epochs=None, batch_size=None, dtype="float32", loss=None, seed=0):
+    """`kerasbp.compare` on the XOR network or the linear model, built in `dtype`.
+
+    Args:
+        task: `"xor"` (the 2-4-1 sigmoid network on the XOR truth table) or `"linear"`
+            (`Dense(1)` on the 100 points of `linear_data()`). Defaults to `"xor"`.
+        optimizer: str, a name in `kerasbp.reference.optimizers.OPTIMIZERS` (`"sgd"`, `"adam"`,
+            `"rmsprop"`; any case). Defaults to `"sgd"`.
+        learning_rate: positive float, or None for Keras's default. Defaults to None.
+        epochs: int >= 1, or None for 50 (xor) or 5 (linear). Defaults to None.
+        batch_size: int >= 1, or None for 3 (xor) or 30 (linear): both leave a partial last
+            batch. Defaults to None.
+        dtype: `"float32"` or `"float64"`. Defaults to `"float32"`.
+        loss: str, a name in `kerasbp.reference.losses.LOSS_NAMES`, or None for binary
+            cross-entropy on XOR and MSE on the linear model. Defaults to None.
+        seed: int in `[0, 2**31)`: the random seed of the initial weights. Defaults to 0.
+
+    Returns:
+        `kerasbp.ComparisonReport`.
+
+    Raises:
+        ValueError, TypeError: for bad arguments.
+    """
+    task = check_choice("task", task, ("xor", "linear"))
+    optimizer = check_choice("optimizer", optimizer, OPTIMIZERS)
+    dtype = check_choice("dtype", dtype, ("float32", "float64"))
+    if learning_rate is not None:
+        learning_rate = check_positive_float("learning_rate", learning_rate)
+    epochs = check_positive_int("epochs", epochs if epochs is not None else (50 if task == "xor" else 5))
+    batch_size = check_positive_int("batch_size", batch_size if batch_size is not None else (3 if task == "xor" else 30))
+    loss = check_choice("loss", loss or ("binary_crossentropy" if task == "xor" else "mse"), LOSS_NAMES)
+    seed = check_seed(seed)
+    X, y = xor_data(dtype) if task == "xor" else linear_data()
+    with floatx(dtype):
+        model = xor_model(seed=seed) if task == "xor" else linear_model(seed=seed)
+        compile_model(model, optimizer, learning_rate, loss=loss)
+    return compare(model, X, y, epochs=epochs, batch_size=batch_size, dtype=dtype)
