@@ -33,7 +33,7 @@ import json
 
 import numpy as np
 
-from kerasbp.callbacks import GradientLogger
+from kerasbp.logger import GradientLogger
 from kerasbp.checks import check_dtype, check_positive_int, check_xy
 from kerasbp.files import atomic_write
 from kerasbp.precision import floatx

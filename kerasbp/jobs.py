@@ -83,12 +83,10 @@ def _fit(model, X, y, epochs, batch_size, log_gradients, hint):
             if log_gradients:
                 logger.to_npz(log_gradients)  # the folder was checked before training
     losses = np.asarray(history.history["loss"])  # (epochs_run,)
-    bad_loss = np.flatnonzero(~np.isfinite(logger.losses))
-    bad_grad = np.flatnonzero(logger.stats_array()[:, :, 6].sum(axis=1) > 0)  # column 6: "nonfinite"
-    firsts = bad_loss[:1].tolist() + bad_grad[:1].tolist()
-    if firsts or not np.all(np.isfinite(losses)):
-        if firsts:
-            row = min(firsts)
+    health = logger.health()  # names the first logged step whose loss or gradient is NaN/Inf
+    if health.nonfinite or not np.all(np.isfinite(losses)):
+        if health.nonfinite:
+            row = int(np.flatnonzero(logger.steps == health.figures["first_nonfinite_step"])[0])
             step, epoch = int(logger.steps[row]), int(logger.epochs[row])
         else:  # between logged steps: the History names the epoch
             epoch = int(np.flatnonzero(~np.isfinite(losses))[0])

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from kerasbp import cli, jobs
-from kerasbp.callbacks import load_gradient_log
+from kerasbp.logger import load_gradient_log
 from kerasbp.cli import main_compare, main_linear, main_xor
 from kerasbp.jobs import run_linear, run_xor
 from kerasbp.reference.losses import LOSS_NAMES

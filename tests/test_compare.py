@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import kerasbp as kb
-from kerasbp.cli import main_compare, run_compare
+from kerasbp.cli import main_compare
+from kerasbp.jobs import run_compare
 from kerasbp.comparison import TOLERANCES, compare
 from kerasbp.reference import optimizers as twin_optimizers
 

@@ -13,7 +13,7 @@ import pytest  # noqa: E402
 
 import kerasbp as kb  # noqa: E402
 from kerasbp import plotting  # noqa: E402
-from kerasbp.callbacks import load_gradient_log  # noqa: E402
+from kerasbp.logger import load_gradient_log  # noqa: E402
 from kerasbp.data import least_squares  # noqa: E402
 from kerasbp.jobs import run_compare  # noqa: E402
 from kerasbp.plotting import curves, surfaces, twin  # noqa: E402

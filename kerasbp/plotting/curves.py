@@ -5,7 +5,7 @@ import warnings
 import matplotlib
 import numpy as np
 
-from kerasbp.callbacks import STATS
+from kerasbp.logger import STATS
 from kerasbp.checks import check_bool, check_choice
 from kerasbp.logger import GradientLog
 from kerasbp.plotting._common import _new_axes, _positive, _runs
@@ -105,7 +105,7 @@ def plot_gradient_norms(log, ax=None, stat="norm", variables=None, log_scale=Tru
         log: a `GradientLogger` after training, or a `GradientLog` (e.g. `load_gradient_log`),
             holding at least one logged step.
         ax: `matplotlib.axes.Axes` to draw in, or None for a new figure. Defaults to None.
-        stat: str, one of `kerasbp.callbacks.STATS` (`"norm"`, `"max_abs"`, `"update_ratio"`,
+        stat: str, one of `kerasbp.logger.STATS` (`"norm"`, `"max_abs"`, `"update_ratio"`,
             ...). Defaults to `"norm"`.
         variables: None for every variable, `"kernels"` for the variables with 2 or more
             dimensions, or a list of variable names (`log.names` entries, or short names such as
@@ -194,7 +194,7 @@ def plot_gradient_profile(logs, ax=None, stat="norm", reduce="median", log_scale
         logs: a `GradientLog` (or `GradientLogger`), or a dict `{label: log}` to compare
             several (e.g. `{"sigmoid": log_a, "relu": log_b}`).
         ax: `matplotlib.axes.Axes` to draw in, or None for a new figure. Defaults to None.
-        stat: str, one of `kerasbp.callbacks.STATS`. Defaults to `"norm"`.
+        stat: str, one of `kerasbp.logger.STATS`. Defaults to `"norm"`.
         reduce: `"median"`, `"mean"`, `"max"` over the logged steps (non-finite rows ignored), or
             `"first"` or `"last"` logged step (`"first"`: at the initial weights, when the log
             started with training). Defaults to `"median"`.
