@@ -17,6 +17,13 @@ from runs in the same process.
    variant's time over plain `fit`'s in the same round.
 3. Memory: `record="full"` streamed to disk for 500 steps of a model with about one million
    parameters: growth of the peak resident memory of the process.
+4. Time to result: what a user waits for, each row timed as a user meets it (first calls
+   included, not only the steady state), beside the NumPy twin's whole run of 1000 XOR epochs.
+   The first run of a fresh process and the scripts are timed in subprocesses.
+5. In-step cost of the statistics: a compiled loop of optimizer updates on 784-256-256-10 (fixed
+   gradients), with and without the logger's capture attached, in turn round after round; the
+   cost is the median over rounds of the difference per update. This isolates what the logger
+   adds to a step from the noise of whole `fit` runs.
 """
 
 import argparse
@@ -25,6 +32,7 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +41,11 @@ import kerasbp.native_logs  # noqa: F401  (first: TensorFlow starts without its 
 import kerasbp as kb
 import keras
 import numpy as np
+import tensorflow as tf
+from kerasbp.logger import capture
 from kerasbp.reference import SGD, NumpyMLP
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def median_time(run, repeats):
@@ -146,6 +158,103 @@ def bench_memory(steps):
     return {"parameters": n_params, "steps": steps, "peak_rss_growth_mb": after - before, "rss_growth_mb": rss_after - rss_before, "streamed_mb": on_disk / 2**20}
 
 
+def timed(run):
+    """Wall time of one call of `run()` in seconds."""
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def subprocess_seconds(args):
+    """Wall time of a Python subprocess run to its end, and its exit status."""
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT)
+    return time.perf_counter() - start, proc.returncode
+
+
+FIRST_RUN = """
+import time
+start = time.perf_counter()
+import kerasbp as kb
+X, y = kb.xor_data()
+model = kb.compile_model(kb.xor_model(seed=0), "sgd", learning_rate=0.5)
+kb.train(model, X, y, epochs={epochs}, batch_size=4, callbacks=[kb.GradientLogger()])
+print(time.perf_counter() - start)
+"""
+
+
+def bench_time_to_result(epochs, repeats):
+    """Each row of a user's session, as medians over `repeats` fresh rounds (row names say what)."""
+    X, y = kb.xor_data()
+
+    def model():
+        return kb.compile_model(kb.xor_model(seed=0), "sgd", learning_rate=0.5)
+
+    twin = NumpyMLP.from_keras(model())
+    twin_start = twin.params
+
+    def numpy_run():
+        twin.set_params(twin_start)
+        twin.fit(X, y, SGD(learning_rate=0.5), epochs=epochs, batch_size=4, loss="mse")
+
+    kb.train(model(), X, y, epochs=epochs, batch_size=4, callbacks=[kb.GradientLogger()])  # this process has trained once
+    rows = {name: [] for name in ("numpy_twin_fit", "fresh_model_and_logger", "same_model_new_logger_epochs_plus_1", "same_model_xla", "steady_state", "fresh_model_fit")}
+    for _ in range(repeats):
+        rows["numpy_twin_fit"].append(timed(numpy_run))
+        m = model()
+        rows["fresh_model_and_logger"].append(timed(lambda: kb.train(m, X, y, epochs=epochs, batch_size=4, callbacks=[kb.GradientLogger()])))
+        rows["same_model_new_logger_epochs_plus_1"].append(timed(lambda: kb.train(m, X, y, epochs=epochs + 1, batch_size=4, callbacks=[kb.GradientLogger()])))
+        logger = kb.GradientLogger()
+        for _ in range(2):
+            kb.train(m, X, y, epochs=epochs, batch_size=4, callbacks=[logger])
+        rows["steady_state"].append(timed(lambda: kb.train(m, X, y, epochs=epochs, batch_size=4, callbacks=[logger])))
+        rows["same_model_xla"].append(timed(lambda: kb.train(m, X, y, epochs=epochs, batch_size=4, callbacks=[logger], jit_compile=True)))
+        f = model()
+        fit_epochs = max(1, epochs // 20)
+        rows["fresh_model_fit"].append(timed(lambda: f.fit(X, y, epochs=fit_epochs, batch_size=4, verbose=0)) * epochs / fit_epochs)
+    first = [float(subprocess.run([sys.executable, "-c", FIRST_RUN.format(epochs=epochs)], capture_output=True, text=True, cwd=ROOT).stdout.split()[-1]) for _ in range(max(1, repeats // 2))]
+    out = {name: statistics.median(t) for name, t in rows.items()}
+    out["first_run_in_a_fresh_process"] = statistics.median(first)
+    out["train_xor_script_help"] = statistics.median(subprocess_seconds(["scripts/train_xor.py", "--help"])[0] for _ in range(3))
+    out["train_xor_script"] = subprocess_seconds(["scripts/train_xor.py", "--epochs", str(epochs)])[0]
+    base = out["numpy_twin_fit"]
+    return {name: {"seconds": s, "ratio_to_numpy_twin": s / base} for name, s in out.items()}
+
+
+def bench_in_step_cost(updates, repeats):
+    """Per optimizer update on 784-256-256-10: microseconds without and with the capture."""
+    model = wide_model()
+    model.build((None, 784))
+    optimizer = model.optimizer
+    optimizer.build(model.trainable_weights)
+    rng = np.random.default_rng(0)
+    grads = [tf.constant(rng.normal(size=w.shape).astype("float32") * 1e-3) for w in model.trainable_weights]
+
+    def make_loop():
+        @tf.function
+        def loop():
+            for _ in tf.range(updates):
+                optimizer.apply(grads, model.trainable_weights)
+
+        return loop
+
+    plain = make_loop()
+    hooks = capture.capture_for(model, optimizer, steps_per_execution=1, every_n_steps=1, capacity=256, keep_full=False, snapshots=False, tracked=(False,) * len(grads))
+    hooks.attach()
+    hooked = make_loop()
+    hooked()
+    hooks.detach()
+    plain()
+    times = {"plain": [], "logged": []}
+    for _ in range(repeats):
+        times["plain"].append(timed(plain) / updates)
+        hooks.attach()
+        times["logged"].append(timed(hooked) / updates)
+        hooks.detach()
+    added = statistics.median(b - a for a, b in zip(times["plain"], times["logged"], strict=True))
+    return {"update_us": statistics.median(times["plain"]) * 1e6, "logged_update_us": statistics.median(times["logged"]) * 1e6, "added_us": added * 1e6}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", metavar="PATH", help="write the figures to this JSON file")
@@ -153,7 +262,10 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per figure (default 5, quick 1)")
     args = parser.parse_args(argv)
     repeats = args.repeats or (1 if args.quick else 5)
-    sizes = dict(steps=200, fit_epochs=5, n_samples=512, epochs=1, memory_steps=20) if args.quick else dict(steps=10_000, fit_epochs=200, n_samples=20_000, epochs=2, memory_steps=500)
+    if args.quick:
+        sizes = dict(steps=200, fit_epochs=5, n_samples=512, epochs=1, memory_steps=20, ttr_epochs=100, updates=20)
+    else:
+        sizes = dict(steps=10_000, fit_epochs=200, n_samples=20_000, epochs=2, memory_steps=500, ttr_epochs=1000, updates=500)
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}, keras {keras.__version__}"
     results = {"machine": machine, "repeats": repeats, "sizes": sizes}
 
@@ -173,6 +285,16 @@ def main(argv=None):
     m = results["memory"]
     print(f"3. record='full' streamed to disk, {m['steps']} steps of {m['parameters']:,} parameters")
     print(f"   peak RSS growth {m['peak_rss_growth_mb']:.1f} MB (RSS {m['rss_growth_mb']:+.1f} MB) while streaming {m['streamed_mb']:.0f} MB")
+
+    results["time_to_result"] = bench_time_to_result(sizes["ttr_epochs"], repeats)
+    print(f"4. Time to result, XOR 2-4-1, {sizes['ttr_epochs']} full-batch SGD epochs with a GradientLogger (kerasbp.train unless named)")
+    print(f"   {'':40}{'seconds':>10}{'x twin':>10}")
+    for name, r in results["time_to_result"].items():
+        print(f"   {name:40}{r['seconds']:10.3f}{r['ratio_to_numpy_twin']:10.2f}")
+
+    results["in_step_cost"] = bench_in_step_cost(sizes["updates"], repeats)
+    c = results["in_step_cost"]
+    print(f"5. One optimizer update on 784-256-256-10: {c['update_us']:.0f} us; with the logger's statistics {c['logged_update_us']:.0f} us (adds {c['added_us']:.0f} us)")
 
     if args.json:
         with open(args.json, "w") as f:
