@@ -29,14 +29,21 @@ the dtype (`TOLERANCES`):
 """
 
 import csv
+import io
 import json
+import math
 
+import kerasbp.native_logs  # noqa: F401  (first: TensorFlow starts without its native log lines)
+import keras
 import numpy as np
 
-from kerasbp.logger import GradientLogger
 from kerasbp.checks import check_dtype, check_positive_int, check_xy
+from kerasbp.data import batch_slices
 from kerasbp.files import atomic_write
+from kerasbp.logger import GradientLogger
+from kerasbp.models import keras_loss
 from kerasbp.precision import floatx
+from kerasbp.reference import OPTIMIZERS, NumpyMLP, get_loss, optimizer_from_keras, state_from_keras
 
 #: Relative tolerances of the teacher-forced comparison, by dtype. float32: losses agree to about
 #: 1e-7 of their size and updates to a few ulps of theirs; gradients carry float32 rounding
@@ -50,8 +57,28 @@ TOLERANCES = {
 _QUANTITIES = ("loss", "gradient", "weights")
 
 
-def _rel(diff, scale):
-    return diff / scale if scale > 0 else diff
+def relative_difference(diff, scale):
+    """`diff / scale`, with a zero scale handled soundly.
+
+    A zero scale means nothing was expected to differ (a loss of 0, a zero gradient, a step that
+    did not move the weights): no difference there is 0, and any difference is infinitely large
+    relative to it, so it is flagged whatever the tolerance.
+
+    Args:
+        diff: float >= 0 (or NaN), an absolute difference.
+        scale: float >= 0, the size it is judged against.
+
+    Returns:
+        float: `diff / scale` when `scale > 0`; otherwise 0.0 for `diff == 0`, `inf` for
+        `diff > 0`, and NaN for a NaN `diff`.
+
+    Example:
+        >>> relative_difference(1e-3, 2e-3), relative_difference(0.0, 0.0), relative_difference(1e-9, 0.0)
+        (0.5, 0.0, inf)
+    """
+    if scale > 0:
+        return diff / scale
+    return math.inf if diff > 0 else float(diff)
 
 
 class ComparisonReport:
@@ -68,12 +95,16 @@ class ComparisonReport:
         teacher, free: dicts of arrays for each mode: `"loss_abs"`, `"loss_rel"` of shape
             `(steps,)`, and `"gradient_abs"`, `"gradient_rel"`, `"weights_abs"`, `"weights_rel"`
             of shape `(steps, n_variables)` (weights after the step).
-        optimizer, loss: str, descriptions of the twin optimizer and loss.
+        optimizer: str, the twin optimizer with its hyperparameters, e.g.
+            `"Adam(learning_rate=0.05, beta_1=0.9, ...)"`, for display.
+        optimizer_name: str, the Keras optimizer class, e.g. `"Adam"` (`"SGD"`, `"Adam"` or
+            `"RMSprop"`), for titles and grouping.
+        loss: str, the twin loss class, `"MeanSquaredError"` or `"BinaryCrossentropy"`.
         diverged_at: None, or the step at which Keras's loss, gradients or weights became NaN or
             Inf; the steps before it are compared, and the report is not ok.
     """
 
-    def __init__(self, diverged_at, dtype, names, keras_losses, twin_losses, teacher, free, epochs, batch_size, optimizer, loss):
+    def __init__(self, diverged_at, dtype, names, keras_losses, twin_losses, teacher, free, epochs, batch_size, optimizer, loss, optimizer_name):
         self.diverged_at = diverged_at
         self.dtype = dtype
         self.tolerances = dict(TOLERANCES[dtype])
@@ -83,6 +114,7 @@ class ComparisonReport:
         self.steps = len(keras_losses)
         self.epochs, self.batch_size = epochs, batch_size
         self.optimizer, self.loss = optimizer, loss
+        self.optimizer_name = optimizer_name
 
     def _worst(self, mode):
         # weights_rel is the difference beyond 2 ulps, relative to the update (module docstring)
@@ -159,6 +191,7 @@ class ComparisonReport:
             "epochs": self.epochs,
             "batch_size": self.batch_size,
             "optimizer": self.optimizer,
+            "optimizer_name": self.optimizer_name,
             "loss": self.loss,
             "tolerances": self.tolerances,
             "names": self.names,
@@ -172,8 +205,6 @@ class ComparisonReport:
         """Write one row per step, mode and variable with every difference (atomically)."""
 
         def write(f):
-            import io
-
             text = io.TextIOWrapper(f, encoding="utf-8", newline="")
             w = csv.writer(text)
             w.writerow(["step", "mode", "variable", "loss_abs", "loss_rel", "gradient_abs", "gradient_rel", "weights_abs", "weights_rel"])
@@ -203,10 +234,8 @@ def _term_sizes(twin, deltas, use_bias):
 
 
 def _copy(model, dtype):
-    """A fresh copy of a Sequential of Dense layers in `dtype`, with the same weights, loss and a
-    new optimizer of the same configuration."""
-    import keras
-
+    """A fresh copy of a Sequential of Dense layers in `dtype`, with the same weights, and a new
+    optimizer of the same configuration."""
     layers = [keras.Input(shape=model.inputs[0].shape[1:])]
     for layer in model.layers:
         layers.append(keras.layers.Dense(layer.units, activation=layer.activation, use_bias=layer.use_bias, name=layer.name))
@@ -232,8 +261,10 @@ def compare(model, X, y, epochs=1, batch_size=None, loss=None, dtype=None):
         y: float array of shape `(n_samples, n_outputs)` or `(n_samples,)`.
         epochs: int >= 1. Defaults to 1.
         batch_size: int >= 1, or None for 32 as in Keras. Defaults to None.
-        loss: `"mse"` or `"binary_crossentropy"` (or a Keras loss), or None for the model's
-            compiled loss. Defaults to None.
+        loss: a loss `kerasbp.reference.get_loss` accepts (`"mse"`, `"binary_crossentropy"`, a
+            Keras loss or a twin loss such as `kerasbp.reference.MeanSquaredError()`), or None
+            for the model's compiled loss. The copy is compiled with its Keras equivalent
+            (`kerasbp.models.keras_loss`). Defaults to None.
         dtype: `"float32"`, `"float64"`, or None for the model's variable dtype. Both sides
             compute in it (Keras under that floatx and dtype policy). Defaults to None.
 
@@ -252,10 +283,6 @@ def compare(model, X, y, epochs=1, batch_size=None, loss=None, dtype=None):
         >>> kb.compare(model, X, y, epochs=5, batch_size=3).ok
         True
     """
-    import keras
-
-    from kerasbp.reference import NumpyMLP, get_loss, optimizer_from_keras, state_from_keras
-
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a compiled keras.Model. Received: model={model!r}")
     if getattr(model, "optimizer", None) is None:
@@ -275,16 +302,15 @@ def compare(model, X, y, epochs=1, batch_size=None, loss=None, dtype=None):
 
     with floatx(dtype):
         copy, keras_optimizer = _copy(model, dtype)
-        copy.compile(optimizer=keras_optimizer, loss=loss)
+        copy.compile(optimizer=keras_optimizer, loss=keras_loss(twin_loss))
         twin_optimizer = optimizer_from_keras(keras_optimizer)
         teacher = NumpyMLP.from_keras(copy)
         free = NumpyMLP.from_keras(copy)
         free_state = twin_optimizer.init(free.params)
-        n = len(X)
-        starts = list(range(0, n, batch_size))
+        batches = batch_slices(len(X), batch_size)
         logger = GradientLogger(record="full")
         logger.set_model(copy)
-        logger.set_params({"steps": len(starts), "epochs": epochs})
+        logger.set_params({"steps": len(batches), "epochs": epochs})
         keras_before, keras_w, keras_g, twin_losses, scales = [], [], [], [], []
         diverged_at, free_ok = None, True
         modes = {m: {"loss": [], "gradient": [], "weights": []} for m in ("teacher", "free")}
@@ -298,8 +324,8 @@ def compare(model, X, y, epochs=1, batch_size=None, loss=None, dtype=None):
         with np.errstate(over="ignore", invalid="ignore"):
             try:
                 for _ in range(epochs):
-                    for i, start in enumerate(starts):
-                        xb, yb = X[start : start + batch_size], y[start : start + batch_size]
+                    for i, batch in enumerate(batches):
+                        xb, yb = X[batch], y[batch]
                         before = copy.get_weights()
                         state = state_from_keras(keras_optimizer, twin_optimizer)
                         # Keras's step, its applied gradient captured by the logger
@@ -345,7 +371,7 @@ def compare(model, X, y, epochs=1, batch_size=None, loss=None, dtype=None):
         out = {}
         loss_abs = np.abs(np.array(d["loss"]) - keras_losses)
         out["loss_abs"] = loss_abs
-        out["loss_rel"] = np.array([_rel(a, abs(k)) for a, k in zip(loss_abs, keras_losses, strict=True)])
+        out["loss_rel"] = np.array([relative_difference(a, abs(k)) for a, k in zip(loss_abs, keras_losses, strict=True)])
         steps, n_vars = len(keras_losses), len(logger.names)
         for q in ("gradient", "weights"):
             out[f"{q}_abs"] = np.zeros((steps, n_vars))
@@ -355,13 +381,13 @@ def compare(model, X, y, epochs=1, batch_size=None, loss=None, dtype=None):
                 kg, tg = np.asarray(keras_g[k][j], np.float64), np.asarray(d["gradient"][k][j], np.float64)
                 out["gradient_abs"][k, j] = a = np.max(np.abs(kg - tg))
                 # differences in float's subnormal range are rounding, whatever their relative size
-                out["gradient_rel"][k, j] = _rel(max(0.0, a - 1024 * np.finfo(dtype).tiny), max(np.max(np.abs(kg)), scales[k][j]))
+                out["gradient_rel"][k, j] = relative_difference(max(0.0, a - 1024 * np.finfo(dtype).tiny), max(np.max(np.abs(kg)), scales[k][j]))
                 w0, kw = keras_before[k][j], keras_w[k][j]
                 tw = np.asarray(d["weights"][k][j], np.float64)
                 out["weights_abs"][k, j] = a = np.max(np.abs(kw.astype(np.float64) - tw))
                 ulps = 2 * float(np.spacing(np.max(np.abs(np.concatenate([w0.ravel(), kw.ravel()])))))
                 update = np.max(np.abs(kw.astype(np.float64) - w0))
-                out["weights_rel"][k, j] = _rel(max(0.0, a - ulps), update)
+                out["weights_rel"][k, j] = relative_difference(max(0.0, a - ulps), update)
         results[mode] = out
     return ComparisonReport(
         diverged_at,
@@ -375,4 +401,5 @@ def compare(model, X, y, epochs=1, batch_size=None, loss=None, dtype=None):
         batch_size,
         repr(twin_optimizer),
         type(twin_loss).__name__,
+        OPTIMIZERS[twin_optimizer.name].keras_class,
     )

@@ -1,7 +1,9 @@
-"""Thin model factories for the teaching networks, and `compile_model`.
+"""Thin model factories for the teaching networks, `compile_model`, and `keras_loss`.
 
 Every model is a `keras.Sequential` of `Dense` layers, so the NumPy twin
-(`kerasbp.reference.NumpyMLP.from_keras`) can copy it.
+(`kerasbp.reference.NumpyMLP.from_keras`) can copy it. The activations, optimizers and losses on
+offer are those of the twin's registries (`kerasbp.reference.ACTIVATIONS`, `OPTIMIZERS`,
+`LOSSES`), which name the Keras class of each.
 """
 
 import kerasbp.native_logs  # noqa: F401  (first: TensorFlow starts without its native log lines)
@@ -9,15 +11,7 @@ import keras
 import numpy as np
 
 from kerasbp.checks import check_choice, check_layers, check_positive_float, check_positive_int, check_seed
-
-#: The optimizer names `compile_model` accepts, with their Keras classes.
-OPTIMIZERS = {
-    "sgd": keras.optimizers.SGD,
-    "adam": keras.optimizers.Adam,
-    "rmsprop": keras.optimizers.RMSprop,
-}
-
-ACTIVATIONS = ("linear", "sigmoid", "tanh", "relu")
+from kerasbp.reference import LOSSES, OPTIMIZERS, get_activation, get_loss
 
 
 def dense_model(layer_sizes, activations, seed=None):
@@ -28,8 +22,9 @@ def dense_model(layer_sizes, activations, seed=None):
     Args:
         layer_sizes: sequence of ints `[n_inputs, units_1, ..., units_L]`: the input width, then the
             units of each of the L Dense layers.
-        activations: one activation name for every layer, or a sequence of L names, each of
-            `"linear"`, `"sigmoid"`, `"tanh"`, `"relu"`.
+        activations: one activation for every layer, or a sequence of L, each a name of
+            `kerasbp.reference.ACTIVATIONS` (`"linear"`, `"sigmoid"`, `"tanh"`, `"relu"`; any case)
+            or None for `"linear"`, as in Keras.
         seed: int or None. The same seed gives the same initial weights (layer i is initialized
             with seed `seed + i`); None draws them from Keras's global generator. Defaults to None.
 
@@ -46,7 +41,7 @@ def dense_model(layer_sizes, activations, seed=None):
         [(2, 4), (4,), (4, 1), (1,)]
     """
     sizes, activations = check_layers(layer_sizes, activations)
-    activations = [check_choice(f"activations[{i}]", a, ACTIVATIONS) for i, a in enumerate(activations)]
+    activations = [get_activation(a, f"activations[{i}]").name for i, a in enumerate(activations)]
     seed = check_seed(seed)
     layers = [keras.Input(shape=(sizes[0],))]
     for i, (units, activation) in enumerate(zip(sizes[1:], activations, strict=True)):
@@ -60,8 +55,8 @@ def xor_model(hidden_units=4, activation="sigmoid", output_activation="sigmoid",
 
     Args:
         hidden_units: int >= 1, units of the hidden layer. Defaults to 4.
-        activation: hidden activation, one of `"linear"`, `"sigmoid"`, `"tanh"`, `"relu"`.
-            Defaults to `"sigmoid"`.
+        activation: hidden activation, one of `"linear"`, `"sigmoid"`, `"tanh"`, `"relu"`, or
+            None for `"linear"`. Defaults to `"sigmoid"`.
         output_activation: output activation, same choices. Defaults to `"sigmoid"`.
         seed: int or None, see `dense_model`. Defaults to None.
 
@@ -97,8 +92,9 @@ def compile_model(model, optimizer="sgd", learning_rate=None, loss="mse", **comp
 
     Args:
         model: a `keras.Model`.
-        optimizer: `"sgd"`, `"adam"` or `"rmsprop"` (any case), or a `keras.optimizers.Optimizer`
-            instance. Defaults to `"sgd"`.
+        optimizer: a name of `kerasbp.reference.OPTIMIZERS` (`"sgd"`, `"adam"` or `"rmsprop"`;
+            any case), which gives the Keras class, or a `keras.optimizers.Optimizer` instance.
+            Defaults to `"sgd"`.
         learning_rate: positive float, or None to keep Keras's default for that optimizer
             (0.01 for SGD, 0.001 for Adam and RMSprop). Must be None when `optimizer` is an
             instance. Defaults to None.
@@ -135,7 +131,7 @@ def compile_model(model, optimizer="sgd", learning_rate=None, loss="mse", **comp
                     f"`learning_rate` must be representable in {keras.config.floatx()} (between {finfo.smallest_normal:.3g} "
                     f"and {finfo.max:.3g}), where Keras stores it. Received: learning_rate={learning_rate!r}"
                 )
-        opt = OPTIMIZERS[name](**kwargs)
+        opt = getattr(keras.optimizers, OPTIMIZERS[name].keras_class)(**kwargs)
     else:
         raise TypeError(
             f"`optimizer` must be one of {list(OPTIMIZERS)} or a keras.optimizers.Optimizer. "
@@ -152,3 +148,31 @@ def compile_model(model, optimizer="sgd", learning_rate=None, loss="mse", **comp
             ) from None
     model.compile(optimizer=opt, loss=loss, **compile_kwargs)
     return model
+
+
+def keras_loss(loss):
+    """The Keras loss object that computes what the twin's loss for `loss` computes.
+
+    The way back from the twin to Keras, through `kerasbp.reference.LOSSES`: it lets a twin loss
+    object stand wherever a Keras loss is needed (`explain_backprop`, `compare`).
+
+    Args:
+        loss: anything `kerasbp.reference.get_loss` accepts: a name (`"mse"`,
+            `"binary_crossentropy"`, ...), a twin loss (`kerasbp.reference.MeanSquaredError()`,
+            `BinaryCrossentropy(from_logits=...)`) or a supported Keras loss.
+
+    Returns:
+        A new `keras.losses.MeanSquaredError` or `keras.losses.BinaryCrossentropy` with the same
+        options (`from_logits`) and Keras's default reduction `"sum_over_batch_size"`.
+
+    Raises:
+        TypeError, ValueError: as `kerasbp.reference.get_loss`, for a loss the twin does not
+            support.
+
+    Example:
+        >>> from kerasbp.reference import BinaryCrossentropy
+        >>> keras_loss(BinaryCrossentropy(from_logits=True)).get_config()["from_logits"]
+        True
+    """
+    twin = get_loss(loss)
+    return getattr(keras.losses, LOSSES[twin.name].keras_class)(**twin.get_config())

@@ -1,10 +1,13 @@
 """explain_backprop: the chain rule layer by layer, Keras autodiff beside the NumPy twin."""
 
+import doctest
+
 import keras
 import numpy as np
 import pytest
 
 import kerasbp as kb
+import kerasbp.backprop
 from kerasbp.backprop import QUANTITIES, explain_backprop
 
 
@@ -62,3 +65,27 @@ def test_unsupported_models_are_refused():
         explain_backprop(model, np.zeros((2, 3)), np.zeros((2, 2)))
     with pytest.raises(ValueError, match="3 features, but the model expects 2"):
         explain_backprop(kb.xor_model(seed=0), np.zeros((4, 3)), np.zeros(4))
+
+
+@pytest.mark.parametrize(
+    "twin_loss, name",
+    [(kb.reference.MeanSquaredError(), "mse"), (kb.reference.BinaryCrossentropy(), "binary_crossentropy")],
+    ids=["mse", "bce"],
+)
+def test_a_twin_loss_object_is_accepted_like_its_name(twin_loss, name):
+    # kerasbp.reference.get_loss accepts the twin's loss objects; explain_backprop must too.
+    X, y = kb.xor_data()
+    model = kb.xor_model(seed=0)
+    by_object = explain_backprop(model, X, y, loss=twin_loss)
+    by_name = explain_backprop(model, X, y, loss=name)
+    assert by_object.loss_keras == by_name.loss_keras and by_object.loss_numpy == by_name.loss_numpy
+    for a, b in zip(by_object.terms, by_name.terms, strict=True):
+        assert (a.layer, a.name) == (b.layer, b.name)
+        np.testing.assert_array_equal(a.numpy, b.numpy)  # same computation: exact
+        if b.keras is not None:
+            np.testing.assert_array_equal(a.keras, b.keras)
+
+
+def test_docstring_examples_run():
+    results = doctest.testmod(kerasbp.backprop, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert results.attempted > 0 and results.failed == 0, results

@@ -1,5 +1,6 @@
 """compare: Keras against its NumPy twin, step by step."""
 
+import doctest
 import json
 import os
 import subprocess
@@ -11,9 +12,10 @@ import numpy as np
 import pytest
 
 import kerasbp as kb
+import kerasbp.comparison
 from kerasbp.cli import main_compare
+from kerasbp.comparison import TOLERANCES, compare, relative_difference
 from kerasbp.jobs import run_compare
-from kerasbp.comparison import TOLERANCES, compare
 from kerasbp.reference import optimizers as twin_optimizers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -184,3 +186,58 @@ def test_divergence_is_reported_not_refused(capsys):
     assert main_compare(["--task", "linear", "--learning-rate", "10", "--epochs", "50"]) == 1
     out, err = capsys.readouterr()
     assert "training diverged" in out and err == ""
+
+
+def test_relative_difference_handles_a_zero_scale():
+    assert relative_difference(1e-3, 2e-3) == 0.5
+    assert relative_difference(0.0, 0.0) == 0.0  # nothing expected, nothing found
+    assert relative_difference(1e-6, 0.0) == np.inf  # a difference where none was expected
+    assert np.isnan(relative_difference(np.nan, 0.0))  # a diverged twin stays NaN
+
+
+def broken_sgd_apply_that_drifts(self, params, grads, state):
+    # An update that moves the weights by 5e-5 whatever the gradient (a stray weight decay, say).
+    return [np.asarray(p) + 5e-5 for p in params], state._replace(iterations=state.iterations + 1)
+
+
+def test_a_twin_that_moves_where_keras_does_not_is_caught(monkeypatch):
+    # A perfect fit: zero weights and zero targets give Keras a loss and gradients of exactly 0, so
+    # its update is 0. A twin that still moves by 5e-5 (below the float32 tolerance 1e-4 in absolute
+    # terms) must be flagged: against a zero update any difference is infinitely large.
+    X, _ = kb.linear_data(n_samples=8)
+    y = np.zeros((8, 1))
+    model = kb.compile_model(kb.linear_model(seed=0), "sgd")
+    model.set_weights([np.zeros((1, 1), "float32"), np.zeros(1, "float32")])
+    assert compare(model, X, y, epochs=1, batch_size=4).ok  # the real twin agrees: 0 against 0
+    monkeypatch.setattr(twin_optimizers.SGD, "apply", broken_sgd_apply_that_drifts)
+    report = compare(model, X, y, epochs=1, batch_size=4)
+    assert not report.ok, report.summary()
+    step, variable, quantity, abs_diff, rel = report.first_failure
+    assert (step, variable, quantity) == (0, report.names[0], "weights")
+    assert abs_diff == pytest.approx(5e-5, rel=1e-6) and rel == np.inf
+
+
+@pytest.mark.parametrize(
+    "twin_loss, name",
+    [(kb.reference.MeanSquaredError(), "mse"), (kb.reference.BinaryCrossentropy(), "binary_crossentropy")],
+    ids=["mse", "bce"],
+)
+def test_compare_accepts_a_twin_loss_object(twin_loss, name):
+    X, y = kb.xor_data()
+    model = kb.compile_model(kb.xor_model(seed=0), "adam", loss=name)
+    by_object = compare(model, X, y, epochs=2, batch_size=3, loss=twin_loss)
+    by_name = compare(model, X, y, epochs=2, batch_size=3, loss=name)
+    assert by_object.ok and by_object.loss == by_name.loss
+    np.testing.assert_array_equal(by_object.keras_losses, by_name.keras_losses)  # same computation: exact
+
+
+def test_report_names_the_keras_optimizer_class():
+    for optimizer, class_name in (("sgd", "SGD"), ("adam", "Adam"), ("rmsprop", "RMSprop")):
+        report = run_compare("xor", optimizer, epochs=1)
+        assert report.optimizer_name == class_name
+        assert report.to_dict()["optimizer_name"] == class_name
+
+
+def test_docstring_examples_run():
+    results = doctest.testmod(kerasbp.comparison, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert results.attempted > 0 and results.failed == 0, results

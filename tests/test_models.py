@@ -1,7 +1,10 @@
+import doctest
+
 import keras
 import numpy as np
 import pytest
 
+import kerasbp.models
 from kerasbp import compile_model, dense_model, linear_model, xor_model
 
 
@@ -101,3 +104,16 @@ def test_compile_model_bad_arguments(kwargs, error, match):
 def test_compile_model_refuses_non_models():
     with pytest.raises(TypeError, match="keras.Model"):
         compile_model("model")
+
+
+def test_dense_model_accepts_none_as_linear():
+    # kerasbp.checks.check_layers documents None as an activation; Keras takes it as "linear".
+    model = dense_model([2, 3, 1], None, seed=0)
+    assert [layer.activation.__name__ for layer in model.layers] == ["linear", "linear"]
+    model = dense_model([2, 3, 1], [None, "sigmoid"], seed=0)
+    assert [layer.activation.__name__ for layer in model.layers] == ["linear", "sigmoid"]
+
+
+def test_docstring_examples_run():
+    results = doctest.testmod(kerasbp.models, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert results.attempted > 0 and results.failed == 0, results

@@ -6,6 +6,8 @@ mathematics is computed in a different order in float64, 1e-6 for central differ
 """
 
 import ast
+import doctest
+import importlib
 import os
 import pathlib
 import subprocess
@@ -20,6 +22,8 @@ from hypothesis import strategies as st  # noqa: E402
 
 from kerasbp.reference import (  # noqa: E402
     ACTIVATIONS,
+    LOSSES,
+    OPTIMIZERS,
     SGD,
     Adam,
     AdamState,
@@ -33,6 +37,7 @@ from kerasbp.reference import (  # noqa: E402
     binary_crossentropy_gradient,
     get_activation,
     get_loss,
+    get_optimizer,
     gradient_check,
     mse,
     mse_gradient,
@@ -79,6 +84,32 @@ def test_importing_reference_alone_loads_neither_keras_nor_tensorflow():
     ) % str(package_dir)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert "LOADED []" in out.stdout, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize(
+    "module", ["activations", "losses", "layers", "optimizers", "optimizer_state", "rounding", "gradcheck"]
+)
+def test_docstring_examples_run(module):
+    # The modules of the twin that need no Keras; mlp, from_keras and the package docstring are run
+    # in test_reference_keras.py.
+    mod = importlib.import_module(f"kerasbp.reference.{module}")
+    results = doctest.testmod(mod, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert results.attempted > 0 and results.failed == 0, results
+
+
+def test_registries_are_keyed_by_keras_names():
+    assert list(ACTIVATIONS) == ["linear", "sigmoid", "tanh", "relu"]
+    assert all(act.name == name for name, act in ACTIVATIONS.items())
+    assert list(LOSSES) == ["mean_squared_error", "binary_crossentropy"]
+    assert all(spec.name == name == spec.twin.name for name, spec in LOSSES.items())
+    assert list(OPTIMIZERS) == ["sgd", "adam", "rmsprop"]
+    for name, spec in OPTIMIZERS.items():
+        assert spec.name == name == spec.twin.name
+        assert spec.keras_class == spec.twin.__name__  # the twin is named after the Keras class
+        assert set(spec.keras_slots) == set(spec.state._fields[1:])
+        assert isinstance(spec.twin().init([np.zeros(2)]), spec.state)
+    assert get_loss("MSE").name == "mean_squared_error" and get_loss("bce").name == "binary_crossentropy"
+    assert get_optimizer("RMSprop") == RMSprop()
 
 
 # ---------------------------------------------------------------- activations
@@ -182,9 +213,9 @@ def test_loss_bad_input():
         mse([np.nan, 1.0], [[0.0], [1.0]])
     with pytest.raises(TypeError, match=r"`y_pred` must hold numbers"):
         mse([1.0], [["a"]])
-    with pytest.raises(TypeError, match=r"`from_logits` must be a bool. Received: from_logits='yes'"):
+    with pytest.raises(TypeError, match=r"`from_logits` must be True or False. Received: from_logits='yes'"):
         binary_crossentropy([1.0], [[0.5]], from_logits="yes")
-    with pytest.raises(TypeError, match=r"`from_logits` must be a bool"):
+    with pytest.raises(TypeError, match=r"`from_logits` must be True or False"):
         BinaryCrossentropy(from_logits=1)
     with pytest.raises(ValueError, match=r"`loss` must be one of .*Received: loss='hinge'"):
         get_loss("hinge")
@@ -554,6 +585,28 @@ def test_known_value_rmsprop_epsilon_inside_root():
     assert outside == pytest.approx(3.15e-2, rel=1e-3)
 
 
+def test_rmsprop_docstring_tells_when_the_first_step_exceeds_the_learning_rate():
+    # The first step is lr * g / sqrt((1 - rho) * g * g + epsilon): above lr only when
+    # rho * g * g > epsilon. The docstring's examples must run and say so (float64, exact to 1e-4
+    # relative on the printed digits).
+    finder, runner = doctest.DocTestFinder(recurse=False), doctest.DocTestRunner()
+    for test in finder.find(RMSprop, "RMSprop", globs={"np": np, "RMSprop": RMSprop}):
+        runner.run(test)
+    results = runner.summarize(verbose=False)
+    assert results.attempted >= 2 and results.failed == 0, results
+    assert "so the first steps are larger than `learning_rate`" not in RMSprop.__doc__
+
+    def first_step(g):
+        opt = RMSprop(learning_rate=0.01)
+        params, _ = opt.apply([np.zeros(1)], [np.full(1, g)], opt.init([np.zeros(1)]))
+        return -params[0].item()
+
+    threshold = np.sqrt(1e-7 / 0.9)  # rho * g * g == epsilon
+    assert first_step(1.0) == pytest.approx(0.01 / np.sqrt(0.1 + 1e-7), rel=1e-12)  # ~3.16 lr
+    assert first_step(1e-4) < 0.01 < first_step(1.01 * threshold)
+    assert first_step(0.99 * threshold) < 0.01
+
+
 def test_float64_uses_float32_rounded_betas_and_sgd_momentum():
     # Adam's bias correction in float64 uses float64(float32(beta)); so does SGD's momentum.
     opt = Adam(learning_rate=0.1)
@@ -589,11 +642,11 @@ def test_optimizer_bad_input():
         RMSprop(rho=1.5)
     with pytest.raises(ValueError, match=r"`epsilon` must be a number in \[0.0, inf\)"):
         Adam(epsilon=-1e-7)
-    with pytest.raises(TypeError, match=r"`nesterov` must be a bool"):
+    with pytest.raises(TypeError, match=r"`nesterov` must be True or False"):
         SGD(nesterov="yes")
-    with pytest.raises(TypeError, match=r"`amsgrad` must be a bool"):
+    with pytest.raises(TypeError, match=r"`amsgrad` must be True or False"):
         Adam(amsgrad=1)
-    with pytest.raises(TypeError, match=r"`centered` must be a bool"):
+    with pytest.raises(TypeError, match=r"`centered` must be True or False"):
         RMSprop(centered=None)
     opt = Adam()
     params = [np.zeros((2, 2)), np.zeros(2)]

@@ -11,6 +11,8 @@ Tolerances, stated once here and at each assertion:
   relative (the measured gap is about 1e-15).
 """
 
+import doctest
+import importlib
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -22,6 +24,9 @@ import tensorflow as tf  # noqa: E402
 
 from kerasbp import compile_model, dense_model, linear_data, linear_model, train, xor_data, xor_model  # noqa: E402
 from kerasbp.reference import (  # noqa: E402
+    ACTIVATIONS,
+    LOSSES,
+    OPTIMIZERS,
     SGD,
     Adam,
     BinaryCrossentropy,
@@ -92,6 +97,37 @@ def _problem(name):
         return xor_model(seed=1), X, y
     X, y = linear_data()  # float64; Keras and the twin both cast to float32
     return linear_model(seed=1), X, y
+
+
+# ---------------------------------------------------------------- registries and docstrings
+
+
+def test_registries_name_the_keras_classes_functions_and_slots():
+    every_slot = {"sgd": {"momentum": 0.9}, "adam": {"amsgrad": True}, "rmsprop": {"momentum": 0.9, "centered": True}}
+    for name, spec in OPTIMIZERS.items():
+        cls = getattr(keras.optimizers, spec.keras_class)
+        assert keras.optimizers.get(name).__class__ is cls  # compile(optimizer=name) makes this class
+        keras_opt = cls(**every_slot[name])
+        keras_opt.build([keras.Variable(np.zeros(2, "float32"))])
+        for slot, attribute in spec.keras_slots.items():
+            assert len(getattr(keras_opt, attribute)) == 1, (name, slot)
+        # the twin's defaults are Keras's (the learning rate as Keras stores it, float32)
+        keras_config = cls().get_config()
+        for key, value in spec.twin().get_config().items():
+            assert keras_config[key] == pytest.approx(value, rel=1e-7), (name, key)
+    for name, spec in LOSSES.items():
+        function = getattr(keras.losses, spec.name)
+        assert all(keras.losses.get(alias) is function for alias in (name, *spec.aliases))
+        assert type(getattr(keras.losses, spec.keras_class)()).__name__ == spec.keras_class
+        assert loss_from_keras(function) == spec.twin()
+    for name in ACTIVATIONS:
+        assert keras.activations.get(name).__name__ == name
+
+
+@pytest.mark.parametrize("module", ["kerasbp.reference", "kerasbp.reference.mlp", "kerasbp.reference.from_keras"])
+def test_docstring_examples_that_use_keras_run(module):
+    results = doctest.testmod(importlib.import_module(module), optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert results.attempted > 0 and results.failed == 0, results
 
 
 # ---------------------------------------------------------------- from_keras

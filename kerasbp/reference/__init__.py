@@ -2,7 +2,19 @@
 
 Pure NumPy: importing this package does not import Keras or TensorFlow. Only the functions that
 read Keras objects (`NumpyMLP.from_keras`, `optimizer_from_keras`, `state_from_keras`,
-`loss_from_keras`) import Keras, when they are called.
+`loss_from_keras`, `layers_from_keras`, and `get_loss` / `get_optimizer` given a Keras object)
+import Keras, when they are called.
+
+Modules:
+    activations      activations beside their derivatives; the registry `ACTIVATIONS`
+    losses           MSE and binary cross-entropy with their gradients; the registry `LOSSES`
+    layers           the Dense layer: forward beside backward, Glorot-uniform kernels
+    mlp              `NumpyMLP`: the layers stacked, backpropagation by hand, `fit`
+    optimizers       SGD, Adam, RMSprop as pure updates; the registry `OPTIMIZERS`
+    optimizer_state  the optimizers' state NamedTuples and the checks of `apply`
+    rounding         how Keras rounds Python-float hyperparameters (float64 parity)
+    from_keras       the twin of a Keras model, optimizer, optimizer state or loss
+    gradcheck        `gradient_check`: backprop against central differences
 
 Example:
     >>> from kerasbp.reference import NumpyMLP, Adam
@@ -26,41 +38,45 @@ from kerasbp.reference.activations import (
     tanh,
     tanh_derivative,
 )
+from kerasbp.reference.from_keras import (
+    get_loss,
+    get_optimizer,
+    layers_from_keras,
+    loss_from_keras,
+    optimizer_from_keras,
+    state_from_keras,
+)
 from kerasbp.reference.gradcheck import gradient_check
+from kerasbp.reference.layers import LayerCache
 from kerasbp.reference.losses import (
+    LOSSES,
     BinaryCrossentropy,
+    LossSpec,
     MeanSquaredError,
     align_targets,
     binary_crossentropy,
     binary_crossentropy_gradient,
-    get_loss,
-    loss_from_keras,
     mse,
     mse_gradient,
 )
-from kerasbp.reference.mlp import Backward, LayerCache, NumpyMLP
-from kerasbp.reference.optimizers import (
-    SGD,
-    Adam,
-    AdamState,
-    RMSprop,
-    RMSpropState,
-    SGDState,
-    get_optimizer,
-    optimizer_from_keras,
-    state_from_keras,
-)
+from kerasbp.reference.mlp import Backward, NumpyMLP
+from kerasbp.reference.optimizer_state import AdamState, RMSpropState, SGDState
+from kerasbp.reference.optimizers import OPTIMIZERS, SGD, Adam, OptimizerSpec, RMSprop
 
 __all__ = [
     "ACTIVATIONS",
+    "LOSSES",
+    "OPTIMIZERS",
     "Activation",
     "Adam",
     "AdamState",
     "Backward",
     "BinaryCrossentropy",
     "LayerCache",
+    "LossSpec",
     "MeanSquaredError",
     "NumpyMLP",
+    "OptimizerSpec",
     "RMSprop",
     "RMSpropState",
     "SGD",
@@ -72,6 +88,7 @@ __all__ = [
     "get_loss",
     "get_optimizer",
     "gradient_check",
+    "layers_from_keras",
     "linear",
     "linear_derivative",
     "loss_from_keras",

@@ -100,7 +100,8 @@ class Activation(NamedTuple):
     derivative: Callable
 
 
-#: The supported activations by Keras name.
+#: The supported activations by Keras name: the registry `kerasbp.models.dense_model` and the
+#: Keras readers of `kerasbp.reference.from_keras` check names against.
 ACTIVATIONS = {
     "linear": Activation("linear", linear, linear_derivative),
     "sigmoid": Activation("sigmoid", sigmoid, sigmoid_derivative),

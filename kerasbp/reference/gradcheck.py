@@ -8,7 +8,7 @@ compared with the analytic gradient of `NumpyMLP.gradients`, all in float64.
 import numpy as np
 
 from kerasbp.checks import check_positive_float
-from kerasbp.reference.losses import get_loss
+from kerasbp.reference.from_keras import get_loss
 from kerasbp.reference.mlp import NumpyMLP
 
 
@@ -52,23 +52,23 @@ def gradient_check(mlp, X, y, loss="mse", eps=1e-6):
         raise TypeError(f"`mlp` must be a NumpyMLP. Received: mlp={mlp!r}")
     eps = check_positive_float("eps", eps)
     net = mlp.astype("float64")
-    X, y = net._check_Xy(X, y)
     loss = get_loss(loss)
-    _, _, analytic = net._backward(X, y, loss)
-    params = net.params
+    analytic = net.backward(X, y, loss).grads
+    params = net.params  # copies: each move is handed to the network with set_params
     errors = []
     for k, p in enumerate(params):
         numeric = np.empty_like(p)
         for index in np.ndindex(p.shape):
             original = p[index]
             p[index] = original + eps
-            net._set_params_unchecked(params)
-            plus = net._backward(X, y, loss).loss
+            net.set_params(params)
+            plus = net.evaluate(X, y, loss)
             p[index] = original - eps
-            minus = net._backward(X, y, loss).loss
+            net.set_params(params)
+            minus = net.evaluate(X, y, loss)
             p[index] = original
             numeric[index] = (plus - minus) / (2 * eps)
-        net._set_params_unchecked(params)
+        net.set_params(params)
         scale = max(np.max(np.abs(numeric)), np.max(np.abs(analytic[k])))
         diff = np.max(np.abs(numeric - analytic[k]))
         errors.append(float(diff / scale) if scale > 0 else 0.0)

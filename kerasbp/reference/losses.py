@@ -13,6 +13,9 @@ Mirrors `keras/src/losses/losses.py` (`mean_squared_error`, `binary_crossentropy
 `keras/src/losses/loss.py` (`reduce_values`) and `keras/src/backend/tensorflow/nn.py`
 (`binary_crossentropy`, `_get_logits`).
 
+`LOSSES` is the registry of the supported losses by Keras name, read by `get_loss`, by the Keras
+readers of `kerasbp.reference.from_keras` and by `kerasbp.models.keras_loss`.
+
 Example:
     >>> import numpy as np
     >>> y, p = np.array([1.0, 0.0]), np.array([[0.5], [0.5]])
@@ -20,9 +23,11 @@ Example:
     (0.25, [-0.5, 0.5])
 """
 
+from typing import NamedTuple
+
 import numpy as np
 
-from kerasbp.checks import check_array, check_choice
+from kerasbp.checks import check_array, check_bool, check_choice
 from kerasbp.reference.activations import sigmoid
 
 #: Keras's fuzz factor `keras.config.epsilon()`: probabilities are clipped to `[EPSILON, 1 - EPSILON]`.
@@ -86,12 +91,15 @@ def _reduce(per_element):
 # ---------------------------------------------------------------- mean squared error
 
 
-def mse(y_true, y_pred):
+def mse(y_true, y_pred, check_input=True):
     """Mean squared error `L = sum_i mean_j (y_true - y_pred)**2 / n`.
 
     Args:
         y_true: float array of shape `(n, d)` (or `(n,)` when `d == 1`).
         y_pred: float array of shape `(n, d)`.
+        check_input: bool, whether to check the arrays and align the targets (`align_targets`).
+            Pass False only for arrays already aligned and of one dtype, as `NumpyMLP` does at
+            every step. Defaults to `True`.
 
     Returns:
         0-d float array in `y_pred`'s dtype.
@@ -99,20 +107,20 @@ def mse(y_true, y_pred):
     Raises:
         TypeError, ValueError: see `align_targets`.
     """
-    y_true, y_pred = align_targets(y_true, y_pred)
-    return _mse(y_true, y_pred)
-
-
-def _mse(y_true, y_pred):
+    if check_bool("check_input", check_input):
+        y_true, y_pred = align_targets(y_true, y_pred)
     return _reduce(np.square(y_true - y_pred))
 
 
-def mse_gradient(y_true, y_pred):
+def mse_gradient(y_true, y_pred, check_input=True):
     """Gradient of `mse` with respect to `y_pred`: `dL/dy_pred = 2 * (y_pred - y_true) / (n * d)`.
 
     Args:
         y_true: float array of shape `(n, d)` (or `(n,)` when `d == 1`).
         y_pred: float array of shape `(n, d)`.
+        check_input: bool, whether to check the arrays and align the targets (`align_targets`).
+            Pass False only for arrays already aligned and of one dtype, as `NumpyMLP` does at
+            every step. Defaults to `True`.
 
     Returns:
         Float array of shape `(n, d)` in `y_pred`'s dtype.
@@ -120,11 +128,8 @@ def mse_gradient(y_true, y_pred):
     Raises:
         TypeError, ValueError: see `align_targets`.
     """
-    y_true, y_pred = align_targets(y_true, y_pred)
-    return _mse_gradient(y_true, y_pred)
-
-
-def _mse_gradient(y_true, y_pred):
+    if check_bool("check_input", check_input):
+        y_true, y_pred = align_targets(y_true, y_pred)
     # TensorFlow's autodiff of mean(square(y_true - y_pred)) forms ((1/n)/d) * (2 * diff).
     return _scale(y_pred) * (2 * (y_pred - y_true))
 
@@ -146,7 +151,7 @@ def _bce_logits(y_true, z):
     return (np.where(z >= 0, z, zero) - z * y_true) + np.log1p(np.exp(np.where(z >= 0, -z, z)))
 
 
-def binary_crossentropy(y_true, y_pred, from_logits=False):
+def binary_crossentropy(y_true, y_pred, from_logits=False, check_input=True):
     """Binary cross-entropy, mean over the outputs of a sample, then over the batch.
 
     From probabilities (`from_logits=False`), exactly as Keras's TensorFlow backend when the
@@ -172,12 +177,15 @@ def binary_crossentropy(y_true, y_pred, from_logits=False):
         y_true: float array of shape `(n, d)` (or `(n,)` when `d == 1`), targets in `[0, 1]`.
         y_pred: float array of shape `(n, d)`: probabilities, or logits when `from_logits`.
         from_logits: bool. Defaults to `False`.
+        check_input: bool, whether to check the arrays and align the targets (`align_targets`).
+            Pass False only for arrays already aligned and of one dtype, as `NumpyMLP` does at
+            every step. Defaults to `True`.
 
     Returns:
         0-d float array in `y_pred`'s dtype.
 
     Raises:
-        TypeError: if `from_logits` is not a bool, or for non-numeric arrays.
+        TypeError: if `from_logits` or `check_input` is not a bool, or for non-numeric arrays.
         ValueError: see `align_targets`.
 
     Example:
@@ -186,18 +194,15 @@ def binary_crossentropy(y_true, y_pred, from_logits=False):
         >>> float(binary_crossentropy([1.0], [[-20.0]], from_logits=True))
         20.000000002061153
     """
-    from_logits = _check_bool("from_logits", from_logits)
-    y_true, y_pred = align_targets(y_true, y_pred)
-    return _bce(y_true, y_pred, from_logits)
-
-
-def _bce(y_true, y_pred, from_logits):
+    from_logits = check_bool("from_logits", from_logits)
+    if check_bool("check_input", check_input):
+        y_true, y_pred = align_targets(y_true, y_pred)
     if from_logits:
         return _reduce(_bce_logits(y_true, y_pred))
     return _reduce(_bce_probabilities(y_true, y_pred))
 
 
-def binary_crossentropy_gradient(y_true, y_pred, from_logits=False):
+def binary_crossentropy_gradient(y_true, y_pred, from_logits=False, check_input=True):
     """Gradient of `binary_crossentropy` with respect to `y_pred` (the logits when `from_logits`).
 
     ```python
@@ -211,6 +216,9 @@ def binary_crossentropy_gradient(y_true, y_pred, from_logits=False):
         y_true: float array of shape `(n, d)` (or `(n,)` when `d == 1`).
         y_pred: float array of shape `(n, d)`: probabilities, or logits when `from_logits`.
         from_logits: bool. Defaults to `False`.
+        check_input: bool, whether to check the arrays and align the targets (`align_targets`).
+            Pass False only for arrays already aligned and of one dtype, as `NumpyMLP` does at
+            every step. Defaults to `True`.
 
     Returns:
         Float array of shape `(n, d)` in `y_pred`'s dtype.
@@ -218,12 +226,9 @@ def binary_crossentropy_gradient(y_true, y_pred, from_logits=False):
     Raises:
         TypeError, ValueError: as `binary_crossentropy`.
     """
-    from_logits = _check_bool("from_logits", from_logits)
-    y_true, y_pred = align_targets(y_true, y_pred)
-    return _bce_gradient(y_true, y_pred, from_logits)
-
-
-def _bce_gradient(y_true, y_pred, from_logits):
+    from_logits = check_bool("from_logits", from_logits)
+    if check_bool("check_input", check_input):
+        y_true, y_pred = align_targets(y_true, y_pred)
     scale = _scale(y_pred)
     if from_logits:
         return (sigmoid(y_pred) - y_true) * scale
@@ -235,12 +240,6 @@ def _bce_gradient(y_true, y_pred, from_logits):
     return np.where((y_pred < low) | (y_pred > high), np.zeros((), dtype=y_pred.dtype), grad)
 
 
-def _check_bool(name, value):
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"`{name}` must be a bool. Received: {name}={value!r}")
-    return bool(value)
-
-
 # ---------------------------------------------------------------- loss objects
 
 
@@ -248,24 +247,26 @@ class MeanSquaredError:
     """Mean squared error as an object: `loss(y_true, y_pred)` and `loss.gradient(y_true, y_pred)`.
 
     Mirrors `keras.losses.MeanSquaredError()` with its default reduction. See `mse`.
+
+    Attributes:
+        name: str, the Keras name, `"mean_squared_error"` (its key in `LOSSES`).
+        from_logits: bool, always `False`.
     """
 
     name = "mean_squared_error"
     from_logits = False
 
-    def __call__(self, y_true, y_pred):
-        return mse(y_true, y_pred)
+    def __call__(self, y_true, y_pred, check_input=True):
+        """The loss value, see `mse` (same arguments)."""
+        return mse(y_true, y_pred, check_input=check_input)
 
-    def gradient(self, y_true, y_pred):
-        """`dL/dy_pred`, see `mse_gradient`."""
-        return mse_gradient(y_true, y_pred)
+    def gradient(self, y_true, y_pred, check_input=True):
+        """`dL/dy_pred`, see `mse_gradient` (same arguments)."""
+        return mse_gradient(y_true, y_pred, check_input=check_input)
 
-    # Unchecked fast paths for arrays already aligned by the caller.
-    def _value(self, y_true, y_pred):
-        return _mse(y_true, y_pred)
-
-    def _gradient(self, y_true, y_pred):
-        return _mse_gradient(y_true, y_pred)
+    def get_config(self):
+        """The constructor's keyword arguments as a dict (none), as Keras's `Loss.get_config`."""
+        return {}
 
     def __repr__(self):
         return "MeanSquaredError()"
@@ -286,6 +287,9 @@ class BinaryCrossentropy:
     Args:
         from_logits: bool, whether predictions are logits. Defaults to `False`.
 
+    Attributes:
+        name: str, the Keras name, `"binary_crossentropy"` (its key in `LOSSES`).
+
     Raises:
         TypeError: if `from_logits` is not a bool.
     """
@@ -293,21 +297,19 @@ class BinaryCrossentropy:
     name = "binary_crossentropy"
 
     def __init__(self, from_logits=False):
-        self.from_logits = _check_bool("from_logits", from_logits)
+        self.from_logits = check_bool("from_logits", from_logits)
 
-    def __call__(self, y_true, y_pred):
-        return binary_crossentropy(y_true, y_pred, from_logits=self.from_logits)
+    def __call__(self, y_true, y_pred, check_input=True):
+        """The loss value, see `binary_crossentropy` (same arguments but `from_logits`)."""
+        return binary_crossentropy(y_true, y_pred, from_logits=self.from_logits, check_input=check_input)
 
-    def gradient(self, y_true, y_pred):
+    def gradient(self, y_true, y_pred, check_input=True):
         """`dL/dy_pred` (logits when `from_logits`), see `binary_crossentropy_gradient`."""
-        return binary_crossentropy_gradient(y_true, y_pred, from_logits=self.from_logits)
+        return binary_crossentropy_gradient(y_true, y_pred, from_logits=self.from_logits, check_input=check_input)
 
-    # Unchecked fast paths for arrays already aligned by the caller.
-    def _value(self, y_true, y_pred, from_logits=None):
-        return _bce(y_true, y_pred, self.from_logits if from_logits is None else from_logits)
-
-    def _gradient(self, y_true, y_pred, from_logits=None):
-        return _bce_gradient(y_true, y_pred, self.from_logits if from_logits is None else from_logits)
+    def get_config(self):
+        """The constructor's keyword arguments as a dict, as Keras's `Loss.get_config`."""
+        return {"from_logits": self.from_logits}
 
     def __repr__(self):
         return f"BinaryCrossentropy(from_logits={self.from_logits})"
@@ -319,82 +321,55 @@ class BinaryCrossentropy:
         return hash((type(self), self.from_logits))
 
 
-#: Loss names accepted by `get_loss` (Keras's names and aliases).
-LOSS_NAMES = {
-    "mse": MeanSquaredError,
-    "mean_squared_error": MeanSquaredError,
-    "binary_crossentropy": BinaryCrossentropy,
-    "bce": BinaryCrossentropy,
+# ---------------------------------------------------------------- registry
+
+
+class LossSpec(NamedTuple):
+    """A supported loss, by the names Keras knows it by (plain strings: no Keras needed).
+
+    Attributes:
+        name: str, Keras's name: the string `model.compile(loss=...)` takes and the function
+            `keras.losses.<name>`.
+        keras_class: str, the class `keras.losses.<keras_class>`.
+        twin: the loss class of this module; `twin().get_config()` names the options of the
+            Keras loss it reproduces (`from_logits`).
+        aliases: tuple of str, other names Keras accepts for it.
+    """
+
+    name: str
+    keras_class: str
+    twin: type
+    aliases: tuple
+
+
+#: The supported losses by Keras name.
+LOSSES = {
+    "mean_squared_error": LossSpec("mean_squared_error", "MeanSquaredError", MeanSquaredError, ("mse",)),
+    "binary_crossentropy": LossSpec("binary_crossentropy", "BinaryCrossentropy", BinaryCrossentropy, ("bce",)),
 }
 
+_BY_ANY_NAME = {alias: spec for spec in LOSSES.values() for alias in (spec.name, *spec.aliases)}
 
-def get_loss(loss):
-    """Return a loss object for `loss`.
-
-    Args:
-        loss: a name (`"mse"`, `"mean_squared_error"`, `"binary_crossentropy"`, `"bce"`; any
-            case), a `MeanSquaredError` / `BinaryCrossentropy` of this module, or a Keras loss
-            (see `loss_from_keras`).
-
-    Returns:
-        `MeanSquaredError` or `BinaryCrossentropy`.
-
-    Raises:
-        TypeError: for anything else that is not a string.
-        ValueError: for an unknown name or an unsupported Keras loss.
-    """
-    if isinstance(loss, (MeanSquaredError, BinaryCrossentropy)):
-        return loss
-    if isinstance(loss, str):
-        return LOSS_NAMES[check_choice("loss", loss, LOSS_NAMES)]()
-    if type(loss).__module__.startswith("keras") or getattr(loss, "__module__", "").startswith("keras"):
-        return loss_from_keras(loss)
-    raise TypeError(
-        f"`loss` must be one of {list(LOSS_NAMES)}, a kerasbp.reference loss or a Keras loss. Received: loss={loss!r}"
-    )
+#: Every name a loss of `LOSSES` is known by (Keras's names, then their aliases).
+LOSS_NAMES = tuple(_BY_ANY_NAME)
 
 
-def loss_from_keras(loss):
-    """The NumPy twin of a Keras loss (as passed to `model.compile(loss=...)`).
-
-    Imports Keras when called.
+def loss_spec(name, argname="loss"):
+    """The `LossSpec` of a Keras loss name or alias (any case).
 
     Args:
-        loss: a loss name, `keras.losses.MeanSquaredError()`, `keras.losses.BinaryCrossentropy()`,
-            or the functions `keras.losses.mean_squared_error` / `binary_crossentropy`.
+        name: str, `"mean_squared_error"`, `"mse"`, `"binary_crossentropy"` or `"bce"`.
+        argname: str, the argument's name used in error messages. Defaults to `"loss"`.
 
     Returns:
-        `MeanSquaredError` or `BinaryCrossentropy`.
+        `LossSpec`, an entry of `LOSSES`.
 
     Raises:
-        ValueError: for another loss class, a reduction other than `"sum_over_batch_size"`,
-            `label_smoothing != 0`, or `axis != -1`, naming the option.
-    """
-    import keras
+        TypeError: if `name` is not a string.
+        ValueError: for another name, listing the names accepted.
 
-    if isinstance(loss, str):
-        return get_loss(loss)
-    if loss is keras.losses.mean_squared_error:
-        return MeanSquaredError()
-    if loss is keras.losses.binary_crossentropy:
-        return BinaryCrossentropy()
-    if type(loss) not in (keras.losses.MeanSquaredError, keras.losses.BinaryCrossentropy):
-        raise ValueError(
-            "kerasbp.reference supports the Keras losses MeanSquaredError and BinaryCrossentropy. "
-            f"Received: loss={loss!r}"
-        )
-    config = loss.get_config()
-    if config.get("reduction") != "sum_over_batch_size":
-        raise ValueError(
-            "kerasbp.reference supports reduction='sum_over_batch_size' only. "
-            f"Received: reduction={config.get('reduction')!r}"
-        )
-    if isinstance(loss, keras.losses.MeanSquaredError):
-        return MeanSquaredError()
-    if config.get("label_smoothing", 0.0):
-        raise ValueError(
-            f"kerasbp.reference does not support label smoothing. Received: label_smoothing={config['label_smoothing']!r}"
-        )
-    if config.get("axis", -1) != -1:
-        raise ValueError(f"kerasbp.reference supports axis=-1 only. Received: axis={config['axis']!r}")
-    return BinaryCrossentropy(from_logits=bool(config.get("from_logits", False)))
+    Example:
+        >>> loss_spec("MSE").keras_class
+        'MeanSquaredError'
+    """
+    return _BY_ANY_NAME[check_choice(argname, name, _BY_ANY_NAME)]

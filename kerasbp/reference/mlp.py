@@ -20,8 +20,9 @@ These are the seed notebook's `d_output` and `d_hidden`, up to the sign and the 
 `2 / (n * d)` (the notebook uses `targets - output` and no mean). Everything is vectorized over the
 batch, and computed in the dtype of the parameters (float32 or float64; inputs are cast to it).
 
-Mirrors `keras/src/layers/core/dense.py` (`matmul`, then bias, then activation) and the loss
-conventions of `kerasbp.reference.losses`.
+Each layer's own forward and backward are in `kerasbp.reference.layers`. Mirrors
+`keras/src/layers/core/dense.py` (`matmul`, then bias, then activation) and the loss conventions
+of `kerasbp.reference.losses`.
 """
 
 from typing import NamedTuple
@@ -29,23 +30,10 @@ from typing import NamedTuple
 import numpy as np
 
 from kerasbp.checks import check_array, check_dtype, check_layers, check_positive_int, check_seed, check_xy
-from kerasbp.reference.activations import get_activation
-from kerasbp.reference.losses import BinaryCrossentropy, _scale, get_loss
-from kerasbp.reference.optimizers import get_optimizer
-
-
-class LayerCache(NamedTuple):
-    """What the forward pass keeps for one layer.
-
-    Attributes:
-        x: float array of shape `(n, units_in)`, the layer's input (`a` of the layer before).
-        z: float array of shape `(n, units)`, the pre-activation `x @ W + b`.
-        a: float array of shape `(n, units)`, the activation `f(z)`.
-    """
-
-    x: np.ndarray
-    z: np.ndarray
-    a: np.ndarray
+from kerasbp.data import batch_slices
+from kerasbp.reference.from_keras import get_loss, get_optimizer, layers_from_keras
+from kerasbp.reference.layers import check_dense_layer, dense_backward, dense_forward, glorot_uniform
+from kerasbp.reference.losses import BinaryCrossentropy, binary_crossentropy, binary_crossentropy_gradient
 
 
 class Backward(NamedTuple):
@@ -74,7 +62,8 @@ class NumpyMLP:
             not a float array). Parameters are copied and cast to it. Defaults to None.
 
     Attributes:
-        cache: list of `LayerCache`, one per layer, set by the last `forward` (None before).
+        cache: list of `kerasbp.reference.LayerCache`, one per layer, set by the last `forward`
+            (None before).
         optimizer_state: the optimizer state left by the last `fit` (None before).
 
     Raises:
@@ -105,26 +94,11 @@ class NumpyMLP:
         self._dtype = np.dtype(check_dtype("dtype", dtype))
         self._kernels, self._biases, self._activations = [], [], []
         for i, layer in enumerate(layers):
-            if len(layer) != 3:
-                raise ValueError(f"`layers[{i}]` must be a (kernel, bias, activation) triple. Received: {layer!r}")
-            kernel, bias, activation = layer
-            kernel = check_array(f"layers[{i}] kernel", kernel, dtype=self._dtype.name, ndim=2).copy()
-            if i > 0 and kernel.shape[0] != self._kernels[-1].shape[1]:
-                raise ValueError(
-                    f"layer {i}'s kernel has {kernel.shape[0]} input rows, but layer {i - 1} has "
-                    f"{self._kernels[-1].shape[1]} units. Received kernels of shapes "
-                    f"{self._kernels[-1].shape} and {kernel.shape}"
-                )
-            if bias is not None:
-                bias = check_array(f"layers[{i}] bias", bias, dtype=self._dtype.name, ndim=1).copy()
-                if bias.shape != (kernel.shape[1],):
-                    raise ValueError(
-                        f"layer {i}'s bias must have shape ({kernel.shape[1]},) to match its kernel of shape "
-                        f"{kernel.shape}. Received a bias of shape {bias.shape}"
-                    )
+            units_in = self._kernels[-1].shape[1] if i > 0 else None
+            kernel, bias, activation = check_dense_layer(i, layer, self._dtype.name, units_in)
             self._kernels.append(kernel)
             self._biases.append(bias)
-            self._activations.append(get_activation(activation, f"layers[{i}] activation"))
+            self._activations.append(activation)
         self.cache = None
         self.optimizer_state = None
 
@@ -158,19 +132,16 @@ class NumpyMLP:
         rng = np.random.default_rng(check_seed(seed))
         layers = []
         for fan_in, fan_out, activation in zip(sizes[:-1], sizes[1:], activations, strict=True):
-            limit = np.sqrt(6.0 / (fan_in + fan_out))
-            kernel = rng.uniform(-limit, limit, size=(fan_in, fan_out)).astype(dtype)
-            layers.append((kernel, np.zeros(fan_out, dtype=dtype), activation))
+            layers.append((glorot_uniform(rng, fan_in, fan_out, dtype), np.zeros(fan_out, dtype=dtype), activation))
         return cls(layers, dtype=dtype)
 
     @classmethod
     def from_keras(cls, model):
         """Copy the architecture and current weights of a Keras `Sequential` of `Dense` layers.
 
-        Imports Keras. The twin computes in the layers' variable dtype: float32 unless the model
-        was built under a float64 dtype policy. Note that `keras.config.set_floatx("float64")`
-        alone is not enough once any layer has been built in the process (Keras caches its global
-        dtype policy on first use); also call `keras.config.set_dtype_policy("float64")`.
+        Imports Keras. The twin computes in the layers' variable dtype (float32 unless the model
+        was built under a float64 dtype policy); see `kerasbp.reference.layers_from_keras`, which
+        reads the layers, for what is supported.
 
         Args:
             model: a built `keras.Sequential` whose layers are all exactly `keras.layers.Dense`
@@ -183,11 +154,8 @@ class NumpyMLP:
 
         Raises:
             TypeError: if `model` is not a Keras model.
-            ValueError: if the model is not a `Sequential`, is not built, takes inputs that are
-                not 2-D, or has a layer that is not a plain trainable `Dense`, naming the layer and
-                what is unsupported: another layer class, another activation, a kernel, bias or
-                activity regularizer, a kernel or bias constraint, LoRA, quantization, a frozen
-                layer (`trainable=False`) or a mixed-precision dtype policy.
+            ValueError: if the model is not a built `Sequential` of plain trainable `Dense`
+                layers on 2-D inputs, naming the layer and what is unsupported.
 
         Example:
             >>> from kerasbp import xor_model
@@ -195,76 +163,8 @@ class NumpyMLP:
             >>> mlp.layer_sizes, mlp.activations
             ([2, 4, 1], ['sigmoid', 'sigmoid'])
         """
-        import keras
-
-        if not isinstance(model, keras.Model):
-            raise TypeError(f"`model` must be a keras.Model. Received: model={model!r}")
-        if not isinstance(model, keras.Sequential):
-            raise ValueError(
-                "NumpyMLP.from_keras supports keras.Sequential models of Dense layers. "
-                f"Received a model of class {type(model).__name__}"
-            )
-        if not model.built or not model.layers:
-            raise ValueError(
-                f"`model` must be built and hold Dense layers. Received an unbuilt or empty model {model.name!r}: "
-                "give it a keras.Input(shape=(n_features,)) first"
-            )
-        try:
-            input_shape = tuple(model.inputs[0].shape)
-        except (AttributeError, IndexError, TypeError, ValueError):
-            input_shape = None
-        if input_shape is not None and len(input_shape) != 2:
-            raise ValueError(
-                f"NumpyMLP.from_keras supports 2-D inputs (batch, features). Received a model with input shape {input_shape}"
-            )
-        layers = []
-        for layer in model.layers:
-            where = f"layer {layer.name!r}"
-            if type(layer) is not keras.layers.Dense:
-                raise ValueError(
-                    f"NumpyMLP.from_keras supports Dense layers only. Unsupported {where} of class {type(layer).__name__}"
-                )
-            config = layer.get_config()
-            activation = config.get("activation")
-            if not isinstance(activation, str) or activation.lower() not in ("linear", "sigmoid", "tanh", "relu"):
-                raise ValueError(
-                    f"NumpyMLP.from_keras supports the activations 'linear', 'sigmoid', 'tanh', 'relu'. "
-                    f"Unsupported activation {activation!r} in {where}"
-                )
-            for option in (
-                "kernel_regularizer",
-                "bias_regularizer",
-                "activity_regularizer",
-                "kernel_constraint",
-                "bias_constraint",
-            ):
-                if config.get(option) is not None:
-                    raise ValueError(f"NumpyMLP.from_keras does not support `{option}`. Unsupported in {where}: {config[option]!r}")
-            if getattr(layer, "lora_enabled", False):
-                raise ValueError(f"NumpyMLP.from_keras does not support LoRA. Unsupported in {where}")
-            if getattr(layer, "quantization_mode", None):
-                raise ValueError(
-                    f"NumpyMLP.from_keras does not support quantization. Unsupported in {where}: "
-                    f"quantization_mode={layer.quantization_mode!r}"
-                )
-            if not layer.trainable:
-                raise ValueError(
-                    f"NumpyMLP.from_keras supports trainable layers only (a frozen layer's weights are not in "
-                    f"model.trainable_weights). Unsupported in {where}: trainable=False"
-                )
-            policy = layer.dtype_policy
-            if policy.compute_dtype != policy.variable_dtype:
-                raise ValueError(
-                    f"NumpyMLP.from_keras does not support mixed precision. Unsupported dtype policy in {where}: "
-                    f"{policy.name!r}"
-                )
-            kernel = np.array(layer.kernel.numpy())
-            bias = np.array(layer.bias.numpy()) if layer.use_bias else None
-            layers.append((kernel, bias, activation.lower()))
-        dtypes = {kernel.dtype.name for kernel, _, _ in layers}
-        if len(dtypes) != 1:
-            raise ValueError(f"NumpyMLP.from_keras needs one dtype for all layers. Received layers of dtypes {sorted(dtypes)}")
-        return cls(layers, dtype=dtypes.pop())
+        layers, dtype = layers_from_keras(model)
+        return cls(layers, dtype=dtype)
 
     # ------------------------------------------------------------ description
 
@@ -411,12 +311,8 @@ class NumpyMLP:
         cache = []
         a = X
         for kernel, bias, act in zip(self._kernels, self._biases, self._activations, strict=True):
-            x = a
-            z = x @ kernel  # (n, units)
-            if bias is not None:
-                z = z + bias
-            a = act.forward(z)  # (n, units)
-            cache.append(LayerCache(x, z, a))
+            cache.append(dense_forward(a, kernel, bias, act))
+            a = cache[-1].a  # (n, units)
         self.cache = cache
         return a
 
@@ -428,10 +324,10 @@ class NumpyMLP:
             # Keras (TF backend) finds the sigmoid's input in `_keras_logits` and uses the logits
             # formula, unclipped, even with from_logits=False; the sigmoid and the cross-entropy then
             # collapse: dL/dz = (sigmoid(z) - y) / (n * d), exact even when saturated.
-            value = loss._value(y, last.z, from_logits=True)
-            return value, (last.a - y) * _scale(last.a)
-        value = loss._value(y, last.a)
-        dL_da = loss._gradient(y, last.a)  # (n, d)
+            value = binary_crossentropy(y, last.z, from_logits=True, check_input=False)
+            return value, binary_crossentropy_gradient(y, last.z, from_logits=True, check_input=False)
+        value = loss(y, last.a, check_input=False)
+        dL_da = loss.gradient(y, last.a, check_input=False)  # (n, d)
         if act.name == "linear":
             return value, dL_da
         return value, dL_da * act.derivative(last.a)
@@ -443,11 +339,12 @@ class NumpyMLP:
         layer_grads = [None] * self.n_layers
         for i in range(self.n_layers - 1, -1, -1):
             deltas[i] = delta
-            grad_kernel = self.cache[i].x.T @ delta  # (units_in, units)
-            grad_bias = delta.sum(axis=0) if self._biases[i] is not None else None  # (units,)
+            grad_kernel, grad_bias, grad_input = dense_backward(
+                self.cache[i], delta, self._kernels[i], self._biases[i] is not None, input_grad=i > 0
+            )
             layer_grads[i] = (grad_kernel, grad_bias)
             if i > 0:
-                delta = delta @ self._kernels[i].T  # (n, units_in): dL/da_{i-1}
+                delta = grad_input  # (n, units_in): dL/da_{i-1}
                 act = self._activations[i - 1]
                 if act.name != "linear":
                     delta = delta * act.derivative(self.cache[i - 1].a)
@@ -584,14 +481,13 @@ class NumpyMLP:
         params = list(self._iter_params())
         if state is None:
             state = optimizer.init(params)
-        n = X.shape[0]
-        starts = range(0, n, batch_size)
+        batches = batch_slices(X.shape[0], batch_size)
         zero = np.zeros((), dtype=self._dtype)
         losses = np.empty(epochs, dtype=self._dtype)
         for epoch in range(epochs):
             total, count = zero, zero  # Keras's Mean metric: total += loss * batch size; count += batch size
-            for start in starts:
-                xb, yb = X[start : start + batch_size], y[start : start + batch_size]
+            for batch in batches:
+                xb, yb = X[batch], y[batch]
                 value, _, grads = self._backward(xb, yb, loss)
                 params, state = optimizer.apply(params, grads, state)
                 self._set_params_unchecked(params)

@@ -12,26 +12,12 @@ params, state = opt.apply(params, grads, state)     # new arrays; nothing is mod
 (`NumpyMLP.params`); `state` holds the iteration count and one slot array per parameter for each
 accumulator. Each update is computed in the dtype of its parameter (gradients are cast to it),
 with the arithmetic in Keras's order and Keras's roundings of the hyperparameters
-(`keras/src/optimizers/{sgd,adam,rmsprop}.py` on the TensorFlow backend):
+(`keras/src/optimizers/{sgd,adam,rmsprop}.py` on the TensorFlow backend; the roundings are
+explained in `kerasbp.reference.rounding`).
 
-- The learning rate is a Keras variable of dtype `keras.config.floatx()` at the time the optimizer
-  was made, cast to the parameter's dtype at each step. Here it is `dtype(learning_rate)`, which
-  is the same number when the parameters have that floatx dtype (float32 by default; float64
-  when the optimizer was made after `keras.config.set_floatx("float64")`).
-  `optimizer_from_keras` reads the stored value, so it is exact in every case.
-- `ops.cast(python_float, "float64")` goes through a float32 tensor first (`tf.cast` converts a
-  Python float to float32 before casting). Keras uses it for Adam's `beta_1`, `beta_2` in the
-  bias correction and for SGD's `momentum`: in float64 these are the float32-rounded values
-  (`float64(float32(0.9))` is 0.8999999761581421). Where Keras combines a Python float with a
-  tensor directly (`1 - beta_1` in Adam's moment updates, `epsilon`, everything in RMSprop), the
-  Python float is rounded once, to the parameter's dtype. In float32 both roads give the same.
-- Adam's `beta**t` is TensorFlow's scalar `pow`, which is (nearly always) correctly rounded,
-  while `np.power` is one ulp off for about one exponent in five; it is computed here in a wider
-  type and rounded once. An occasional one-ulp difference remains (about 1 in 100 exponents in
-  float64).
-
-`optimizer_from_keras` builds the twin of a Keras optimizer, and `state_from_keras` reads a Keras
-optimizer's current slots and iteration count, so a comparison can start from any step.
+`OPTIMIZERS` is the registry of the supported optimizers by Keras name. The Keras side
+(`optimizer_from_keras`, `state_from_keras`: the twin of a Keras optimizer and its current
+slots, so a comparison can start from any step) is in `kerasbp.reference.from_keras`.
 
 Example:
     >>> import numpy as np
@@ -51,98 +37,20 @@ from typing import NamedTuple
 
 import numpy as np
 
-from kerasbp.checks import check_choice, check_positive_float, check_range
-
-
-def _as_dtype(value, dtype):
-    """A Python float rounded once to `dtype`, as `convert_to_tensor(value, dtype)` does."""
-    return np.dtype(dtype).type(value)
-
-
-def _via_float32(value, dtype):
-    """A Python float as `keras.ops.cast(value, dtype)` gives it: rounded to float32, then to `dtype`."""
-    return np.dtype(dtype).type(np.float32(value))
-
-
-def _power(base, exponent, dtype):
-    """`base ** exponent` rounded once to `dtype`, as TensorFlow's scalar `tf.pow` gives it.
-
-    `np.power` in float32 (and, less often, float64) is off by one ulp for about one exponent in
-    five; TensorFlow's scalar `pow` is correctly rounded in nearly all cases. Computing in a wider
-    type (float64 for float32; `np.longdouble` for float64, which is 80-bit on x86-64 Linux and
-    plain float64 elsewhere) and rounding once reproduces it.
-    """
-    wide = np.float64 if np.dtype(dtype).itemsize < 8 else np.longdouble
-    return np.dtype(dtype).type(np.power(wide(base), wide(exponent)))
-
-
-def _check_bool(name, value):
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"`{name}` must be a bool. Received: {name}={value!r}")
-    return bool(value)
-
-
-def _check_params_grads(params, grads):
-    params, grads = list(params), list(grads)
-    if len(params) != len(grads):
-        raise ValueError(
-            f"`params` and `grads` must have the same length. Received {len(params)} params and {len(grads)} grads"
-        )
-    out_p, out_g = [], []
-    for i, (p, g) in enumerate(zip(params, grads, strict=True)):
-        p = np.asarray(p)
-        if p.dtype.kind != "f":
-            raise TypeError(f"`params[{i}]` must be a float array. Received dtype {p.dtype}")
-        g = np.asarray(g)
-        if g.shape != p.shape:
-            raise ValueError(
-                f"`grads[{i}]` must have the shape of `params[{i}]`. Received: grads[{i}] of shape {g.shape}, "
-                f"params[{i}] of shape {p.shape}"
-            )
-        out_p.append(p)
-        out_g.append(g.astype(p.dtype, copy=False))  # Keras: gradient = ops.cast(gradient, variable.dtype)
-    return out_p, out_g
-
-
-def _check_slots(name, slots, params):
-    slots = tuple(slots)
-    if len(slots) != len(params):
-        raise ValueError(
-            f"`state.{name}` must hold one array per parameter ({len(params)}). Received {len(slots)}"
-        )
-    for i, (s, p) in enumerate(zip(slots, params, strict=True)):
-        if np.shape(s) != p.shape:
-            raise ValueError(
-                f"`state.{name}[{i}]` must have the shape of `params[{i}]`. Received: {np.shape(s)} and {p.shape}"
-            )
-    return slots
-
-
-def _zeros(params):
-    return tuple(np.zeros_like(np.asarray(p)) for p in params)
-
-
-def _check_iterations(state):
-    it = state.iterations
-    if isinstance(it, bool) or not isinstance(it, (int, np.integer)) or it < 0:
-        raise ValueError(f"`state.iterations` must be an integer >= 0. Received: iterations={it!r}")
-    return int(it)
+from kerasbp.checks import check_bool, check_positive_float, check_range
+from kerasbp.reference.optimizer_state import (
+    AdamState,
+    RMSpropState,
+    SGDState,
+    check_iterations,
+    check_params_grads,
+    check_slots,
+    zeros_like_each,
+)
+from kerasbp.reference.rounding import as_dtype, scalar_power, via_float32
 
 
 # ---------------------------------------------------------------- SGD
-
-
-class SGDState(NamedTuple):
-    """State of `SGD`.
-
-    Attributes:
-        iterations: int, the number of steps applied so far (Keras's `optimizer.iterations`).
-        momentums: tuple of arrays shaped like the parameters (the velocities `v`); empty when
-            `momentum == 0`, as in Keras.
-    """
-
-    iterations: int
-    momentums: tuple
 
 
 class SGD:
@@ -166,6 +74,9 @@ class SGD:
         momentum: float in `[0, 1)`. Defaults to `0.0`.
         nesterov: bool. Ignored when `momentum == 0`, as in Keras. Defaults to `False`.
 
+    Attributes:
+        name: str, `"sgd"`: the Keras name, its key in `OPTIMIZERS`.
+
     Raises:
         TypeError: for non-numeric hyperparameters or a non-bool `nesterov`.
         ValueError: for a learning rate that is not positive and finite, or a momentum outside
@@ -174,10 +85,12 @@ class SGD:
     Mirrors `keras/src/optimizers/sgd.py`.
     """
 
+    name = "sgd"
+
     def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False):
         self.learning_rate = check_positive_float("learning_rate", learning_rate)
         self.momentum = check_range("momentum", momentum, 0.0, 1.0)
-        self.nesterov = _check_bool("nesterov", nesterov)
+        self.nesterov = check_bool("nesterov", nesterov)
 
     def get_config(self):
         """The hyperparameters as a dict (the constructor's keyword arguments)."""
@@ -202,7 +115,7 @@ class SGD:
         Returns:
             `SGDState`.
         """
-        return SGDState(0, _zeros(params) if self.momentum != 0 else ())
+        return SGDState(0, zeros_like_each(params) if self.momentum != 0 else ())
 
     def apply(self, params, grads, state):
         """One update. Pure: returns new arrays and a new state.
@@ -218,15 +131,15 @@ class SGD:
         Raises:
             TypeError, ValueError: for lists of different lengths or mismatched shapes.
         """
-        params, grads = _check_params_grads(params, grads)
-        iterations = _check_iterations(state)
+        params, grads = check_params_grads(params, grads)
+        iterations = check_iterations(state)
         use_momentum = self.momentum != 0
-        momentums = _check_slots("momentums", state.momentums, params) if use_momentum else ()
+        momentums = check_slots("momentums", state.momentums, params) if use_momentum else ()
         new_params, new_momentums = [], []
         for i, (w, g) in enumerate(zip(params, grads, strict=True)):
-            lr = _as_dtype(self.learning_rate, w.dtype)
+            lr = as_dtype(self.learning_rate, w.dtype)
             if use_momentum:
-                mom = _via_float32(self.momentum, w.dtype)
+                mom = via_float32(self.momentum, w.dtype)
                 v = momentums[i] * mom - g * lr
                 if self.nesterov:
                     w = w + (v * mom - g * lr)
@@ -240,22 +153,6 @@ class SGD:
 
 
 # ---------------------------------------------------------------- Adam
-
-
-class AdamState(NamedTuple):
-    """State of `Adam`.
-
-    Attributes:
-        iterations: int, steps applied so far; the next step uses `t = iterations + 1`.
-        momentums: tuple of arrays, the first moments `m`.
-        velocities: tuple of arrays, the second moments `v`.
-        velocity_hats: tuple of arrays, the running maximum of `v` (empty unless `amsgrad`).
-    """
-
-    iterations: int
-    momentums: tuple
-    velocities: tuple
-    velocity_hats: tuple
 
 
 class Adam:
@@ -290,6 +187,9 @@ class Adam:
         epsilon: float >= 0. Defaults to `1e-7`.
         amsgrad: bool. Defaults to `False`.
 
+    Attributes:
+        name: str, `"adam"`: the Keras name, its key in `OPTIMIZERS`.
+
     Raises:
         TypeError: for non-numeric hyperparameters or a non-bool `amsgrad`.
         ValueError: for values outside those ranges.
@@ -300,12 +200,14 @@ class Adam:
     Mirrors `keras/src/optimizers/adam.py`.
     """
 
+    name = "adam"
+
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, amsgrad=False):
         self.learning_rate = check_positive_float("learning_rate", learning_rate)
         self.beta_1 = check_range("beta_1", beta_1, 0.0, 1.0)
         self.beta_2 = check_range("beta_2", beta_2, 0.0, 1.0)
         self.epsilon = check_range("epsilon", epsilon, 0.0, math.inf)
-        self.amsgrad = _check_bool("amsgrad", amsgrad)
+        self.amsgrad = check_bool("amsgrad", amsgrad)
 
     def get_config(self):
         """The hyperparameters as a dict (the constructor's keyword arguments)."""
@@ -330,7 +232,7 @@ class Adam:
         Returns:
             `AdamState`.
         """
-        return AdamState(0, _zeros(params), _zeros(params), _zeros(params) if self.amsgrad else ())
+        return AdamState(0, zeros_like_each(params), zeros_like_each(params), zeros_like_each(params) if self.amsgrad else ())
 
     def apply(self, params, grads, state):
         """One update. Pure: returns new arrays and a new state.
@@ -346,26 +248,26 @@ class Adam:
         Raises:
             TypeError, ValueError: for lists of different lengths or mismatched shapes.
         """
-        params, grads = _check_params_grads(params, grads)
-        iterations = _check_iterations(state)
-        ms = _check_slots("momentums", state.momentums, params)
-        vs = _check_slots("velocities", state.velocities, params)
-        vhats = _check_slots("velocity_hats", state.velocity_hats, params) if self.amsgrad else ()
+        params, grads = check_params_grads(params, grads)
+        iterations = check_iterations(state)
+        ms = check_slots("momentums", state.momentums, params)
+        vs = check_slots("velocities", state.velocities, params)
+        vhats = check_slots("velocity_hats", state.velocity_hats, params) if self.amsgrad else ()
         scalars = {}  # per dtype: the step's scalars, computed once
 
         def step_scalars(dt):
             if dt not in scalars:
                 one = np.ones((), dtype=dt)
-                lr = _as_dtype(self.learning_rate, dt)
-                local_step = _as_dtype(iterations + 1, dt)
-                beta_1_power = _power(_via_float32(self.beta_1, dt), local_step, dt)
-                beta_2_power = _power(_via_float32(self.beta_2, dt), local_step, dt)
+                lr = as_dtype(self.learning_rate, dt)
+                local_step = as_dtype(iterations + 1, dt)
+                beta_1_power = scalar_power(via_float32(self.beta_1, dt), local_step, dt)
+                beta_2_power = scalar_power(via_float32(self.beta_2, dt), local_step, dt)
                 alpha = lr * np.sqrt(one - beta_2_power) / (one - beta_1_power)
                 scalars[dt] = (
                     alpha,
-                    _as_dtype(1 - self.beta_1, dt),
-                    _as_dtype(1 - self.beta_2, dt),
-                    _as_dtype(self.epsilon, dt),
+                    as_dtype(1 - self.beta_1, dt),
+                    as_dtype(1 - self.beta_2, dt),
+                    as_dtype(self.epsilon, dt),
                 )
             return scalars[dt]
 
@@ -386,22 +288,6 @@ class Adam:
 # ---------------------------------------------------------------- RMSprop
 
 
-class RMSpropState(NamedTuple):
-    """State of `RMSprop`.
-
-    Attributes:
-        iterations: int, steps applied so far.
-        velocities: tuple of arrays, the running mean of `g * g`.
-        momentums: tuple of arrays, the accumulated increments (empty unless `momentum > 0`).
-        average_gradients: tuple of arrays, the running mean of `g` (empty unless `centered`).
-    """
-
-    iterations: int
-    velocities: tuple
-    momentums: tuple
-    average_gradients: tuple
-
-
 class RMSprop:
     """RMSprop, as `keras.optimizers.RMSprop`: epsilon inside the square root, no bias correction.
 
@@ -420,8 +306,13 @@ class RMSprop:
     Warning: many texts (and PyTorch) put epsilon outside the root, `sqrt(v) + epsilon`. Keras
     puts it inside, so with tiny gradients the step is bounded by `learning_rate * g /
     sqrt(epsilon)`: with `learning_rate=0.01` and a first gradient of `1e-4` Keras moves by
-    about 3.1466e-3, where `sqrt(v) + epsilon` would give about 3.15e-2. The velocity starts at 0
-    with no bias correction, so the first steps are larger than `learning_rate`.
+    about 3.1466e-3, where `sqrt(v) + epsilon` would give about 3.15e-2.
+
+    The velocity starts at 0 with no bias correction, so the first step is
+    `learning_rate * g / sqrt((1 - rho) * g * g + epsilon)`. It is larger than `learning_rate`
+    only when `rho * g * g > epsilon`, i.e. `|g| > sqrt(epsilon / rho)` (about 3.3e-4 with the
+    defaults), approaching `learning_rate / sqrt(1 - rho)` (3.16 times `learning_rate` for
+    `rho=0.9`) for large gradients; below that it is smaller, as with the `1e-4` above.
 
     Args:
         learning_rate: positive finite float. Defaults to `0.001`.
@@ -431,6 +322,9 @@ class RMSprop:
         centered: bool, whether to divide by the estimated variance instead of the raw second
             moment (Graves 2013). Defaults to `False`.
 
+    Attributes:
+        name: str, `"rmsprop"`: the Keras name, its key in `OPTIMIZERS`.
+
     Raises:
         TypeError: for non-numeric hyperparameters or a non-bool `centered`.
         ValueError: for values outside those ranges.
@@ -438,15 +332,28 @@ class RMSprop:
     References:
         Hinton, Srivastava & Swersky (2012), Neural Networks for Machine Learning, lecture 6e.
 
+    Example:
+        >>> import numpy as np
+        >>> def first_step(g):  # how far the first step moves, with learning_rate=0.01
+        ...     opt = RMSprop(learning_rate=0.01)
+        ...     params, _ = opt.apply([np.zeros(1)], [np.full(1, g)], opt.init([np.zeros(1)]))
+        ...     return round(-float(params[0][0]), 7)
+        >>> first_step(1.0)  # 0.01 / sqrt(0.1 + 1e-7): larger than learning_rate
+        0.0316228
+        >>> first_step(1e-4)  # 0.01 * 1e-4 / sqrt(1e-9 + 1e-7): epsilon dominates, smaller
+        0.0031466
+
     Mirrors `keras/src/optimizers/rmsprop.py`.
     """
+
+    name = "rmsprop"
 
     def __init__(self, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7, centered=False):
         self.learning_rate = check_positive_float("learning_rate", learning_rate)
         self.rho = check_range("rho", rho, 0.0, 1.0)
         self.momentum = check_range("momentum", momentum, 0.0, 1.0)
         self.epsilon = check_range("epsilon", epsilon, 0.0, math.inf)
-        self.centered = _check_bool("centered", centered)
+        self.centered = check_bool("centered", centered)
 
     def get_config(self):
         """The hyperparameters as a dict (the constructor's keyword arguments)."""
@@ -473,9 +380,9 @@ class RMSprop:
         """
         return RMSpropState(
             0,
-            _zeros(params),
-            _zeros(params) if self.momentum > 0 else (),
-            _zeros(params) if self.centered else (),
+            zeros_like_each(params),
+            zeros_like_each(params) if self.momentum > 0 else (),
+            zeros_like_each(params) if self.centered else (),
         )
 
     def apply(self, params, grads, state):
@@ -492,27 +399,27 @@ class RMSprop:
         Raises:
             TypeError, ValueError: for lists of different lengths or mismatched shapes.
         """
-        params, grads = _check_params_grads(params, grads)
-        iterations = _check_iterations(state)
-        vs = _check_slots("velocities", state.velocities, params)
-        moms = _check_slots("momentums", state.momentums, params) if self.momentum > 0 else ()
-        mgs = _check_slots("average_gradients", state.average_gradients, params) if self.centered else ()
+        params, grads = check_params_grads(params, grads)
+        iterations = check_iterations(state)
+        vs = check_slots("velocities", state.velocities, params)
+        moms = check_slots("momentums", state.momentums, params) if self.momentum > 0 else ()
+        mgs = check_slots("average_gradients", state.average_gradients, params) if self.centered else ()
         new_params, new_vs, new_moms, new_mgs = [], [], [], []
         for i, (w, g) in enumerate(zip(params, grads, strict=True)):
             dt = w.dtype
-            lr = _as_dtype(self.learning_rate, dt)
-            rho, one_minus_rho = _as_dtype(self.rho, dt), _as_dtype(1 - self.rho, dt)
+            lr = as_dtype(self.learning_rate, dt)
+            rho, one_minus_rho = as_dtype(self.rho, dt), as_dtype(1 - self.rho, dt)
             v = rho * vs[i] + one_minus_rho * (g * g)
             new_vs.append(v)
             if self.centered:
                 mg = rho * mgs[i] + one_minus_rho * g
                 new_mgs.append(mg)
-                denominator = (v - mg * mg) + _as_dtype(self.epsilon, dt)
+                denominator = (v - mg * mg) + as_dtype(self.epsilon, dt)
             else:
-                denominator = v + _as_dtype(self.epsilon, dt)
+                denominator = v + as_dtype(self.epsilon, dt)
             increment = (lr * g) / np.sqrt(denominator)
             if self.momentum > 0:
-                mom = _as_dtype(self.momentum, dt) * moms[i] + increment
+                mom = as_dtype(self.momentum, dt) * moms[i] + increment
                 new_moms.append(mom)
                 w = w - mom
             else:
@@ -521,180 +428,44 @@ class RMSprop:
         return new_params, RMSpropState(iterations + 1, tuple(new_vs), tuple(new_moms), tuple(new_mgs))
 
 
-OPTIMIZERS = {"sgd": SGD, "adam": Adam, "rmsprop": RMSprop}
+# ---------------------------------------------------------------- registry
 
 
-# ---------------------------------------------------------------- Keras interop
+class OptimizerSpec(NamedTuple):
+    """A supported optimizer, by the names Keras knows it by (plain strings: no Keras needed).
 
-#: Options of `keras.optimizers.Optimizer` that the twin does not reproduce; each must be off.
-_UNSUPPORTED_OPTIONS = (
-    "weight_decay",
-    "clipnorm",
-    "clipvalue",
-    "global_clipnorm",
-    "use_ema",
-    "loss_scale_factor",
-    "gradient_accumulation_steps",
-)
-
-
-def _keras_classes():
-    import keras
-
-    return {keras.optimizers.SGD: SGD, keras.optimizers.Adam: Adam, keras.optimizers.RMSprop: RMSprop}
-
-
-def optimizer_from_keras(keras_optimizer):
-    """The NumPy twin (`SGD`, `Adam` or `RMSprop`) of a Keras optimizer, from its configuration.
-
-    The learning rate is read from the optimizer's variable, so it is the value Keras actually
-    uses (float32-rounded when floatx was float32 when the optimizer was made). Imports Keras.
-
-    Args:
-        keras_optimizer: an instance of exactly `keras.optimizers.SGD`, `Adam` or `RMSprop`
-            (subclasses such as `AdamW` are refused: they change the update).
-
-    Returns:
-        `SGD`, `Adam` or `RMSprop`.
-
-    Raises:
-        TypeError: if `keras_optimizer` is not a Keras optimizer.
-        ValueError: for another optimizer class (naming it), a learning-rate schedule or callable,
-            callable hyperparameters, or any of `weight_decay`, `clipnorm`, `clipvalue`,
-            `global_clipnorm`, `use_ema`, `loss_scale_factor`, `gradient_accumulation_steps` set
-            (naming the option and its value).
-
-    Example:
-        >>> import keras
-        >>> optimizer_from_keras(keras.optimizers.Adam(amsgrad=True))
-        Adam(learning_rate=0.0010000000474974513, beta_1=0.9, beta_2=0.999, epsilon=1e-07, amsgrad=True)
+    Attributes:
+        name: str, Keras's name: the string `model.compile(optimizer=...)` takes.
+        keras_class: str, the class `keras.optimizers.<keras_class>`.
+        twin: the optimizer class of this module (same constructor arguments and defaults).
+        state: its state `NamedTuple` class.
+        keras_slots: dict, each state slot (a field of `state` after `iterations`) to the
+            attribute of the built Keras optimizer that holds it, a list of variables in
+            `model.trainable_weights` order.
     """
-    import keras
 
-    if not isinstance(keras_optimizer, keras.optimizers.Optimizer):
-        raise TypeError(
-            f"`keras_optimizer` must be a keras.optimizers.Optimizer. Received: keras_optimizer={keras_optimizer!r}"
-        )
-    classes = _keras_classes()
-    cls = type(keras_optimizer)
-    if cls not in classes:
-        raise ValueError(
-            f"kerasbp.reference supports the Keras optimizers SGD, Adam and RMSprop. "
-            f"Received an optimizer of class {cls.__name__}"
-        )
-    lr = keras_optimizer._learning_rate
-    if not isinstance(lr, keras.Variable):
-        raise ValueError(
-            "kerasbp.reference supports a constant learning rate only, not a learning-rate schedule or "
-            f"callable. Received: learning_rate={lr!r}"
-        )
-    config = keras_optimizer.get_config()
-    for option in _UNSUPPORTED_OPTIONS:
-        value = config.get(option)
-        if value is not None and value is not False:
-            raise ValueError(
-                f"kerasbp.reference does not reproduce the Keras optimizer option `{option}`. "
-                f"Received: {option}={value!r}"
-            )
-    twin_cls = classes[cls]
-    kwargs = {}
-    for name in twin_cls().get_config():
-        if name == "learning_rate":
-            continue
-        value = getattr(keras_optimizer, name)
-        if callable(value) or not isinstance(value, (bool, int, float, np.floating, np.integer)):
-            raise ValueError(
-                f"kerasbp.reference supports constant Python numbers as hyperparameters. Received: {name}={value!r}"
-            )
-        kwargs[name] = value
-    kwargs["learning_rate"] = float(np.asarray(lr.numpy()))
-    return twin_cls(**kwargs)
+    name: str
+    keras_class: str
+    twin: type
+    state: type
+    keras_slots: dict
 
 
-def state_from_keras(keras_optimizer, twin=None, params=None):
-    """The twin's state read from a Keras optimizer's variables: slots and iteration count.
-
-    Args:
-        keras_optimizer: a Keras `SGD`, `Adam` or `RMSprop` (see `optimizer_from_keras`).
-        twin: the twin optimizer the state is for, or None to build it with
-            `optimizer_from_keras`. Its slots must be those of `keras_optimizer` (same momentum
-            being zero or not, same `amsgrad`, same `centered`). Defaults to None.
-        params: list of float arrays, used only when `keras_optimizer` has not been built yet
-            (it builds on its first step): the state is then `twin.init(params)` with the Keras
-            iteration count. Defaults to None.
-
-    Returns:
-        `SGDState`, `AdamState` or `RMSpropState`, with copies of the Keras slot variables in the
-        order of the variables the optimizer was built on (`model.trainable_weights` after
-        `fit`, `train_on_batch` or `compile_model` + first step).
-
-    Raises:
-        TypeError, ValueError: as `optimizer_from_keras`; `ValueError` also if `twin` is of
-            another kind or has other slots, or if the optimizer is not built and `params` is
-            None.
-    """
-    derived = optimizer_from_keras(keras_optimizer)
-    if twin is None:
-        twin = derived
-    if type(twin) is not type(derived):
-        raise ValueError(
-            f"`twin` must be a {type(derived).__name__} to take the state of a Keras "
-            f"{type(keras_optimizer).__name__}. Received: twin={twin!r}"
-        )
-    slot_flags = {
-        SGD: lambda o: (o.momentum != 0,),
-        Adam: lambda o: (o.amsgrad,),
-        RMSprop: lambda o: (o.momentum > 0, o.centered),
-    }[type(twin)]
-    if slot_flags(twin) != slot_flags(derived):
-        raise ValueError(
-            f"`twin` must keep the same state slots as the Keras optimizer. Received: twin={twin!r}, "
-            f"Keras optimizer as twin: {derived!r}"
-        )
-    iterations = int(np.asarray(keras_optimizer.iterations.numpy()))
-    if not keras_optimizer.built:
-        if params is None:
-            raise ValueError(
-                "the Keras optimizer has not been built yet (it builds on its first step), so it has no "
-                "state to read: pass `params` to start from `twin.init(params)`"
-            )
-        return twin.init(params)._replace(iterations=iterations)
-
-    def read(variables):
-        return tuple(np.array(v.numpy()) for v in variables)
-
-    if isinstance(twin, SGD):
-        return SGDState(iterations, read(keras_optimizer.momentums) if twin.momentum != 0 else ())
-    if isinstance(twin, Adam):
-        return AdamState(
-            iterations,
-            read(keras_optimizer._momentums),
-            read(keras_optimizer._velocities),
-            read(keras_optimizer._velocity_hats) if twin.amsgrad else (),
-        )
-    return RMSpropState(
-        iterations,
-        read(keras_optimizer._velocities),
-        read(keras_optimizer._momentums) if twin.momentum > 0 else (),
-        read(keras_optimizer._average_gradients) if twin.centered else (),
-    )
-
-
-def get_optimizer(optimizer):
-    """Return a twin optimizer for a name (`"sgd"`, `"adam"`, `"rmsprop"`, Keras's defaults), a twin,
-    or a Keras optimizer (via `optimizer_from_keras`).
-
-    Raises:
-        TypeError: for anything else.
-        ValueError: for an unknown name or an unsupported Keras optimizer.
-    """
-    if isinstance(optimizer, (SGD, Adam, RMSprop)):
-        return optimizer
-    if isinstance(optimizer, str):
-        return OPTIMIZERS[check_choice("optimizer", optimizer, OPTIMIZERS)]()
-    if type(optimizer).__module__.startswith("keras"):
-        return optimizer_from_keras(optimizer)
-    raise TypeError(
-        f"`optimizer` must be 'sgd', 'adam', 'rmsprop', a kerasbp.reference optimizer or a Keras optimizer. "
-        f"Received: optimizer={optimizer!r}"
-    )
+#: The supported optimizers by Keras name (the Keras slot attributes are those of Keras 3.15).
+OPTIMIZERS = {
+    "sgd": OptimizerSpec("sgd", "SGD", SGD, SGDState, {"momentums": "momentums"}),
+    "adam": OptimizerSpec(
+        "adam",
+        "Adam",
+        Adam,
+        AdamState,
+        {"momentums": "_momentums", "velocities": "_velocities", "velocity_hats": "_velocity_hats"},
+    ),
+    "rmsprop": OptimizerSpec(
+        "rmsprop",
+        "RMSprop",
+        RMSprop,
+        RMSpropState,
+        {"velocities": "_velocities", "momentums": "_momentums", "average_gradients": "_average_gradients"},
+    ),
+}
