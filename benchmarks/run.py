@@ -153,7 +153,7 @@ def bench_memory(steps):
         logger = kb.GradientLogger(record="full", path=os.path.join(folder, "grads"))
         model.fit(X, y, epochs=1, batch_size=32, callbacks=[logger], verbose=0)
         after, rss_after = peak_rss_mb(), rss_mb()
-        on_disk = sum(os.path.getsize(os.path.join(folder, "grads", f)) for f in os.listdir(os.path.join(folder, "grads")))
+        on_disk = sum(os.path.getsize(os.path.join(folder, "grads", f)) for f in os.listdir(os.path.join(folder, "grads")) if f.endswith(".bin"))
         assert len(logger.steps) == steps
     return {"parameters": n_params, "steps": steps, "peak_rss_growth_mb": after - before, "rss_growth_mb": rss_after - rss_before, "streamed_mb": on_disk / 2**20}
 

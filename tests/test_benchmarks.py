@@ -21,3 +21,6 @@ def test_benchmark_quick_run_writes_every_figure(tmp_path):
     # 20 steps of ~1.07M float32 gradients were streamed to disk
     assert abs(r["memory"]["streamed_mb"] - 20 * r["memory"]["parameters"] * 4 / 2**20) < 0.01
     assert "us/step" in proc.stdout
+    assert r["time_to_result"]["numpy_twin_fit"]["ratio_to_numpy_twin"] == 1.0
+    assert {"fresh_model_and_logger", "same_model_new_logger_epochs_plus_1", "steady_state", "first_run_in_a_fresh_process", "train_xor_script_help"} <= set(r["time_to_result"])
+    assert r["in_step_cost"]["update_us"] > 0 and r["in_step_cost"]["logged_update_us"] > 0
