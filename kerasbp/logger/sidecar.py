@@ -17,6 +17,7 @@ import shutil
 import tempfile
 import time
 import warnings
+import zipfile
 
 import numpy as np
 
@@ -109,7 +110,7 @@ def recover(path):
         try:
             with np.load(name, allow_pickle=False) as data:
                 parts.append({key: data[key] for key in data.files})
-        except (OSError, ValueError, EOFError) as e:  # a torn chunk: what came before it stands
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # a torn chunk: what came before it stands
             warnings.warn(f"dropped unreadable chunk {name!r} of the sidecar and any after it: {e}", RuntimeWarning, stacklevel=2)
             break
     if not parts:
