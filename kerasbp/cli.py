@@ -20,6 +20,7 @@ import argparse
 import json
 import sys
 
+from kerasbp.interrupts import Terminated, exit_status, terminate_as_interrupt
 from kerasbp.reference.activations import ACTIVATIONS
 from kerasbp.reference.losses import LOSS_NAMES
 from kerasbp.reference.optimizers import OPTIMIZERS
@@ -66,9 +67,9 @@ def _run(job_name, args, print_text):
     except jobs.Diverged as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM under script_main: the job kept its log
+        print(f"interrupted ({'SIGTERM' if isinstance(e, Terminated) else 'Ctrl-C'})", file=sys.stderr)
+        return exit_status(e)
     print_text(result)
     return 0
 
@@ -211,8 +212,10 @@ def main_compare(argv=None):
 def script_main(main):
     """Run a script's command line and exit with its status: `sys.exit(main())`.
 
-    TensorFlow's log level needs nothing here: `import kerasbp` sets `TF_CPP_MIN_LOG_LEVEL=3`
-    (unless it is already set) before anything imports TensorFlow.
+    SIGTERM is raised as `kerasbp.interrupts.Terminated` (a `KeyboardInterrupt`) inside, so a
+    run stopped by Ctrl-C or SIGTERM at any moment (importing, tracing, training) keeps its
+    log, says so in one line and exits 130 or 143. TensorFlow's log level needs nothing here:
+    `import kerasbp` sets `TF_CPP_MIN_LOG_LEVEL=3` (unless it is already set).
 
     Args:
         main: callable without arguments that returns the exit status, e.g. `main_xor`.
@@ -220,4 +223,10 @@ def script_main(main):
     Raises:
         SystemExit: always, with `main()`'s status.
     """
-    sys.exit(main())
+    with terminate_as_interrupt():
+        try:
+            status = main()
+        except KeyboardInterrupt as e:  # before or after the job's own handling (e.g. importing)
+            print(f"interrupted ({'SIGTERM' if isinstance(e, Terminated) else 'Ctrl-C'})", file=sys.stderr)
+            status = exit_status(e)
+    sys.exit(status)
