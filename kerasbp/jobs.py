@@ -3,7 +3,9 @@
 `run_linear` and `run_xor` train a Keras model with `kerasbp.train` and a `GradientLogger` and
 return a dict (what the scripts print with `--json`); `run_compare` runs `kerasbp.compare` and
 returns its `ComparisonReport`. Their command lines are in `kerasbp.cli`. A run whose loss or
-gradients turn non-finite raises `Diverged`, which says at which epoch and step.
+gradients turn non-finite stops at that step, inside the compiled loop, and raises `Diverged`,
+which names the same step as `health()` on the saved log. `log_gradients` picks the format from
+the suffix (`kerasbp.report.LOG_FORMATS`): `.npz` saves the whole log, `.csv` the statistics table.
 
 The optimizer names come from the NumPy twin's registry (`kerasbp.reference.optimizers.OPTIMIZERS`,
 keyed by Keras's names) and the loss names from the twin's `kerasbp.reference.losses.LOSS_NAMES`,
@@ -15,11 +17,12 @@ Example:
     (3, False)
 """
 
+import os
 import warnings
 
 import numpy as np
 
-from kerasbp.checks import check_choice, check_output_path, check_positive_float, check_positive_int, check_seed, check_xy
+from kerasbp.checks import check_choice, check_positive_float, check_positive_int, check_seed, check_xy
 from kerasbp.comparison import compare
 from kerasbp.data import Standardizer, least_squares, linear_data, load_xy_csv, xor_data
 from kerasbp.logger import GradientLogger
@@ -27,11 +30,12 @@ from kerasbp.models import compile_model, linear_model, xor_model
 from kerasbp.precision import floatx
 from kerasbp.reference.losses import LOSS_NAMES
 from kerasbp.reference.optimizers import OPTIMIZERS
+from kerasbp.report import check_log_path
 from kerasbp.training import train
 
-#: Inputs at which `run_linear` reports predictions on one input column, as the Keras linear
-#: regression that kerasbp grew from did.
-PREDICT_AT = (0.3, 0.5, 0.7)
+#: The quantiles at which `run_linear` predicts: one input column's quartiles, or, with several
+#: inputs, the rows of the data whose target sits at these quantiles.
+PREDICT_QUANTILES = (0.25, 0.5, 0.75)
 
 #: Defaults of `run_xor`: they learn XOR for every seed 0-9 (checked by the test suite).
 XOR_DEFAULTS = {"optimizer": "adam", "learning_rate": 0.05, "epochs": 1000, "loss": "binary_crossentropy"}
@@ -66,8 +70,24 @@ def _check_run(optimizer, learning_rate, epochs, log_gradients):
         learning_rate = check_positive_float("learning_rate", learning_rate)
     epochs = check_positive_int("epochs", epochs)
     if log_gradients is not None:
-        log_gradients = check_output_path("log_gradients", log_gradients)
+        log_gradients = check_log_path("log_gradients", log_gradients)
     return optimizer, learning_rate, epochs, log_gradients
+
+
+def _learning_rate(given, model):
+    """The learning rate to report: the number the caller gave (`0.05`, not the float32 value
+    `0.05000000074505806` that the optimizer holds), or Keras's default for the optimizer."""
+    if given is not None:
+        return given
+    return float(str(np.float32(model.optimizer.learning_rate.numpy())))  # shortest float32 repr: 0.01
+
+
+def _save_log(logger, path):
+    """Save `logger` to `path` in the format its suffix names: `.csv` the statistics table, else `.npz`."""
+    if os.path.splitext(path)[1].lower() == ".csv":
+        logger.to_csv(path)
+    else:
+        logger.to_npz(path)
 
 
 def _fit(model, X, y, epochs, batch_size, log_gradients, hint):
@@ -81,7 +101,7 @@ def _fit(model, X, y, epochs, batch_size, log_gradients, hint):
             history = train(model, X, y, epochs=epochs, batch_size=batch_size, callbacks=[logger])
         finally:  # also after Ctrl-C: every completed step is kept
             if log_gradients:
-                logger.to_npz(log_gradients)  # the folder was checked before training
+                _save_log(logger, log_gradients)  # the folder and suffix were checked before training
     losses = np.asarray(history.history["loss"])  # (epochs_run,)
     health = logger.health()  # names the first logged step whose loss or gradient is NaN/Inf
     if health.nonfinite or not np.all(np.isfinite(losses)):
@@ -113,11 +133,21 @@ def run_linear(
     standardize=False,
     log_gradients=None,
 ):
-    """Linear regression with `linear_model`, reported against ordinary least squares.
+    """Linear regression with `linear_model`, reported against ordinary least squares, in data units.
 
     Defaults repeat the Keras linear regression that kerasbp grew from: its 100 points
     (`linear_data()`, `y = 2x + 1 + noise`), SGD at Keras's default learning rate 0.01, MSE,
     100 epochs, batch size 10. The least-squares answer is `kerasbp.data.least_squares`.
+
+    Everything returned is in the data's units, with or without `standardize`: the coefficients
+    learned on standardized data are mapped back
+    (`y = my + sy * (sum_j w_j (x_j - mx_j) / sx_j + b)`), and the mean squared errors of the
+    trained model and of least squares are computed on the data. Only `final_loss` (Keras's
+    History) is in the units trained on.
+
+    Predictions are made at points inside the data: for one input column at its quartiles, for
+    several at the three rows of the data whose target is at the target's quartiles
+    (`PREDICT_QUANTILES`; the nearest rank, so each is a real row).
 
     Args:
         optimizer: str, a name in `kerasbp.reference.optimizers.OPTIMIZERS` (`"sgd"`, `"adam"`,
@@ -133,41 +163,61 @@ def run_linear(
             Defaults to None.
         y_column: str, the target column's name; needed with `csv`. Defaults to None.
         standardize: bool, train on inputs and target scaled to zero mean and unit variance, and
-            report coefficients in the data's own units. Defaults to False.
-        log_gradients: path of an `.npz` file in an existing folder to save the gradient log to
-            (saved even when interrupted), or None. Defaults to None.
+            report in the data's own units. Defaults to False.
+        log_gradients: path ending in `.npz` (the whole gradient log, read back with
+            `kerasbp.load_gradient_log`) or `.csv` (the statistics table, an export only), in an
+            existing folder; saved even when training diverges or is interrupted. None saves
+            nothing. Defaults to None.
 
     Returns:
-        dict with `coefficients` (list of `n_features` floats), `intercept`, `ols_coefficients`,
-        `ols_intercept` (least squares), `gap` (largest absolute difference to least squares over
-        coefficients and intercept), `final_loss` (last epoch's History loss, in training units),
-        `optimizer`, `learning_rate`, `epochs`, `batch_size`, `standardize`, `columns` (input
-        names) and `predictions` (list of `{"x": [n_features floats], "y": float}`, at
-        `PREDICT_AT` for one input, else at the mean and the mean -/+ one standard deviation).
+        dict with
+        - `coefficients` (list of `n_features` floats), `intercept`, `ols_coefficients`,
+          `ols_intercept` (least squares), all in data units;
+        - `relative_gaps`: dict `{column name: |learned - ls| / |ls|, ..., "intercept": ...}`; the
+          intercept's gap is relative to `max(|ls intercept|, std(target))` so that a centred
+          target does not divide by about zero; None for a least-squares coefficient of exactly 0;
+        - `gap`: the largest absolute difference to least squares over coefficients and intercept;
+        - `mse`, `ols_mse`: mean squared error on the data, in data units, of the trained model and
+          of least squares;
+        - `final_loss`: last epoch's History loss (in the units trained on: standardized with
+          `standardize`), the mean of its batches' losses before each update;
+        - `predictions`: list of `{"x": [n_features floats], "y": prediction, "target": the data's
+          target at that row (several inputs) or None}`, and `predict_at`, what they are at;
+        - `columns` (input names), `target` (the target's name), `optimizer`, `learning_rate` (as
+          given, or Keras's default), `epochs`, `batch_size`, `standardize`, `n_samples`;
+        - `warnings`: list of str, e.g. when the least-squares answer is not unique.
 
     Raises:
         ValueError, TypeError: for bad arguments or data (see `load_xy_csv`, `check_xy`), such as
-            `csv` without `x_columns` and `y_column`, or a constant column with `standardize`.
+            `csv` without `x_columns` and `y_column`, a `log_gradients` suffix other than `.npz`
+            and `.csv`, or a constant column with `standardize`.
         FileNotFoundError: for a missing CSV file.
         Diverged: if the loss or a gradient became non-finite.
+
+    Example:
+        >>> r = run_linear(epochs=5)                 # doctest: +SKIP
+        >>> r["predict_at"], len(r["predictions"])   # doctest: +SKIP
+        ('the quartiles of x', 3)
     """
     optimizer, learning_rate, epochs, log_gradients = _check_run(optimizer, learning_rate, epochs, log_gradients)
     batch_size = check_positive_int("batch_size", batch_size)
     seed = check_seed(seed)
     if csv is not None:
         if not x_columns or not y_column:
-            raise ValueError("`csv` needs `x_columns` and `y_column` (--x-columns A,B --y-column C)")
+            raise ValueError("`csv` needs `x_columns` and `y_column`: the input column names and the target column's name")
         X, y = load_xy_csv(csv, x_columns, y_column)
-        columns = [c.strip() for c in x_columns.split(",")] if isinstance(x_columns, str) else list(x_columns)
+        columns = [c.strip() for c in x_columns.split(",")] if isinstance(x_columns, str) else [c.strip() for c in x_columns]
+        target = y_column.strip()
     else:
         if x_columns or y_column:
-            raise ValueError("`x_columns` and `y_column` need `csv` (--csv PATH)")
+            raise ValueError("`x_columns` and `y_column` need `csv`, the file to read them from")
         X, y = linear_data()
-        columns = ["x"]
+        columns, target = ["x"], "y"
     X, y = check_xy(X, y, dtype="float64")  # (n, n_features), (n, 1)
     ols_coef, ols_intercept = least_squares(X, y)
+    notes = _least_squares_warnings(X, columns)
     if standardize:
-        sx, sy = Standardizer(X, "X", columns), Standardizer(y, "y", [y_column or "y"])
+        sx, sy = Standardizer(X, "X", columns), Standardizer(y, "y", [target])
         X_train, y_train = sx.transform(X), sy.transform(y)
     else:
         X_train, y_train = X, y
@@ -181,26 +231,77 @@ def run_linear(
         coef = sy.std[0] * coef / sx.std
         intercept = float(sy.mean[0] + sy.std[0] * intercept - coef @ sx.mean)
     gap = float(max(np.max(np.abs(coef - ols_coef)), abs(intercept - ols_intercept)))
-    if X.shape[1] == 1:
-        points = [[x] for x in PREDICT_AT]
-    else:
-        points = [list(row) for row in np.vstack([X.mean(axis=0) + k * X.std(axis=0) for k in (-1, 0, 1)])]
-    predictions = [{"x": [float(v) for v in p], "y": float(np.dot(coef, p) + intercept)} for p in points]
+    relative_gaps = {name: _relative(c, o, abs(o)) for name, c, o in zip(columns, coef, ols_coef, strict=True)}
+    relative_gaps["intercept"] = _relative(intercept, ols_intercept, max(abs(ols_intercept), float(y.std())))
+    mse = float(np.mean((X @ coef + intercept - y[:, 0]) ** 2))
+    ols_mse = float(np.mean((X @ ols_coef + ols_intercept - y[:, 0]) ** 2))
+    points, targets, predict_at = _prediction_points(X, y, columns, target)
+    predictions = [
+        {"x": [float(v) for v in p], "y": float(coef @ p + intercept), "target": t} for p, t in zip(points, targets, strict=True)
+    ]
     return {
         "coefficients": coef.tolist(),
         "intercept": intercept,
         "ols_coefficients": ols_coef.tolist(),
         "ols_intercept": ols_intercept,
+        "relative_gaps": relative_gaps,
         "gap": gap,
+        "mse": mse,
+        "ols_mse": ols_mse,
         "final_loss": float(history.history["loss"][-1]),
         "optimizer": optimizer,
-        "learning_rate": float(model.optimizer.learning_rate.numpy()),
+        "learning_rate": _learning_rate(learning_rate, model),
         "epochs": epochs,
         "batch_size": batch_size,
         "standardize": bool(standardize),
+        "n_samples": len(X),
         "columns": columns,
+        "target": target,
+        "predict_at": predict_at,
         "predictions": predictions,
+        "warnings": notes,
     }
+
+
+def _relative(value, reference, scale):
+    """`|value - reference| / scale`, or None when `scale` is 0 (0.0 if the two are equal)."""
+    if scale > 0:
+        return float(abs(value - reference) / scale)
+    return 0.0 if value == reference else None
+
+
+def _least_squares_warnings(X, columns):
+    """A warning (list of one str) when `[X, 1]` has dependent columns, so that many coefficient
+    vectors fit equally well and `least_squares` gives only the minimum-norm one; else `[]`."""
+    A = np.hstack([X, np.ones((len(X), 1))])  # (n, n_features + 1)
+    rank = int(np.linalg.matrix_rank(A))
+    if rank == A.shape[1]:
+        return []
+    why = (
+        f"{len(X)} row(s) for {len(columns)} input column(s) and an intercept"
+        if len(X) < A.shape[1]
+        else "some input columns are constant or linear combinations of others"
+    )
+    return [
+        f"the least-squares answer is not unique ({why}: rank {rank} of {A.shape[1]}): many coefficients "
+        "fit the data equally well, the one shown is the smallest, and the trained model may differ "
+        "from it without being wrong. Give more rows, or drop dependent columns."
+    ]
+
+
+def _prediction_points(X, y, columns, target):
+    """`(points, targets, description)`: where `run_linear` predicts, inside the data.
+
+    One input column: its quartiles (no data target there: None). Several: the rows whose target
+    is at the target's quartiles (nearest rank), with their targets.
+    """
+    q = np.asarray(PREDICT_QUANTILES)
+    if X.shape[1] == 1:
+        points = np.quantile(X[:, 0], q)[:, None]  # (3, 1)
+        return points, [None] * len(q), f"the quartiles of {columns[0]}"
+    order = np.argsort(y[:, 0], kind="stable")
+    rows = order[np.rint(q * (len(X) - 1)).astype(int)]  # (3,)
+    return X[rows], [float(t) for t in y[rows, 0]], f"the rows of the data at the quartiles of {target}"
 
 
 def run_xor(
@@ -229,13 +330,14 @@ def run_xor(
             `"bce"`, `"mse"`, `"mean_squared_error"`). Defaults to `"binary_crossentropy"`.
         seed: int in `[0, 2**31)`, or None for random initial weights: the random seed of the
             initial weights. Defaults to 0.
-        log_gradients: path of an `.npz` file in an existing folder to save the gradient log to,
-            or None. Defaults to None.
+        log_gradients: path ending in `.npz` (the whole gradient log) or `.csv` (the statistics
+            table), in an existing folder, or None. Defaults to None.
 
     Returns:
         dict with `inputs` (4 x 2 list of ints), `targets` (list of 4 ints), `predictions` (list
         of 4 outputs), `learned` (bool: every output on the right side of 0.5), `final_loss`,
-        `optimizer`, `learning_rate`, `loss`, `epochs`, `steps` (optimizer steps taken), `seed`.
+        `optimizer`, `learning_rate` (as given, or Keras's default), `loss`, `epochs`, `steps`
+        (optimizer steps taken), `seed`.
 
     Raises:
         ValueError, TypeError: for bad arguments.
@@ -255,7 +357,7 @@ def run_xor(
         "learned": learned,
         "final_loss": float(history.history["loss"][-1]),
         "optimizer": optimizer,
-        "learning_rate": float(model.optimizer.learning_rate.numpy()),
+        "learning_rate": _learning_rate(learning_rate, model),
         "loss": loss,
         "epochs": epochs,
         "steps": int(model.optimizer.iterations.numpy()),

@@ -53,7 +53,15 @@ def make_gradient_norms_figure(out=DEFAULT_OUT, epochs=500, seed=0, learning_rat
 
 def main(argv=None):
     """Parse the command line and write the figure; returns the exit status."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    epilog = (
+        "examples:\n"
+        "  python scripts/make_figures.py\n"
+        "  python scripts/make_figures.py --out /tmp/norms.png --epochs 1000 --seed 1\n\n"
+        "exit status:\n"
+        "  0    the figure was written\n"
+        "  2    bad input: the message names the option"
+    )
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=DEFAULT_OUT, help="PNG file to write (default: docs/gradient_norms.png)")
     parser.add_argument("--epochs", type=int, default=500, help="training epochs, one step each (default: 500)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the initial weights (default: 0)")

@@ -6,8 +6,9 @@ Usage:
     python scripts/train_xor.py --json --log-gradients grads.npz
 
 Prints the truth table with the network's outputs, the number of optimizer steps, and whether it
-learned XOR. Exit status: 0 ok (learned or not, as printed), 1 training diverged, 2 bad input.
-Options: --help.
+learned XOR. `--log-gradients PATH.npz` saves the whole gradient log (`scripts/report.py PATH.npz`
+draws it), `PATH.csv` the statistics table. Exit status: 0 ok (learned or not, as printed),
+1 training diverged, 2 bad input, 130 interrupted. Options: --help.
 """
 
 from kerasbp.cli import main_xor, script_main

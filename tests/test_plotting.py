@@ -200,6 +200,65 @@ def test_gradient_profile_last_and_bad_input(xor_log):
         plotting.plot_gradient_profile({"a": [1.0, 2.0]})
 
 
+# ---------------------------------------------------------------------------- issue 17, item 7
+
+
+def test_update_ratio_axis_says_what_it_is_and_why_steps_are_missing(xor_log):
+    # The axis said "gradient update_ratio"; the value is |w_after - w_before| / |w_before|, and it is
+    # infinite at step 0 for the zero-initialised biases, which a log axis silently leaves out.
+    ax = plotting.plot_gradient_norms(xor_log, stat="update_ratio").axes[0]
+    assert "|Δw|/|w|" in ax.get_ylabel() and "gradient" not in ax.get_ylabel()
+    assert np.isinf(xor_log.stats[xor_log.names[1]]["update_ratio"][0])  # dense_0/bias starts at zero
+    assert "not drawn: 1 step(s) where it is not finite (|w| = 0, e.g. a zero-initialised bias)" in ax.get_title()
+    # the gradient norm's axis names the norm; no note where every value is finite
+    ax = plotting.plot_gradient_norms(xor_log).axes[0]
+    assert ax.get_ylabel() == "gradient L2 norm |g|" and "\n" not in ax.get_title()
+    assert plotting.plot_gradient_profile(xor_log, stat="update_ratio").axes[0].get_ylabel() == "median update ratio |Δw|/|w|"
+
+
+def test_gradient_profile_ticks_are_layer_numbers(xor_log, deep_log):
+    # Ticks fell at 1.25, 1.5, 1.75 between layers 1 and 2.
+    for logs, depth in ((xor_log, 2), ({"xor": xor_log, "deep": deep_log}, 4)):
+        fig = plotting.plot_gradient_profile(logs)
+        fig.canvas.draw()
+        ticks = fig.axes[0].get_xticks()
+        assert list(ticks) == list(range(1, depth + 1))
+        assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == [str(k) for k in range(1, depth + 1)]
+
+
+def _points_under_legend(ax):
+    """How many drawn data points (line vertices, densified; scatter offsets) lie under the legend."""
+    ax.figure.canvas.draw()
+    box = ax.get_legend().get_window_extent()
+    points = []
+    for line in ax.get_lines():
+        xy = line.get_xydata()
+        xy = xy[np.all(np.isfinite(xy), axis=1)]
+        if len(xy):
+            display = ax.transData.transform(xy)
+            points.append(display if len(display) == 1 else np.vstack([np.linspace(a, b, 25) for a, b in zip(display[:-1], display[1:], strict=True)]))
+    for collection in ax.collections:
+        offsets = np.asarray(collection.get_offsets())
+        if offsets.size and len(offsets) < 1000:  # scatter markers, not a contour
+            points.append(ax.transData.transform(offsets))
+    xy = np.vstack(points)
+    return int(np.sum((xy[:, 0] > box.x0) & (xy[:, 0] < box.x1) & (xy[:, 1] > box.y0) & (xy[:, 1] < box.y1)))
+
+
+def test_legends_stay_off_the_data(deep_log):
+    # Legends sat on the data: a gradient-norm plot with many variables, the decision boundary's
+    # legend fixed at the upper centre.
+    ax = plotting.plot_gradient_norms(deep_log).axes[0]
+    assert _points_under_legend(ax) == 0
+    assert ax.get_legend().get_window_extent().x0 >= ax.get_window_extent().x1  # beside the axes
+    X = np.array([[0.5, 0.95], [0.45, 0.9], [0.55, 0.9], [0.5, 0.05]])
+    y = np.array([[1.0], [1.0], [0.0], [0.0]])
+    ax = plotting.plot_decision_boundary(lambda grid: grid[:, 1:] - grid[:, :1] + 0.4, X, y).axes[0]
+    assert _points_under_legend(ax) == 0
+    ax = plotting.plot_loss_curves({f"run {k}": np.geomspace(1, 10.0 ** -(k + 1), 50) for k in range(6)}).axes[0]
+    assert _points_under_legend(ax) == 0
+
+
 # ---------------------------------------------------------------------------- plot_decision_boundary
 
 
@@ -437,7 +496,8 @@ def test_plot_comparison_draws_a_report():
     levels = sorted({line.get_ydata()[0] for line in ax_diff.get_lines() if line.get_linestyle() == ":"})
     assert levels == sorted({report.tolerances["gradient"], report.tolerances["weights"]})
     assert ax_diff.get_yscale() == "log"
-    assert ax_loss.get_title() == f"{report.optimizer_name}, {report.loss}, float32: ok" and "(" not in ax_loss.get_title()
+    # the optimizer's class name, without its settings
+    assert ax_loss.get_title() == f"Adam, {report.loss}, float32: ok" and "(" not in ax_loss.get_title()
     with pytest.raises(TypeError, match="ComparisonReport"):
         plotting.plot_comparison({"ok": True})
 

@@ -66,3 +66,15 @@ def _positive(a):
     a = np.array(a, dtype=np.float64)
     a[~(a > 0) | ~np.isfinite(a)] = np.nan
     return a
+
+
+def _legend(ax, n_entries, outside=False, **kwargs):
+    """The legend of `ax`, placed off the data.
+
+    Inside the axes at matplotlib's "best" spot (the corner with the fewest data points under it)
+    for a few entries; outside, to the right of the axes, for `outside=True` or more than 4 entries,
+    where it cannot hide a line (constrained layout makes room for it).
+    """
+    if outside or n_entries > 4:
+        return ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize="small", **kwargs)
+    return ax.legend(loc="best", fontsize="small", **kwargs)

@@ -4,11 +4,25 @@ import warnings
 
 import matplotlib
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from kerasbp.logger import STATS
 from kerasbp.checks import check_bool, check_choice
 from kerasbp.logger import GradientLog
-from kerasbp.plotting._common import _new_axes, _positive, _runs
+from kerasbp.plotting._common import _legend, _new_axes, _positive, _runs
+
+#: How each statistic of `kerasbp.logger.STATS` is named on an axis: what the value is.
+STAT_LABELS = {
+    "norm": "gradient L2 norm |g|",
+    "mean": "mean gradient entry",
+    "std": "std of the gradient entries",
+    "min": "smallest gradient entry",
+    "max": "largest gradient entry",
+    "max_abs": "largest |gradient entry|",
+    "nonfinite": "NaN/Inf gradient entries",
+    "weight_norm": "weight L2 norm |w| (before the step)",
+    "update_ratio": "update ratio |Δw|/|w|",
+}
 
 
 def _check_log(log):
@@ -86,7 +100,7 @@ def plot_loss_curves(runs, ax=None, log_scale=True, key="loss", xlabel="epoch", 
     if title:
         ax.set_title(title)
     if len(curves) > 1 or None not in curves:
-        ax.legend()
+        _legend(ax, len(curves))
     ax.grid(True, which="major", alpha=0.3)
     return fig
 
@@ -99,7 +113,11 @@ def plot_gradient_norms(log, ax=None, stat="norm", variables=None, log_scale=Tru
 
     One line per variable, coloured by layer: kernels solid, biases dashed. On the log scale a
     layer whose gradients are orders of magnitude below the others (vanishing) or climbing
-    (exploding) stands out; zero and non-finite values are not drawn.
+    (exploding) stands out; zero and non-finite values are not drawn. The legend sits outside the
+    axes, on the right, off the data. The y axis says what the statistic is (`STAT_LABELS`): for
+    `"update_ratio"`, `|Δw|/|w|`, the size of the step's update relative to the weights before it,
+    which is infinite where those weights were all zero (a zero-initialised bias at the first
+    step): such steps are not drawn, and a second title line counts them.
 
     Args:
         log: a `GradientLogger` after training, or a `GradientLog` (e.g. `load_gradient_log`),
@@ -141,7 +159,7 @@ def plot_gradient_norms(log, ax=None, stat="norm", variables=None, log_scale=Tru
         kernel = len(log.shapes[j]) >= 2
         ax.plot(
             steps,
-            _positive(values) if log_scale else values,
+            _positive(values) if log_scale else np.where(np.isfinite(values), values, np.nan),
             color=colors[log.layers[j]],
             linestyle="-" if kernel else "--",
             label=_short_name(log, j),
@@ -149,9 +167,15 @@ def plot_gradient_norms(log, ax=None, stat="norm", variables=None, log_scale=Tru
     if log_scale:
         ax.set_yscale("log")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel(f"gradient {stat}")
-    ax.set_title(title if title is not None else f"gradient {stat} per variable")
-    ax.legend(fontsize="small", ncol=2 if len(indices) > 8 else 1)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 2.5, 5, 10]))
+    ax.set_ylabel(STAT_LABELS[stat])
+    title = title if title is not None else f"{STAT_LABELS[stat]} per variable"
+    if stat == "update_ratio":
+        infinite = ~np.isfinite(stats[:, indices, column])  # (n_logged, n_drawn)
+        if infinite.any():
+            title += f"\nnot drawn: {int(infinite.any(axis=1).sum())} step(s) where it is not finite (|w| = 0, e.g. a zero-initialised bias)"
+    ax.set_title(title, fontsize="small" if "\n" in title else None)
+    _legend(ax, len(indices), outside=True)
     ax.grid(True, which="major", alpha=0.3)
     return fig
 
@@ -202,7 +226,8 @@ def plot_gradient_profile(logs, ax=None, stat="norm", reduce="median", log_scale
         title: str or None. Defaults to None.
 
     Returns:
-        `matplotlib.figure.Figure`, one line with markers per log, x = 1..n_kernels.
+        `matplotlib.figure.Figure`, one line with markers per log, x = 1..n_kernels, with integer
+        ticks only (one per layer up to 12 layers).
 
     Raises:
         TypeError: if a log is not a GradientLog.
@@ -245,11 +270,16 @@ def plot_gradient_profile(logs, ax=None, stat="norm", reduce="median", log_scale
         ax.plot(x, _positive(profile) if log_scale else profile, marker="o", label=label)
     if log_scale:
         ax.set_yscale("log")
+    depth = max(len(profile) for _, profile in profiles)
+    if depth <= 12:
+        ax.set_xticks(np.arange(1, depth + 1))  # a tick per layer, none between
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 2.5, 5, 10]))
     ax.set_xlabel("layer (1 = input side)")
     what = {"first": "first step's", "last": "last step's"}.get(reduce, reduce)
-    ax.set_ylabel(f"{what} kernel gradient {stat}")
-    ax.set_title(title if title is not None else f"{what} kernel gradient {stat} per layer")
+    ax.set_ylabel(f"{what} {STAT_LABELS[stat]}")
+    ax.set_title(title if title is not None else f"{what} kernel {STAT_LABELS[stat]} per layer")
     if any(label is not None for label, _ in profiles):
-        ax.legend()
+        _legend(ax, len(profiles))
     ax.grid(True, which="major", alpha=0.3)
     return fig

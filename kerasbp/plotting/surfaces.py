@@ -5,7 +5,7 @@ from matplotlib.colors import LogNorm
 
 from kerasbp.checks import check_array, check_bool, check_positive_int, check_range, check_xy
 from kerasbp.data import least_squares
-from kerasbp.plotting._common import _new_axes
+from kerasbp.plotting._common import _legend, _new_axes
 
 
 # ---------------------------------------------------------------------------- decision boundary
@@ -108,7 +108,7 @@ def plot_decision_boundary(model, X, y, ax=None, resolution=200, margin=0.5, thr
     ax.set_xlabel("x1")
     ax.set_ylabel("x2")
     ax.set_title(title if title is not None else f"decision boundary (output = {threshold:g})")
-    ax.legend(loc="upper center", fontsize="small", framealpha=0.9)
+    _legend(ax, 2, framealpha=0.9)
     return fig
 
 
@@ -263,5 +263,5 @@ def plot_loss_surface(X, y, paths=None, ax=None, w_range=None, b_range=None, res
     ax.set_xlabel("w (kernel)")
     ax.set_ylabel("b (bias)")
     ax.set_title(title if title is not None else "MSE loss surface of y = w x + b")
-    ax.legend(fontsize="small")
+    _legend(ax, len(checked) + 1)
     return fig

@@ -3,8 +3,7 @@
 import numpy as np
 
 from kerasbp.checks import check_bool
-from kerasbp.comparison import ComparisonReport
-from kerasbp.plotting._common import _positive, _runs, _two_panels
+from kerasbp.plotting._common import _legend, _positive, _runs, _two_panels
 
 
 def plot_twin_comparison(keras_losses, numpy_losses, axes=None, log_scale=True, title=None):
@@ -77,15 +76,21 @@ def plot_twin_comparison(keras_losses, numpy_losses, axes=None, log_scale=True, 
         ax_loss.set_yscale("log")
     ax_loss.set_ylabel("loss")
     ax_loss.set_title(title if title is not None else "Keras vs NumPy twin")
-    ax_loss.legend(fontsize="small", ncol=2 if len(keras_runs) > 2 else 1)
+    _legend(ax_loss, 2 * len(keras_runs))
     ax_loss.grid(True, which="major", alpha=0.3)
     ax_diff.set_yscale("log")
     ax_diff.set_xlabel("epoch")
     ax_diff.set_ylabel("|Keras - NumPy|")
     ax_diff.set_title(f"largest difference {worst:.3g}" + (" (identical)" if worst == 0 else ""), fontsize="small")
-    ax_diff.legend(fontsize="small")
+    _legend(ax_diff, len(keras_runs))
     ax_diff.grid(True, which="major", alpha=0.3)
     return fig
+
+
+def _optimizer_name(report):
+    """The optimizer's class name for a title (`"Adam"`), without its settings."""
+    name = vars(report).get("optimizer_name")  # set by reports that carry it
+    return name if name else str(report.optimizer).split("(", 1)[0].strip()
 
 
 def plot_comparison(report, axes=None, title=None):
@@ -111,6 +116,8 @@ def plot_comparison(report, axes=None, title=None):
     Raises:
         TypeError: if `report` is not a `ComparisonReport` or `axes` is not a pair of Axes.
     """
+    from kerasbp.comparison import ComparisonReport  # imports Keras: only when a report is drawn
+
     if not isinstance(report, ComparisonReport):
         raise TypeError(f"`report` must be a kerasbp.ComparisonReport. Received: report={report!r}")
     fig, ax_loss, ax_diff = _two_panels(axes)
@@ -119,8 +126,8 @@ def plot_comparison(report, axes=None, title=None):
     ax_loss.plot(steps, _positive(report.twin_losses), linestyle="--", color="black", linewidth=1, label="NumPy twin (free-running)")
     ax_loss.set_yscale("log")
     ax_loss.set_ylabel("batch loss before the step")
-    ax_loss.set_title(title if title is not None else f"{report.optimizer_name}, {report.loss}, {report.dtype}: {'ok' if report.ok else 'NOT OK'}")
-    ax_loss.legend(fontsize="small")
+    ax_loss.set_title(title if title is not None else f"{_optimizer_name(report)}, {report.loss}, {report.dtype}: {'ok' if report.ok else 'NOT OK'}")
+    _legend(ax_loss, 2)
     curves = [
         ("teacher-forced gradient", report.teacher["gradient_rel"], report.tolerances["gradient"], "-"),
         ("teacher-forced weights", report.teacher["weights_rel"], report.tolerances["weights"], "-"),
@@ -134,6 +141,6 @@ def plot_comparison(report, axes=None, title=None):
     ax_diff.set_yscale("log")
     ax_diff.set_xlabel("optimizer step")
     ax_diff.set_ylabel("relative difference")
-    ax_diff.legend(fontsize="small")
+    _legend(ax_diff, 3)
     ax_diff.grid(True, which="major", alpha=0.3)
     return fig
