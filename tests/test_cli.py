@@ -481,13 +481,6 @@ def test_issue17_6_notebooks_extra_and_how_to_open():
     assert '.[notebooks]' in "".join(first["source"]) and "jupyter lab" in "".join(first["source"])
 
 
-README_NOT_THIS_BRANCH = pytest.mark.xfail(
-    strict=True,
-    reason="README.md is not this branch's file: issue 17's report gives the text to paste; remove this mark with it",
-)
-
-
-@README_NOT_THIS_BRANCH
 def test_issue17_readme_wording():
     # 2: load_gradient_log and what a saved log holds; 5: no "seed notebook"; 6: how to open the
     # notebooks; 8: the performance table's ratio read as a contradiction (1.102 s / 1.046 s, "0.98").
