@@ -18,14 +18,17 @@ Example:
 """
 
 import os
+import sys
 import warnings
 
+import kerasbp.native_logs  # noqa: F401  (first: TensorFlow starts without its native log lines)
+import keras
 import numpy as np
 
 from kerasbp.checks import check_choice, check_positive_float, check_positive_int, check_seed, check_xy
 from kerasbp.comparison import compare
 from kerasbp.data import Standardizer, least_squares, linear_data, load_xy_csv, xor_data
-from kerasbp.logger import GradientLogger
+from kerasbp.logger import GradientLogger, sidecar
 from kerasbp.models import compile_model, linear_model, xor_model
 from kerasbp.precision import floatx
 from kerasbp.reference.losses import LOSS_NAMES
@@ -83,25 +86,69 @@ def _learning_rate(given, model):
 
 
 def _save_log(logger, path):
-    """Save `logger` to `path` in the format its suffix names: `.csv` the statistics table, else `.npz`."""
-    if os.path.splitext(path)[1].lower() == ".csv":
-        logger.to_csv(path)
-    else:
-        logger.to_npz(path)
+    """Save `logger` to `path` in the format its suffix names: `.csv` the statistics table, else `.npz`.
+
+    Returns:
+        None, or a one-line message when the file could not be written (e.g. a full disk): the
+        path, the error and about how much room the log needed. Nothing is left at `path` then
+        (`kerasbp.files.atomic_write`), and the sidecar keeps what it holds.
+    """
+    try:
+        if os.path.splitext(path)[1].lower() == ".csv":
+            logger.to_csv(path)
+        else:
+            logger.to_npz(path)
+    except OSError as e:
+        needed = sum(np.asarray(a).nbytes for a in logger._arrays(gradients=logger.record == "full").values())
+        return f"could not save the gradient log to {path!r}: {e.strerror or e} (it needs about {needed / 2**20:.1f} MB); the run's results are above"
+    return None
+
+
+class _KeepLog(keras.callbacks.Callback):
+    """Writes the logger's new rows to a sidecar beside `path` every few seconds while training
+    (`kerasbp.logger.sidecar`), so a killed run keeps them; the final save removes it."""
+
+    epochs_per_call_safe = True  # kerasbp.train may run several epochs per call with it
+
+    def __init__(self, logger, path):
+        super().__init__()
+        self.logger = logger
+        self.writer = sidecar.SidecarWriter(path)
+        self.failed = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.failed is None:
+            try:
+                self.writer.flush(self.logger)
+            except OSError as e:  # a full disk costs the sidecar, not the run
+                self.failed = e
 
 
 def _fit(model, X, y, epochs, batch_size, log_gradients, hint):
     """Train with `kerasbp.train` and a GradientLogger; raise `Diverged` on non-finite values
-    (with `hint` in the message). The log is saved to `log_gradients` even when interrupted."""
+    (with `hint` in the message).
+
+    The log is saved to `log_gradients` even when interrupted, and reaches a sidecar beside it
+    every few seconds while training. Returns `(history, logger, log_error)`, `log_error` None
+    or the message of a save that failed."""
     total_steps = epochs * -(-len(X) // min(batch_size, len(X)))
     logger = GradientLogger(every_n_steps=max(1, -(-total_steps // MAX_LOGGED_STEPS)), on_nonfinite="stop")
+    callbacks = [logger]
+    if log_gradients:
+        keeper = _KeepLog(logger, log_gradients)
+        callbacks.append(keeper)
+    log_error = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         try:
-            history = train(model, X, y, epochs=epochs, batch_size=batch_size, callbacks=[logger])
-        finally:  # also after Ctrl-C: every completed step is kept
+            history = train(model, X, y, epochs=epochs, batch_size=batch_size, callbacks=callbacks)
+        finally:  # also after Ctrl-C or SIGTERM: every completed step is kept
             if log_gradients:
-                _save_log(logger, log_gradients)  # the folder and suffix were checked before training
+                log_error = _save_log(logger, log_gradients)  # the folder and suffix were checked before training
+                if log_error is None:
+                    keeper.writer.remove()
+                elif sys.exc_info()[0] is not None:  # interrupted: say it now, the result will not be printed
+                    print(f"error: {log_error}", file=sys.stderr)
     losses = np.asarray(history.history["loss"])  # (epochs_run,)
     health = logger.health()  # names the first logged step whose loss or gradient is NaN/Inf
     if health.nonfinite or not np.all(np.isfinite(losses)):
@@ -114,11 +161,12 @@ def _fit(model, X, y, epochs, batch_size, log_gradients, hint):
         where = f"step {step}" if logger.every_n_steps == 1 else f"logged every {logger.every_n_steps} steps: by step {step}"
         raise Diverged(
             f"training diverged: the loss or a gradient became NaN/Inf at epoch {epoch + 1} ({where}). "
-            + hint,
+            + hint
+            + (f". Also: {log_error}" if log_error else ""),
             epoch,
             step,
         )
-    return history, logger
+    return history, logger, log_error
 
 
 def run_linear(
@@ -179,6 +227,7 @@ def run_linear(
         - `gap`: the largest absolute difference to least squares over coefficients and intercept;
         - `mse`, `ols_mse`: mean squared error on the data, in data units, of the trained model and
           of least squares;
+        - `log_error`: None, or why `log_gradients` could not be written (e.g. a full disk);
         - `final_loss`: last epoch's History loss (in the units trained on: standardized with
           `standardize`), the mean of its batches' losses before each update;
         - `predictions`: list of `{"x": [n_features floats], "y": prediction, "target": the data's
@@ -223,7 +272,7 @@ def run_linear(
         X_train, y_train = X, y
     model = compile_model(linear_model(X.shape[1], seed=seed), optimizer, learning_rate, loss="mse")
     hint = "Try a smaller --learning-rate" + ("" if standardize else ", or --standardize to scale the inputs")
-    history, _ = _fit(model, X_train, y_train, epochs, batch_size, log_gradients, hint)
+    history, _, log_error = _fit(model, X_train, y_train, epochs, batch_size, log_gradients, hint)
     kernel, bias = (w.astype(np.float64) for w in model.get_weights())  # (n_features, 1), (1,)
     coef, intercept = kernel[:, 0], float(bias[0])
     if standardize:
@@ -251,6 +300,7 @@ def run_linear(
         "final_loss": float(history.history["loss"][-1]),
         "optimizer": optimizer,
         "learning_rate": _learning_rate(learning_rate, model),
+        "log_error": log_error,
         "epochs": epochs,
         "batch_size": batch_size,
         "standardize": bool(standardize),
@@ -337,7 +387,8 @@ def run_xor(
         dict with `inputs` (4 x 2 list of ints), `targets` (list of 4 ints), `predictions` (list
         of 4 outputs), `learned` (bool: every output on the right side of 0.5), `final_loss`,
         `optimizer`, `learning_rate` (as given, or Keras's default), `loss`, `epochs`, `steps`
-        (optimizer steps taken), `seed`.
+        (optimizer steps taken), `seed`, `log_error` (None, or why `log_gradients` could not be
+        written).
 
     Raises:
         ValueError, TypeError: for bad arguments.
@@ -347,7 +398,7 @@ def run_xor(
     loss = check_choice("loss", loss, LOSS_NAMES)
     X, y = xor_data()  # (4, 2), (4, 1)
     model = compile_model(xor_model(hidden_units, activation, "sigmoid", seed=check_seed(seed)), optimizer, learning_rate, loss=loss)
-    history, _ = _fit(model, X, y, epochs, 4, log_gradients, "Try a smaller --learning-rate")
+    history, _, log_error = _fit(model, X, y, epochs, 4, log_gradients, "Try a smaller --learning-rate")
     predictions = np.asarray(model(X, training=False))[:, 0].astype(np.float64)  # (4,)
     learned = bool(np.all((predictions > 0.5) == (y[:, 0] > 0.5)))
     return {
@@ -362,6 +413,7 @@ def run_xor(
         "epochs": epochs,
         "steps": int(model.optimizer.iterations.numpy()),
         "seed": seed,
+        "log_error": log_error,
     }
 
 

@@ -35,8 +35,8 @@ AUTO_XLA_MIN_STEPS = 20_000
 
 def _is_kerasbp_aware(callback):
     # These callbacks read their data after each call of the compiled loop, so they stay exact
-    # when one call runs several epochs.
-    return isinstance(callback, (GradientLogger, keras.callbacks.History))
+    # when one call runs several epochs; another callback says so with `epochs_per_call_safe`.
+    return isinstance(callback, (GradientLogger, keras.callbacks.History)) or getattr(callback, "epochs_per_call_safe", False)
 
 
 def _output_width(model):
@@ -70,7 +70,8 @@ def train(model, X, y, epochs=1, batch_size=None, callbacks=None, verbose=0, epo
         - With `epochs_per_call > 1`, the epoch hooks of a call run after the call has trained all
           its epochs, so a callback that stops training (e.g. `EarlyStopping`) acts at the end of
           the call. That is why the automatic choice is one epoch per call whenever a callback
-          other than `GradientLogger` or `History` is passed.
+          other than `GradientLogger` or `History` is passed, unless it has a true attribute
+          `epochs_per_call_safe` (its epoch hooks may run after the call).
         - No validation data, sample weights or shuffling.
 
     Args:

@@ -10,12 +10,14 @@ import csv
 import io
 import json
 import os
+import tempfile
 import zipfile
 
 import numpy as np
 
 from kerasbp.checks import check_choice, check_positive_float
 from kerasbp.files import atomic_write
+from kerasbp.logger import sidecar
 
 #: The statistics recorded per variable per logged step, in this order.
 STATS = ("norm", "mean", "std", "min", "max", "max_abs", "nonfinite", "weight_norm", "update_ratio")
@@ -369,12 +371,20 @@ def load_gradient_log(path):
 
     Returns:
         `GradientLog` with the same steps, epochs, losses, stats, dead-unit tracking and (if
-        recorded) gradients, weights and optimizer state.
+        recorded) gradients, weights and optimizer state. Where `path` was never written (the
+        run was killed) but its sidecar `path + ".partial"` holds chunks, the log is recovered
+        from them (`kerasbp.logger.sidecar.recover`) with a warning saying how many steps.
 
     Raises:
         FileNotFoundError: if `path` does not exist (or a folder holds no log).
         ValueError: if the file is not a kerasbp gradient log.
     """
+    if not os.path.exists(path):
+        recovered = sidecar.recover(path)  # a run killed before it wrote `path`
+        if recovered is not None:
+            with tempfile.TemporaryDirectory() as folder:
+                np.savez(os.path.join(folder, "recovered.npz"), **recovered)
+                return load_gradient_log(os.path.join(folder, "recovered.npz"))
     folder = None
     if os.path.isdir(path):
         folder, path = os.fspath(path), os.path.join(path, FOLDER_LOG)
