@@ -19,6 +19,7 @@ Example:
 
 import os
 import sys
+import time
 import warnings
 
 import kerasbp.native_logs  # noqa: F401  (first: TensorFlow starts without its native log lines)
@@ -124,6 +125,37 @@ class _KeepLog(keras.callbacks.Callback):
                 self.failed = e
 
 
+class _Progress(keras.callbacks.Callback):
+    """On a terminal, one line on stderr, rewritten every `every_seconds`: epoch, loss, time.
+
+    Only runs that take longer than `every_seconds` show it, and only when stderr is a terminal
+    (so piped output and tests see no progress lines)."""
+
+    epochs_per_call_safe = True  # kerasbp.train may run several epochs per call with it
+
+    def __init__(self, epochs, every_seconds=2.0, stream=None):
+        super().__init__()
+        self.epochs, self.every_seconds = epochs, every_seconds
+        self.stream = sys.stderr if stream is None else stream
+        self.shown = False
+
+    def on_train_begin(self, logs=None):
+        self.start = self.last = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = time.monotonic()
+        if now - self.last >= self.every_seconds:
+            self.last, self.shown = now, True
+            loss = (logs or {}).get("loss", float("nan"))
+            self.stream.write(f"\repoch {epoch + 1}/{self.epochs} ({100 * (epoch + 1) / self.epochs:.1f}%), loss {loss:.6g}, {now - self.start:.0f} s ")
+            self.stream.flush()
+
+    def on_train_end(self, logs=None):
+        if self.shown:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
 def _fit(model, X, y, epochs, batch_size, log_gradients, hint):
     """Train with `kerasbp.train` and a GradientLogger; raise `Diverged` on non-finite values
     (with `hint` in the message).
@@ -134,6 +166,8 @@ def _fit(model, X, y, epochs, batch_size, log_gradients, hint):
     total_steps = epochs * -(-len(X) // min(batch_size, len(X)))
     logger = GradientLogger(every_n_steps=max(1, -(-total_steps // MAX_LOGGED_STEPS)), on_nonfinite="stop")
     callbacks = [logger]
+    if sys.stderr.isatty():
+        callbacks.append(_Progress(epochs))
     if log_gradients:
         keeper = _KeepLog(logger, log_gradients)
         callbacks.append(keeper)

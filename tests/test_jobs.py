@@ -11,6 +11,8 @@ import io
 import numpy as np
 import pytest
 
+import kerasbp as kb
+from kerasbp import jobs
 from kerasbp.jobs import PREDICT_QUANTILES, Diverged, run_linear, run_xor
 from kerasbp.logger import load_gradient_log
 
@@ -125,3 +127,14 @@ def test_diverged_run_names_the_step_health_names_and_the_log_ends_there(tmp_pat
     assert health.nonfinite and info.value.step == health.figures["first_nonfinite_step"]
     assert f"(step {info.value.step})" in str(info.value)
     assert log.steps[-1] == info.value.step and len(log) == info.value.step + 1  # stopped at that step
+
+
+def test_progress_line_on_a_terminal_for_long_runs():
+    stream = io.StringIO()
+    progress = jobs._Progress(epochs=300, every_seconds=0.0, stream=stream)
+    X, y = kb.xor_data()
+    model = kb.compile_model(kb.xor_model(seed=0), "sgd")
+    kb.train(model, X, y, epochs=300, batch_size=4, callbacks=[progress])
+    text = stream.getvalue()
+    assert text.startswith("\repoch ") and text.endswith("\n")
+    assert "epoch 300/300 (100.0%), loss " in text
