@@ -18,6 +18,9 @@ are sums of same-signed increments with no cancellation. Tolerances:
   1e-6 relative (measured: at most 9e-8). Keras's defaults (0.9, 0.999, ...) are compared in
   float32 only: in float64, Keras rounds some of them to float32 first (DESIGN.md).
 
+The same for the gradient of binary cross-entropy from probabilities at and around its clip
+bounds `[1e-7, 1 - 1e-7]`, where the gradient passes on the bounds and stops strictly outside.
+
 The twin is checked by the tests that import NumPy only; Keras by the tests at the end.
 """
 
@@ -242,6 +245,42 @@ def test_twin_float64_gives_the_hand_values(case):
     np.testing.assert_allclose(twin_steps(twin, grads, np.float64), written, rtol=FLOAT64_RTOL, atol=0)
 
 
+# ---------------------------------------------------------------- BCE at the clip bounds
+
+
+def hand_bce_gradient(y, p, low, high):
+    """dL/dp of one binary cross-entropy term from a probability (n = d = 1), as Keras's
+    TensorFlow backend differentiates it (`keras/src/backend/tensorflow/nn.py`,
+    `binary_crossentropy`: `p = clip_by_value(p, eps, 1 - eps)`, then `-(y log p + (1 - y) log(1 - p))`).
+    `tf.clip_by_value` passes the gradient where `low <= p <= high`, bounds included, and gives 0
+    strictly outside."""
+    if p < low or p > high:
+        return 0.0
+    return (1 - y) / (1 - p) - y / p
+
+
+def bce_points(dtype):
+    """Probabilities around each clip bound, in `dtype`: the bound itself and its neighbours."""
+    t = np.dtype(dtype).type
+    low, high = t(1e-7), t(1) - t(1e-7)  # Keras: epsilon and `1.0 - epsilon` in the dtype
+    points = [np.nextafter(low, t(0)), low, np.nextafter(low, t(1)), t(0.5), np.nextafter(high, t(0)), high, np.nextafter(high, t(1))]
+    return low, high, points
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_twin_bce_gradient_at_the_clip_bounds(dtype):
+    from kerasbp.reference.losses import binary_crossentropy_gradient
+
+    low, high, points = bce_points(dtype)
+    for y in (0.0, 1.0):
+        for p in points:
+            want = hand_bce_gradient(y, float(p), float(low), float(high))
+            got = binary_crossentropy_gradient(np.array([[y]], dtype), np.array([[p]], dtype))[0, 0]
+            # a division or two in the dtype: 4 ulps (exactly 0 outside the bounds)
+            assert got == pytest.approx(want, rel=4 * float(np.finfo(dtype).eps), abs=0), (y, p)
+    assert hand_bce_gradient(0.0, float(low), float(low), float(high)) != 0  # the bound passes the gradient
+
+
 # ---------------------------------------------------------------- Keras
 
 
@@ -269,3 +308,20 @@ def test_keras_float32_gives_the_hand_values(case):
 def test_keras_float64_gives_the_hand_values(case):
     _, _, (class_name, kwargs), _, written, grads, _ = case
     np.testing.assert_allclose(keras_steps(class_name, kwargs, grads, "float64"), written, rtol=FLOAT64_RTOL, atol=0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_keras_bce_gradient_at_the_clip_bounds(dtype):
+    import keras
+    import tensorflow as tf
+
+    low, high, points = bce_points(dtype)
+    for y in (0.0, 1.0):
+        for p in points:
+            # a plain variable, not a sigmoid output: Keras takes the probability formula
+            prediction = tf.Variable(np.array([[p]], dtype))
+            with tf.GradientTape() as tape:
+                loss = keras.losses.binary_crossentropy(tf.constant([[y]], dtype), prediction)
+            got = float(tape.gradient(loss, prediction).numpy()[0, 0])
+            want = hand_bce_gradient(y, float(p), float(low), float(high))
+            assert got == pytest.approx(want, rel=4 * float(np.finfo(dtype).eps), abs=0), (y, p)
