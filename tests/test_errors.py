@@ -10,7 +10,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -195,24 +195,76 @@ def test_same_seed_same_bits_in_two_processes():
     assert first == second  # bit-identical weights, losses and gradient logs
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def acceptable(X, y, n_features):
+    """Whether `check_xy(X, y, n_features=n_features)` must accept the pair: its documented
+    contract, written out independently. Numbers (bool, int or float) only; 1-D becomes a column
+    (for `X` only with one feature); 2-D after that; not empty; finite and within float32's
+    range; as many rows in `X` as in `y`; `n_features` columns in `X` when given."""
+    arrays = []
+    for a in (X, y):
+        try:
+            a = np.asarray(a)
+        except ValueError:  # ragged
+            return False
+        if a.dtype.kind not in "biuf":
+            return False
+        arrays.append(a)
+    X, y = arrays
+    if X.ndim == 1 and n_features is not None and n_features > 1:
+        return False
+    X, y = (a.reshape(-1, 1) if a.ndim == 1 else a for a in (X, y))
+    for a in (X, y):
+        if a.ndim != 2 or a.size == 0:
+            return False
+        values = a.astype(np.float64)
+        if not np.all(np.isfinite(values)) or np.any(np.abs(values) > np.finfo(np.float32).max):
+            return False
+    return len(X) == len(y) and (n_features is None or X.shape[1] == n_features)
+
+
+@st.composite
+def valid_pairs(draw):
+    """Pairs that must be accepted, so that the test below sees both verdicts."""
+    n, k = draw(st.integers(1, 4)), draw(st.integers(1, 3))
+    dtype = draw(st.sampled_from([np.float64, np.int64, np.bool_]))
+    shape = (n, k) if k > 1 or draw(st.booleans()) else (n,)
+    X = draw(hnp.arrays(dtype, shape, elements=st.floats(-1e6, 1e6) if dtype is np.float64 else None))
+    y = draw(hnp.arrays(np.float64, (n,), elements=st.floats(-1e6, 1e6)))
+    return X, y, draw(st.sampled_from([None, k]))
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    X=st.one_of(
-        hnp.arrays(st.sampled_from([np.float64, np.float32, np.int64, np.bool_, np.complex128, np.str_, object]), hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=4)),
-        st.lists(st.one_of(st.floats(), st.integers(-5, 5), st.text(max_size=2), st.none()), max_size=4),
-    ),
-    y=hnp.arrays(np.float64, hnp.array_shapes(min_dims=1, max_dims=2, min_side=0, max_side=4), elements=st.floats(allow_nan=True, allow_infinity=True)),
-    n_features=st.one_of(st.none(), st.integers(1, 3)),
+    case=st.one_of(
+        st.tuples(
+            st.one_of(
+                hnp.arrays(st.sampled_from([np.float64, np.float32, np.int64, np.bool_, np.complex128, np.str_, object]), hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=4)),
+                st.lists(st.one_of(st.floats(), st.integers(-5, 5), st.text(max_size=2), st.none()), max_size=4),
+            ),
+            hnp.arrays(np.float64, hnp.array_shapes(min_dims=1, max_dims=2, min_side=0, max_side=4), elements=st.floats(allow_nan=True, allow_infinity=True)),
+            st.one_of(st.none(), st.integers(1, 3)),
+        ),
+        valid_pairs(),
+    )
 )
-def test_malformed_arrays_give_value_or_type_errors(X, y, n_features):
+def test_malformed_arrays_give_value_or_type_errors(case):
+    # Every input gets the verdict the contract gives it (`acceptable`): refused ones with a
+    # ValueError or TypeError, accepted ones normalized and unchanged in value.
+    X, y, n_features = case
     try:
         Xc, yc = check_xy(X, y, n_features=n_features)
     except (ValueError, TypeError):
+        event("refused")
+        assert not acceptable(X, y, n_features), "a valid pair was refused"
         return
+    event("accepted")
+    assert acceptable(X, y, n_features), "an invalid pair was accepted"
     # anything accepted is 2-D, finite, float32, non-empty and of matching length and width
     assert Xc.ndim == yc.ndim == 2 and Xc.dtype == yc.dtype == np.float32
     assert len(Xc) == len(yc) > 0 and np.isfinite(Xc).all() and np.isfinite(yc).all()
     assert n_features is None or Xc.shape[1] == n_features
+    np.testing.assert_array_equal(Xc, np.asarray(X).astype(np.float32).reshape(Xc.shape))
+    np.testing.assert_array_equal(yc, np.asarray(y).astype(np.float32).reshape(yc.shape))
 
 
 @settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])

@@ -4,9 +4,9 @@ The kernel is this test process's own interpreter (`sys.executable`, e.g. `.venv
 kernel spec written to a temporary folder names it by absolute path, so a `python3` kernel spec
 elsewhere on the machine (another environment's) cannot be picked up by mistake, and
 `test_kernel_runs_this_interpreter` checks it. Kernels get `MPLBACKEND=Agg` (no windows, no
-inline images); TensorFlow's log level is kerasbp's own default, set by `import kerasbp`. Each
-notebook must finish in under 60 s on two CPU cores; the test fails only past 120 s, to leave room
-for a slow machine.
+inline images); TensorFlow's log level is kerasbp's own default, set by `import kerasbp`. No test
+measures time: a cell that hangs fails at `CELL_TIMEOUT_S` (each notebook is meant to run in
+under 60 s on two CPU cores; `benchmarks/` is where speed is measured).
 """
 
 import ast
@@ -14,7 +14,6 @@ import glob
 import json
 import os
 import sys
-import time
 
 import nbformat
 import pytest
@@ -29,7 +28,6 @@ EXPECTED = [
     "04_optimizers.ipynb",
 ]
 KERNEL_NAME = "kerasbp-test-python"
-TIME_LIMIT_S = 120  # the budget is 60 s per notebook; fail only well past it
 CELL_TIMEOUT_S = 120
 
 
@@ -82,14 +80,9 @@ def test_kernel_runs_this_interpreter(run_notebook, tmp_path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[os.path.basename(p) for p in NOTEBOOKS])
-def test_notebook_runs(path, run_notebook, record_property):
+def test_notebook_runs(path, run_notebook):
     nb = nbformat.read(path, as_version=4)
-    start = time.perf_counter()
-    run_notebook(nb, NOTEBOOK_DIR)
-    elapsed = time.perf_counter() - start
-    record_property("seconds", round(elapsed, 1))
-    print(f"{os.path.basename(path)}: {elapsed:.1f} s")
-    assert elapsed < TIME_LIMIT_S, f"{os.path.basename(path)} took {elapsed:.0f} s (budget 60 s)"
+    run_notebook(nb, NOTEBOOK_DIR)  # raises at the first error, or at a cell running past CELL_TIMEOUT_S
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
 
