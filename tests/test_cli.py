@@ -111,7 +111,7 @@ def test_train_xor_script_json():
 
 
 LINEAR_BAD = [
-    (["--optimizer", "adagrad"], "`optimizer` must be one of"),
+    (["--optimizer", "muon"], "`optimizer` must be one of"),
     (["--learning-rate", "0"], "`learning_rate` must be a positive finite number. Received: learning_rate=0.0"),
     (["--learning-rate", "-1"], "learning_rate=-1.0"),
     (["--learning-rate", "nan"], "learning_rate=nan"),
@@ -154,7 +154,7 @@ def test_train_linear_bad_input_exits_2_with_one_line(argv, message, csv_files, 
 XOR_BAD = [
     (["--optimizer", "lbfgs"], "`optimizer` must be one of"),
     (["--loss", "hinge"], f"`loss` must be one of {list(LOSS_NAMES)}. Received: loss='hinge'"),
-    (["--activation", "softmax"], "`activations[0]` must be one of"),
+    (["--activation", "hard_sigmoid"], "`activations[0]` must be one of"),
     (["--hidden-units", "0"], "`hidden_units` must be a positive integer"),
     (["--epochs", "-1"], "`epochs` must be a positive integer"),
     (["--learning-rate", "inf"], "learning_rate=inf"),
@@ -297,8 +297,8 @@ def test_choices_come_from_the_twin_registries(main, capsys):
     for registry in registries:
         names = list(registry)
         assert ", ".join(names[:-1]) + " or " + names[-1] in text
-    assert main(["--optimizer", "adagrad"]) == 2
-    assert f"`optimizer` must be one of {list(OPTIMIZERS)}. Received: optimizer='adagrad'" in capsys.readouterr().err
+    assert main(["--optimizer", "muon"]) == 2
+    assert f"`optimizer` must be one of {list(OPTIMIZERS)}. Received: optimizer='muon'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("loss", list(LOSS_NAMES))
