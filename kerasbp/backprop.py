@@ -148,6 +148,14 @@ def explain_backprop(model, X, y, loss=None):
         True
     """
     twin = NumpyMLP.from_keras(model)  # refuses unsupported layers and activations
+    for layer in model.layers:
+        if type(layer) is not keras.layers.Dense:
+            raise ValueError(
+                f"explain_backprop supports Dense layers only (use kerasbp.compare for the others). "
+                f"Unsupported layer {layer.name!r} of class {type(layer).__name__}"
+            )
+        if layer.kernel_regularizer is not None or layer.bias_regularizer is not None:
+            raise ValueError(f"explain_backprop does not show regularizers (use kerasbp.compare). Unsupported in layer {layer.name!r}")
     if loss is None:
         loss = getattr(model, "loss", None) or "mse"
     twin_loss = get_loss(loss)  # refuses unsupported losses

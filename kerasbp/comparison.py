@@ -37,7 +37,7 @@ import kerasbp.native_logs  # noqa: F401  (first: TensorFlow starts without its 
 import keras
 import numpy as np
 
-from kerasbp.checks import check_dtype, check_positive_int, check_xy
+from kerasbp.checks import check_array, check_dtype, check_positive_int, check_xy
 from kerasbp.data import batch_slices
 from kerasbp.files import atomic_write
 from kerasbp.logger import GradientLogger
@@ -223,57 +223,150 @@ class ComparisonReport:
         return json.dumps(self.to_dict())
 
 
-def _term_sizes(twin, deltas, use_bias):
+def _term_sizes(twin, result):
     """Per parameter array, the size of the batch terms its gradient sums (see the module docstring)."""
-    sizes = []
-    for cache, delta, has_bias in zip(twin.cache, deltas, use_bias, strict=True):
-        sizes.append(float(np.max(np.abs(cache.x).T @ np.abs(delta))))  # kernel (units_in, units)
-        if has_bias:
-            sizes.append(float(np.max(np.sum(np.abs(delta), axis=0))))  # bias (units,)
+    from kerasbp.reference.layers import Dense
+
+    sizes, deltas = [], iter(result.deltas)
+    grads = iter(result.grads)
+    for layer, cache in zip(twin.layers, twin._caches, strict=True):
+        penalty_grads = layer.penalty()[1]
+        own = [next(grads) for _ in layer.params]
+        if isinstance(layer, Dense):
+            delta = next(deltas)
+            terms = [float(np.max(np.abs(cache.x).T @ np.abs(delta)))]  # kernel (units_in, units)
+            if layer.bias is not None:
+                terms.append(float(np.max(np.sum(np.abs(delta), axis=0))))  # bias (units,)
+        else:
+            terms = [float(np.max(np.abs(g))) for g in own]
+        for t, pg in zip(terms, penalty_grads, strict=True):
+            sizes.append(max(t, float(np.max(np.abs(pg))) if pg.size else 0.0))
     return sizes
 
 
+_RECORDING = {}
+
+
+def _recording_dropout():
+    """A `keras.layers.Dropout` that draws its mask exactly as Keras's TensorFlow backend does
+    (`tf.nn.experimental.stateless_dropout` with a seed drawn from the layer's seed generator)
+    and keeps it, so that the twin can apply the same mask."""
+    if "cls" in _RECORDING:
+        return _RECORDING["cls"]
+    import tensorflow as tf
+    from keras.src.backend.tensorflow.random import _cast_seed
+    from keras.src.random.seed_generator import draw_seed
+
+    class RecordingDropout(keras.layers.Dropout):
+        _kerasbp_recording_dropout = True
+
+        def call(self, inputs, training=False):
+            if training and 0 < self.rate < 1:
+                seed = _cast_seed(draw_seed(self.seed_generator))
+                out = tf.nn.experimental.stateless_dropout(inputs, rate=self.rate, seed=seed)
+                mask = tf.nn.experimental.stateless_dropout(tf.ones_like(inputs), rate=self.rate, seed=seed)
+                self.__dict__["_kbp_mask"].assign(tf.cast(tf.not_equal(mask, 0), inputs.dtype))
+                return out
+            return inputs
+
+    _RECORDING["cls"] = RecordingDropout
+    return RecordingDropout
+
+
 def _copy(model, dtype):
-    """A fresh copy of a Sequential of Dense layers in `dtype`, with the same weights, and a new
-    optimizer of the same configuration."""
+    """A fresh copy of a Sequential in `dtype`, with the same weights (Dropout layers recording
+    their masks), and a new optimizer of the same configuration."""
+    import tensorflow as tf
+
     layers = [keras.Input(shape=model.inputs[0].shape[1:])]
     for layer in model.layers:
-        layers.append(keras.layers.Dense(layer.units, activation=layer.activation, use_bias=layer.use_bias, name=layer.name))
+        config = layer.get_config()
+        config["dtype"] = dtype
+        cls = _recording_dropout() if isinstance(layer, keras.layers.Dropout) else type(layer)
+        layers.append(cls.from_config(config))
     copy = keras.Sequential(layers, name=f"{model.name}_copy")
-    copy.set_weights([w.astype(dtype) for w in model.get_weights()])
+    for src, dst in zip(model.layers, copy.layers, strict=True):
+        dst.set_weights([w.astype(dtype) for w in src.get_weights()])
+        if isinstance(dst, keras.layers.Dropout):
+            width = dst.input.shape[-1]
+            dst.__dict__["_kbp_mask"] = tf.Variable(tf.zeros((1, width), dtype), shape=tf.TensorShape([None, width]), trainable=False)
     optimizer = type(model.optimizer).from_config(model.optimizer.get_config())
     return copy, optimizer
 
 
-def compare(model, X, y, epochs=1, batch_size=None, loss=None, dtype=None):
+class _ApplyRecorder:
+    """The part of `GradientLogger` that `compare` uses, by wrapping `optimizer.apply`."""
+
+    def __init__(self, model, optimizer):
+        import tensorflow as tf
+
+        self.model, self.losses, self._grads = model, [], None
+        self.names = [v.path for v in model.trainable_variables]
+        self._tf = tf
+        original = optimizer.apply
+
+        def apply(grads, trainable_variables=None):
+            if self._grads is None:
+                self._grads = [tf.Variable(tf.zeros_like(g), trainable=False) for g in grads]
+            for var, g in zip(self._grads, grads, strict=True):
+                var.assign(g)
+            return original(grads, trainable_variables)
+
+        optimizer.apply = apply
+
+    def set_model(self, model):
+        pass
+
+    def set_params(self, params):
+        pass
+
+    def on_train_begin(self):
+        pass
+
+    def on_train_end(self):
+        pass
+
+    def on_train_batch_begin(self, i):
+        for metric in self.model.metrics:
+            metric.reset_state()
+
+    def on_train_batch_end(self, i):
+        self.losses.append(float(self.model.get_metrics_result()["loss"]))
+
+    def last_gradients(self):
+        return [np.array(g.numpy()) for g in self._grads]
+
+
+def compare(model, X, y, epochs=1, batch_size=None, loss=None, dtype=None, sample_weight=None, class_weight=None):
     """Train a copy of `model` and its NumPy twin on the same batches; compare every step.
 
     The copy starts from `model`'s current weights with a fresh optimizer of the same
     configuration; `model` itself is not changed. Batches are consecutive slices of `X`, the last
     partial batch kept (as `fit(shuffle=False)`); each Keras step is the model's own train step
-    (`train_on_batch`), its applied gradient captured by a `GradientLogger`.
+    (`train_on_batch`), its applied gradient captured by a `GradientLogger`, and the mask each
+    Dropout layer drew is captured and handed to the twin.
 
     Args:
-        model: a compiled `keras.Sequential` of `Dense` layers with activations `linear`,
-            `sigmoid`, `tanh` or `relu`, and an `SGD`, `Adam` or `RMSprop` optimizer without
-            clipping, weight decay or EMA.
+        model: a compiled `keras.Sequential` of layers `NumpyMLP.from_keras` reads (Dense with
+            regularizers, BatchNormalization, Dropout, Activation) and an optimizer of
+            `kerasbp.reference.OPTIMIZERS` with any common option and schedule.
         X: float array of shape `(n_samples, n_features)`.
-        y: float array of shape `(n_samples, n_outputs)` or `(n_samples,)`.
+        y: targets `(n_samples, n_outputs)` or `(n_samples,)` (integer labels for a sparse loss).
         epochs: int >= 1. Defaults to 1.
         batch_size: int >= 1, or None for 32 as in Keras. Defaults to None.
-        loss: a loss `kerasbp.reference.get_loss` accepts (`"mse"`, `"binary_crossentropy"`, a
-            Keras loss or a twin loss such as `kerasbp.reference.MeanSquaredError()`), or None
-            for the model's compiled loss. The copy is compiled with its Keras equivalent
-            (`kerasbp.models.keras_loss`). Defaults to None.
-        dtype: `"float32"`, `"float64"`, or None for the model's variable dtype. Both sides
-            compute in it (Keras under that floatx and dtype policy). Defaults to None.
+        loss: a loss `kerasbp.reference.get_loss` accepts, or None for the model's compiled
+            loss. The copy is compiled with its Keras equivalent. Defaults to None.
+        dtype: `"float32"`, `"float64"`, or None for the model's variable dtype. Defaults to None.
+        sample_weight: None or float array `(n_samples,)`. Defaults to None.
+        class_weight: None or dict `{class: weight}` (not together with `sample_weight`, as in
+            Keras's `train_on_batch`). Defaults to None.
 
     Returns:
         `ComparisonReport`.
 
     Raises:
-        ValueError: for a model, loss or optimizer option the twin does not support (naming it),
-            an uncompiled model, or bad arrays or hyperparameters.
+        ValueError: for a model, loss or optimizer the twin does not support (naming it), an
+            uncompiled model, or bad arrays or hyperparameters.
         TypeError: for arguments of the wrong type.
 
     Example:
@@ -283,6 +376,9 @@ def compare(model, X, y, epochs=1, batch_size=None, loss=None, dtype=None):
         >>> kb.compare(model, X, y, epochs=5, batch_size=3).ok
         True
     """
+    from kerasbp.reference import class_weight_to_sample_weight
+    from kerasbp.reference.loss_objects import check_sample_weight
+
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a compiled keras.Model. Received: model={model!r}")
     if getattr(model, "optimizer", None) is None:
@@ -298,7 +394,17 @@ def compare(model, X, y, epochs=1, batch_size=None, loss=None, dtype=None):
     if loss is None:
         raise ValueError("`loss` must be given for a model compiled without a loss")
     twin_loss = get_loss(loss)  # refuses unsupported losses
-    X, y = check_xy(X, y, n_features=model.inputs[0].shape[-1], n_outputs=model.outputs[0].shape[-1], dtype=dtype)
+    if sample_weight is not None and class_weight is not None:
+        raise ValueError("`sample_weight` and `class_weight` cannot be given together (as in Keras's train_on_batch)")
+    if twin_loss.name == "sparse_categorical_crossentropy":
+        X = check_array("X", X, dtype=dtype)
+        y = np.asarray(y)
+        twin_loss.prepare(y, np.zeros((len(X), model.outputs[0].shape[-1]), dtype))  # checks the labels
+    else:
+        X, y = check_xy(X, y, n_features=model.inputs[0].shape[-1], n_outputs=model.outputs[0].shape[-1], dtype=dtype)
+    if class_weight is not None:
+        sample_weight = class_weight_to_sample_weight(y, class_weight, dtype)
+    sample_weight = check_sample_weight(sample_weight, len(X), dtype)
 
     with floatx(dtype):
         copy, keras_optimizer = _copy(model, dtype)
@@ -308,12 +414,15 @@ def compare(model, X, y, epochs=1, batch_size=None, loss=None, dtype=None):
         free = NumpyMLP.from_keras(copy)
         free_state = twin_optimizer.init(free.params)
         batches = batch_slices(len(X), batch_size)
-        logger = GradientLogger(record="full")
+        # Keras's GradientLogger cannot hook the conditional update of gradient accumulation:
+        # there, the applied gradients are read by a plain wrapper of `apply` instead.
+        logger = _ApplyRecorder(copy, keras_optimizer) if keras_optimizer.gradient_accumulation_steps else GradientLogger(record="full")
         logger.set_model(copy)
         logger.set_params({"steps": len(batches), "epochs": epochs})
         keras_before, keras_w, keras_g, twin_losses, scales = [], [], [], [], []
         diverged_at, free_ok = None, True
         modes = {m: {"loss": [], "gradient": [], "weights": []} for m in ("teacher", "free")}
+        dropouts = [layer for layer in copy.layers if isinstance(layer, keras.layers.Dropout)]
         # Build the copy and its optimizer before reading state: one step of the train function
         # would do it, but then we would not see the state before the first step.
         copy._symbolic_build(data_batch=(X[:1], y[:1], None))
@@ -326,14 +435,17 @@ def compare(model, X, y, epochs=1, batch_size=None, loss=None, dtype=None):
                 for _ in range(epochs):
                     for i, batch in enumerate(batches):
                         xb, yb = X[batch], y[batch]
-                        before = copy.get_weights()
+                        sw = None if sample_weight is None else sample_weight[batch]
+                        before = [np.array(v.numpy()) for v in copy.trainable_weights]
+                        moving = [np.array(v.numpy()) for v in copy.non_trainable_weights if "seed_generator" not in v.path]
                         state = state_from_keras(keras_optimizer, twin_optimizer)
                         # Keras's step, its applied gradient captured by the logger
                         logger.on_train_batch_begin(i)
-                        copy.train_on_batch(xb, yb)
+                        copy.train_on_batch(xb, yb, sample_weight=sw)
                         logger.on_train_batch_end(i)
+                        masks = [np.array(d.__dict__["_kbp_mask"].numpy()) for d in dropouts] if dropouts else None
                         keras_grads = logger.last_gradients()
-                        after = copy.get_weights()
+                        after = [np.array(v.numpy()) for v in copy.trainable_weights]
                         if not all(np.isfinite(a).all() for a in keras_grads + after + [logger.losses[-1:]]):
                             diverged_at = len(keras_w)
                             break
@@ -341,12 +453,16 @@ def compare(model, X, y, epochs=1, batch_size=None, loss=None, dtype=None):
                         # gradient (checking backprop), and its update rule applied to Keras's
                         # gradient (checking the optimizer on its own)
                         teacher.set_params(before)
-                        t_loss, t_deltas, t_grads = teacher.backward(xb, yb, twin_loss)
-                        scales.append(_term_sizes(teacher, t_deltas, [layer.use_bias for layer in copy.layers]))
+                        if moving:
+                            teacher.set_non_trainable(moving)
+                        t_result = teacher.backward(xb, yb, twin_loss, sample_weight=sw, dropout_masks=masks)
+                        t_loss, t_grads = t_result.loss, t_result.grads
+                        scales.append(_term_sizes(teacher, t_result))
                         t_params, _ = twin_optimizer.apply(before, keras_grads, state)
                         # free-running: the twin's step from its own weights and state
                         if free_ok:
-                            f_loss, _, f_grads = free.backward(xb, yb, twin_loss)
+                            f_loss, _, f_grads = free.backward(xb, yb, twin_loss, sample_weight=sw, dropout_masks=masks)
+                            free._update_moving()
                             f_params, free_state = twin_optimizer.apply(free.params, f_grads, free_state)
                             free_ok = all(np.isfinite(p).all() for p in f_params)
                             if free_ok:

@@ -125,7 +125,7 @@ def test_train_xor_script_json():
 
 
 LINEAR_BAD = [
-    (["--optimizer", "adagrad"], "--optimizer must be one of"),
+    (["--optimizer", "muon"], "--optimizer must be one of"),
     (["--learning-rate", "0"], "--learning-rate must be a positive finite number. Received: --learning-rate=0.0"),
     (["--learning-rate", "-1"], "--learning-rate=-1.0"),
     (["--learning-rate", "nan"], "--learning-rate=nan"),
@@ -324,7 +324,7 @@ def test_choices_come_from_the_twin_registries(main, capsys):
     for registry in registries:
         names = list(registry)
         assert ", ".join(names[:-1]) + " or " + names[-1] in text
-    assert main(["--optimizer", "adagrad"]) == 2
+    assert main(["--optimizer", "muon"]) == 2
     assert f"--optimizer must be one of {list(OPTIMIZERS)}. Received: --optimizer='adagrad'" in capsys.readouterr().err
 
 

@@ -103,14 +103,16 @@ def _problem(name):
 
 
 def test_registries_name_the_keras_classes_functions_and_slots():
-    every_slot = {"sgd": {"momentum": 0.9}, "adam": {"amsgrad": True}, "rmsprop": {"momentum": 0.9, "centered": True}}
+    every_slot = {"sgd": {"momentum": 0.9}, "adam": {"amsgrad": True}, "adamw": {"amsgrad": True}, "rmsprop": {"momentum": 0.9, "centered": True}}
     for name, spec in OPTIMIZERS.items():
         cls = getattr(keras.optimizers, spec.keras_class)
-        assert keras.optimizers.get(name).__class__ is cls  # compile(optimizer=name) makes this class
-        keras_opt = cls(**every_slot[name])
+        if name not in ("lamb",):  # Keras 3.15 has no string identifier for Lamb
+            assert keras.optimizers.get(name).__class__ is cls  # compile(optimizer=name) makes this class
+        keras_opt = cls(**every_slot.get(name, {}))
         keras_opt.build([keras.Variable(np.zeros(2, "float32"))])
         for slot, attribute in spec.keras_slots.items():
-            assert len(getattr(keras_opt, attribute)) == 1, (name, slot)
+            value = getattr(keras_opt, attribute)
+            assert isinstance(value, keras.Variable) or len(value) == 1, (name, slot)
         # the twin's defaults are Keras's (the learning rate as Keras stores it, float32)
         keras_config = cls().get_config()
         for key, value in spec.twin().get_config().items():
@@ -121,7 +123,8 @@ def test_registries_name_the_keras_classes_functions_and_slots():
         assert type(getattr(keras.losses, spec.keras_class)()).__name__ == spec.keras_class
         assert loss_from_keras(function) == spec.twin()
     for name in ACTIVATIONS:
-        assert keras.activations.get(name).__name__ == name
+        if name != "gelu_approximate":  # the twin's name for gelu(approximate=True)
+            assert keras.activations.get(name).__name__ == name
 
 
 @pytest.mark.parametrize("module", ["kerasbp.reference", "kerasbp.reference.mlp", "kerasbp.reference.from_keras"])
@@ -168,15 +171,18 @@ def test_from_keras_refuses_what_it_cannot_copy():
     functional = keras.Model(inputs, keras.layers.Dense(1)(inputs))
     with pytest.raises(ValueError, match=r"supports keras.Sequential models of Dense layers. Received a model of class Functional"):
         NumpyMLP.from_keras(functional)
-    with_dropout = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3), keras.layers.Dropout(0.5, name="drop")])
-    with pytest.raises(ValueError, match=r"Dense layers only. Unsupported layer 'drop' of class Dropout"):
-        NumpyMLP.from_keras(with_dropout)
-    softmax = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3, activation="softmax", name="out")])
-    with pytest.raises(ValueError, match=r"Unsupported activation 'softmax' in layer 'out'"):
-        NumpyMLP.from_keras(softmax)
-    regularized = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3, kernel_regularizer="l2", name="reg")])
-    with pytest.raises(ValueError, match=r"does not support `kernel_regularizer`. Unsupported in layer 'reg'"):
-        NumpyMLP.from_keras(regularized)
+    with_noise = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3), keras.layers.GaussianNoise(0.5, name="noise")])
+    with pytest.raises(ValueError, match=r"Dense, BatchNormalization, Dropout and Activation layers. Unsupported layer 'noise' of class GaussianNoise"):
+        NumpyMLP.from_keras(with_noise)
+    hard = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3, activation="hard_sigmoid", name="out")])
+    with pytest.raises(ValueError, match=r"Unsupported activation 'hard_sigmoid' in layer 'out'"):
+        NumpyMLP.from_keras(hard)
+    orthogonal = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3, kernel_regularizer=keras.regularizers.OrthogonalRegularizer(), name="reg")])
+    with pytest.raises(ValueError, match=r"supports the regularizers L1, L2 and L1L2. Unsupported in layer 'reg'"):
+        NumpyMLP.from_keras(orthogonal)
+    activity = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3, activity_regularizer="l2", name="act")])
+    with pytest.raises(ValueError, match=r"does not support `activity_regularizer`. Unsupported in layer 'act'"):
+        NumpyMLP.from_keras(activity)
     constrained = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3, bias_constraint="non_neg", name="c")])
     with pytest.raises(ValueError, match=r"does not support `bias_constraint`. Unsupported in layer 'c'"):
         NumpyMLP.from_keras(constrained)
@@ -200,7 +206,7 @@ def test_loss_from_keras():
     assert loss_from_keras(keras.losses.MeanSquaredError()) == MeanSquaredError()
     assert loss_from_keras(keras.losses.binary_crossentropy) == BinaryCrossentropy()
     assert get_loss(keras.losses.BinaryCrossentropy(from_logits=True)) == BinaryCrossentropy(from_logits=True)
-    with pytest.raises(ValueError, match=r"supports the Keras losses MeanSquaredError and BinaryCrossentropy"):
+    with pytest.raises(ValueError, match=r"supports the Keras losses MeanSquaredError and MeanAbsoluteError.*Received: loss=<LossFunctionWrapper"):
         loss_from_keras(keras.losses.Hinge())
     with pytest.raises(ValueError, match=r"reduction='sum_over_batch_size' only. Received: reduction='sum'"):
         loss_from_keras(keras.losses.MeanSquaredError(reduction="sum"))
@@ -225,27 +231,37 @@ def test_optimizer_from_keras_reads_config_and_stored_learning_rate():
 @pytest.mark.parametrize(
     ("make", "match"),
     [
-        pytest.param(lambda: keras.optimizers.SGD(clipnorm=1.0), r"option `clipnorm`. Received: clipnorm=1.0", id="clipnorm"),
-        pytest.param(lambda: keras.optimizers.Adam(clipvalue=0.5), r"option `clipvalue`", id="clipvalue"),
-        pytest.param(lambda: keras.optimizers.RMSprop(global_clipnorm=1.0), r"option `global_clipnorm`", id="global_clipnorm"),
-        pytest.param(lambda: keras.optimizers.SGD(weight_decay=0.01), r"option `weight_decay`", id="weight_decay"),
-        pytest.param(lambda: keras.optimizers.Adam(use_ema=True), r"option `use_ema`. Received: use_ema=True", id="use_ema"),
-        pytest.param(lambda: keras.optimizers.SGD(loss_scale_factor=2.0), r"option `loss_scale_factor`", id="loss_scale_factor"),
-        pytest.param(
-            lambda: keras.optimizers.Adam(gradient_accumulation_steps=2), r"option `gradient_accumulation_steps`", id="grad_accum"
-        ),
-        pytest.param(lambda: keras.optimizers.AdamW(), r"Received an optimizer of class AdamW", id="adamw"),
-        pytest.param(lambda: keras.optimizers.Adagrad(), r"Received an optimizer of class Adagrad", id="adagrad"),
-        pytest.param(
-            lambda: keras.optimizers.SGD(keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.9)),
-            r"constant learning rate only, not a learning-rate schedule",
-            id="schedule",
-        ),
+        pytest.param(lambda: keras.optimizers.SGD(loss_scale_factor=2.0), r"`loss_scale_factor`", id="loss_scale_factor"),
+        pytest.param(lambda: keras.optimizers.Muon(), r"does not twin the Keras optimizer Muon: its update orthogonalizes", id="muon"),
+        pytest.param(lambda: keras.optimizers.SGD(lambda: 0.1), r"not a callable", id="callable-lr"),
     ],
 )
 def test_optimizer_from_keras_refuses_unsupported_options(make, match):
     with pytest.raises(ValueError, match=match):
         optimizer_from_keras(make())
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda: keras.optimizers.SGD(clipnorm=1.0), id="clipnorm"),
+        pytest.param(lambda: keras.optimizers.Adam(clipvalue=0.5), id="clipvalue"),
+        pytest.param(lambda: keras.optimizers.RMSprop(global_clipnorm=1.0), id="global_clipnorm"),
+        pytest.param(lambda: keras.optimizers.SGD(weight_decay=0.01), id="weight_decay"),
+        pytest.param(lambda: keras.optimizers.Adam(use_ema=True, ema_momentum=0.9, ema_overwrite_frequency=3), id="use_ema"),
+        pytest.param(lambda: keras.optimizers.Adam(gradient_accumulation_steps=2), id="grad_accum"),
+        pytest.param(lambda: keras.optimizers.AdamW(), id="adamw"),
+        pytest.param(lambda: keras.optimizers.Adagrad(), id="adagrad"),
+        pytest.param(lambda: keras.optimizers.SGD(keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.9)), id="schedule"),
+    ],
+)
+def test_optimizer_from_keras_copies_the_common_options(make):
+    keras_opt = make()
+    twin = optimizer_from_keras(keras_opt)
+    config = keras_opt.get_config()
+    for key, value in twin.get_config().items():
+        if key != "learning_rate":
+            assert config[key] == pytest.approx(value), key
 
 
 def test_optimizer_from_keras_and_state_from_keras_bad_input():

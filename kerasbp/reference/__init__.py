@@ -7,10 +7,16 @@ import Keras, when they are called.
 
 Modules:
     activations      activations beside their derivatives; the registry `ACTIVATIONS`
-    losses           MSE and binary cross-entropy with their gradients; the registry `LOSSES`
-    layers           the Dense layer: forward beside backward, Glorot-uniform kernels
+    losses           MSE and binary cross-entropy functions; the registry `LOSSES`
+    loss_objects     every loss with sample weights; class weights; the logits path
+    regularizers     L1, L2, L1L2
+    layers           Dense, BatchNormalization, Dropout, Activation: forward beside backward
     mlp              `NumpyMLP`: the layers stacked, backpropagation by hand, `fit`
-    optimizers       SGD, Adam, RMSprop as pure updates; the registry `OPTIMIZERS`
+    optimizer_base   clipping, weight decay, EMA, gradient accumulation, schedules: for all
+    optimizers       SGD, Adam, AdamW, RMSprop; the registry `OPTIMIZERS` (and `REFUSED`)
+    optimizers_adaptive  Adagrad, Adadelta, Adamax, Nadam, Ftrl
+    optimizers_sign  Lion, Lamb, Adafactor
+    schedules        the learning-rate schedules of `keras.optimizers.schedules`
     optimizer_state  the optimizers' state NamedTuples and the checks of `apply`
     rounding         how Keras rounds Python-float hyperparameters (float64 parity)
     from_keras       the twin of a Keras model, optimizer, optimizer state or loss
@@ -27,7 +33,6 @@ Example:
 
 from kerasbp.reference.activations import (
     ACTIVATIONS,
-    Activation,
     get_activation,
     linear,
     linear_derivative,
@@ -35,19 +40,30 @@ from kerasbp.reference.activations import (
     relu_derivative,
     sigmoid,
     sigmoid_derivative,
+    softmax,
     tanh,
     tanh_derivative,
 )
+from kerasbp.reference.activations import Activation as ActivationFunction
 from kerasbp.reference.from_keras import (
     get_loss,
     get_optimizer,
     layers_from_keras,
     loss_from_keras,
     optimizer_from_keras,
+    schedule_from_keras,
     state_from_keras,
 )
-from kerasbp.reference.gradcheck import gradient_check
-from kerasbp.reference.layers import LayerCache
+from kerasbp.reference.gradcheck import GradientCheck, gradient_check
+from kerasbp.reference.layers import LAYERS, Activation, BatchNormalization, Dense, Dropout, LayerCache
+from kerasbp.reference.loss_objects import (
+    CategoricalCrossentropy,
+    Huber,
+    Loss,
+    MeanAbsoluteError,
+    SparseCategoricalCrossentropy,
+    class_weight_to_sample_weight,
+)
 from kerasbp.reference.losses import (
     LOSSES,
     BinaryCrossentropy,
@@ -61,45 +77,24 @@ from kerasbp.reference.losses import (
 )
 from kerasbp.reference.mlp import Backward, NumpyMLP
 from kerasbp.reference.optimizer_state import AdamState, RMSpropState, SGDState
-from kerasbp.reference.optimizers import OPTIMIZERS, SGD, Adam, OptimizerSpec, RMSprop
+from kerasbp.reference.optimizers import (
+    OPTIMIZERS,
+    REFUSED,
+    SGD,
+    Adadelta,
+    Adafactor,
+    Adagrad,
+    Adam,
+    Adamax,
+    AdamW,
+    Ftrl,
+    Lamb,
+    Lion,
+    Nadam,
+    OptimizerSpec,
+    RMSprop,
+)
+from kerasbp.reference.regularizers import L1, L1L2, L2
+from kerasbp.reference.schedules import SCHEDULES
 
-__all__ = [
-    "ACTIVATIONS",
-    "LOSSES",
-    "OPTIMIZERS",
-    "Activation",
-    "Adam",
-    "AdamState",
-    "Backward",
-    "BinaryCrossentropy",
-    "LayerCache",
-    "LossSpec",
-    "MeanSquaredError",
-    "NumpyMLP",
-    "OptimizerSpec",
-    "RMSprop",
-    "RMSpropState",
-    "SGD",
-    "SGDState",
-    "align_targets",
-    "binary_crossentropy",
-    "binary_crossentropy_gradient",
-    "get_activation",
-    "get_loss",
-    "get_optimizer",
-    "gradient_check",
-    "layers_from_keras",
-    "linear",
-    "linear_derivative",
-    "loss_from_keras",
-    "mse",
-    "mse_gradient",
-    "optimizer_from_keras",
-    "relu",
-    "relu_derivative",
-    "sigmoid",
-    "sigmoid_derivative",
-    "state_from_keras",
-    "tanh",
-    "tanh_derivative",
-]
+__all__ = sorted(name for name in dir() if not name.startswith("_") and name not in ("activations", "from_keras", "gradcheck", "layers", "loss_objects", "losses", "mlp", "optimizer_base", "optimizer_state", "optimizers", "optimizers_adaptive", "optimizers_sign", "regularizers", "rounding", "schedules"))

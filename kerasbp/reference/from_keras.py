@@ -29,21 +29,8 @@ from kerasbp.reference.optimizers import OPTIMIZERS
 _TWIN_LOSSES = tuple(spec.twin for spec in LOSSES.values())
 _TWIN_OPTIMIZERS = tuple(spec.twin for spec in OPTIMIZERS.values())
 
-#: Options of `keras.optimizers.Optimizer` that the twin does not reproduce; each must be off.
-_UNSUPPORTED_OPTIMIZER_OPTIONS = (
-    "weight_decay",
-    "clipnorm",
-    "clipvalue",
-    "global_clipnorm",
-    "use_ema",
-    "loss_scale_factor",
-    "gradient_accumulation_steps",
-)
-
 #: Options of a Keras Dense layer that the twin does not reproduce; each must be None.
 _UNSUPPORTED_DENSE_OPTIONS = (
-    "kernel_regularizer",
-    "bias_regularizer",
     "activity_regularizer",
     "kernel_constraint",
     "bias_constraint",
@@ -166,13 +153,17 @@ def get_optimizer(optimizer):
 def _spec_of_keras_optimizer(keras_optimizer):
     import keras  # optional dependency of the twin: imported only when a Keras object is read
 
+    from kerasbp.reference.optimizers import REFUSED
+
     if not isinstance(keras_optimizer, keras.optimizers.Optimizer):
         raise TypeError(
             f"`keras_optimizer` must be a keras.optimizers.Optimizer. Received: keras_optimizer={keras_optimizer!r}"
         )
-    cls = type(keras_optimizer)  # exactly: a subclass such as AdamW changes the update
+    cls = type(keras_optimizer)  # exactly: a subclass may change the update
     spec = next((s for s in OPTIMIZERS.values() if cls is getattr(keras.optimizers, s.keras_class)), None)
     if spec is None:
+        if cls.__name__ in REFUSED:
+            raise ValueError(f"kerasbp.reference does not twin the Keras optimizer {cls.__name__}: {REFUSED[cls.__name__]}")
         names = ", ".join(s.keras_class for s in OPTIMIZERS.values())
         raise ValueError(
             f"kerasbp.reference supports the Keras optimizers {names}. Received an optimizer of class {cls.__name__}"
@@ -180,26 +171,53 @@ def _spec_of_keras_optimizer(keras_optimizer):
     return spec
 
 
-def optimizer_from_keras(keras_optimizer):
-    """The twin (`SGD`, `Adam` or `RMSprop`) of a Keras optimizer, from its configuration.
+def _python_number(name, value):
+    if callable(value) or not isinstance(value, (bool, int, float, np.floating, np.integer)):
+        raise ValueError(f"kerasbp.reference supports constant Python numbers as hyperparameters. Received: {name}={value!r}")
+    return value.item() if isinstance(value, (np.floating, np.integer)) else value
 
-    The learning rate is read from the optimizer's variable, so it is the value Keras actually
-    uses (float32-rounded when floatx was float32 when the optimizer was made). Imports Keras.
+
+def schedule_from_keras(schedule):
+    """The twin (`kerasbp.reference.schedules`) of a Keras learning-rate schedule.
+
+    Raises:
+        ValueError: for a schedule class the twin does not have (a custom schedule) or a callable.
+    """
+    import keras  # optional dependency of the twin: imported only when a Keras object is read
+
+    from kerasbp.reference.schedules import SCHEDULES
+
+    cls = SCHEDULES.get(type(schedule).__name__)
+    if cls is None or type(schedule) is not getattr(keras.optimizers.schedules, type(schedule).__name__, None):
+        raise ValueError(
+            f"kerasbp.reference supports the learning-rate schedules {sorted(SCHEDULES)} and constant learning rates. "
+            f"Received: learning_rate={schedule!r}"
+        )
+    config = {k: v for k, v in schedule.get_config().items() if k != "name"}
+    return cls(**config)
+
+
+def optimizer_from_keras(keras_optimizer):
+    """The twin of a Keras optimizer, from its configuration.
+
+    A constant learning rate is read from the optimizer's variable, so it is the value Keras
+    actually uses (float32-rounded when floatx was float32 when the optimizer was made); a
+    schedule of `keras.optimizers.schedules` becomes its twin (`schedule_from_keras`). The common
+    options (`weight_decay`, `clipnorm`, `clipvalue`, `global_clipnorm`, `use_ema`,
+    `ema_momentum`, `ema_overwrite_frequency`, `gradient_accumulation_steps`) are copied.
+    Imports Keras.
 
     Args:
-        keras_optimizer: an instance of exactly one of the Keras classes of `OPTIMIZERS`
-            (`keras.optimizers.SGD`, `Adam`, `RMSprop`; subclasses such as `AdamW` are refused:
-            they change the update).
+        keras_optimizer: an instance of exactly one of the Keras classes of `OPTIMIZERS`.
 
     Returns:
-        `SGD`, `Adam` or `RMSprop`.
+        The twin optimizer (`SGD`, `Adam`, `AdamW`, ...).
 
     Raises:
         TypeError: if `keras_optimizer` is not a Keras optimizer.
-        ValueError: for another optimizer class (naming it), a learning-rate schedule or callable,
-            callable hyperparameters, or any of `weight_decay`, `clipnorm`, `clipvalue`,
-            `global_clipnorm`, `use_ema`, `loss_scale_factor`, `gradient_accumulation_steps` set
-            (naming the option and its value).
+        ValueError: for a class the twin does not reproduce (Muon, ScheduleFreeAdamW, ...: naming
+            the reason), a custom schedule or callable learning rate, callable hyperparameters,
+            `loss_scale_factor`, or weight decay with variables excluded from it.
 
     Example:
         >>> import keras
@@ -208,65 +226,64 @@ def optimizer_from_keras(keras_optimizer):
     """
     import keras  # optional dependency of the twin: imported only when a Keras object is read
 
+    from kerasbp.reference.optimizer_base import COMMON_OPTIONS
+
     spec = _spec_of_keras_optimizer(keras_optimizer)
-    # Keras keeps a constant learning rate in a variable and a schedule or callable as itself;
-    # only the private attribute tells them apart (the property evaluates a schedule).
+    # Keras keeps a constant learning rate in a variable and a schedule or callable as itself.
     lr = keras_optimizer._learning_rate
-    if not isinstance(lr, keras.Variable):
+    if isinstance(lr, keras.Variable):
+        learning_rate = float(np.asarray(lr.numpy()))
+    elif isinstance(lr, keras.optimizers.schedules.LearningRateSchedule):
+        learning_rate = schedule_from_keras(lr)
+    else:
         raise ValueError(
-            "kerasbp.reference supports a constant learning rate only, not a learning-rate schedule or "
+            "kerasbp.reference supports a constant learning rate or a keras.optimizers.schedules schedule, not a "
             f"callable. Received: learning_rate={lr!r}"
         )
     config = keras_optimizer.get_config()
-    for option in _UNSUPPORTED_OPTIMIZER_OPTIONS:
-        value = config.get(option)
-        if value is not None and value is not False:
-            raise ValueError(
-                f"kerasbp.reference does not reproduce the Keras optimizer option `{option}`. "
-                f"Received: {option}={value!r}"
-            )
-    kwargs = {}
-    for name in spec.twin().get_config():
-        if name == "learning_rate":
-            continue
-        value = getattr(keras_optimizer, name)
-        if callable(value) or not isinstance(value, (bool, int, float, np.floating, np.integer)):
-            raise ValueError(
-                f"kerasbp.reference supports constant Python numbers as hyperparameters. Received: {name}={value!r}"
-            )
-        kwargs[name] = value
-    kwargs["learning_rate"] = float(np.asarray(lr.numpy()))
+    if config.get("loss_scale_factor") is not None:
+        raise ValueError(
+            f"kerasbp.reference does not reproduce `loss_scale_factor`. Received: loss_scale_factor={config['loss_scale_factor']!r}"
+        )
+    if getattr(keras_optimizer, "_exclude_from_weight_decay", None) or getattr(keras_optimizer, "_exclude_from_weight_decay_pattern", None):
+        raise ValueError("kerasbp.reference does not reproduce `exclude_from_weight_decay`")
+    kwargs = {"learning_rate": learning_rate}
+    for option, default in COMMON_OPTIONS.items():
+        value = config.get(option, default)
+        if value != default and not (option == "ema_momentum" and not config.get("use_ema")):
+            kwargs[option] = _python_number(option, value)
+    for name in spec.twin()._own_config():
+        kwargs[name] = _python_number(name, getattr(keras_optimizer, name))
     return spec.twin(**kwargs)
 
 
 def _used_slots(twin):
-    """The names of the state slots `twin` keeps (SGD without momentum keeps none, ...)."""
+    """The names of the state fields `twin` keeps (SGD without momentum keeps none, ...)."""
     state = twin.init([np.zeros(1)])
-    return tuple(field for field in state._fields[1:] if len(getattr(state, field)))
+    return tuple(f for f in state._fields[1:] if not isinstance(getattr(state, f), tuple) or len(getattr(state, f)))
 
 
 def state_from_keras(keras_optimizer, twin=None, params=None):
     """The twin's state read from a Keras optimizer's variables: slots and iteration count.
 
     Args:
-        keras_optimizer: a Keras `SGD`, `Adam` or `RMSprop` (see `optimizer_from_keras`).
+        keras_optimizer: a Keras optimizer of `OPTIMIZERS` (see `optimizer_from_keras`).
         twin: the twin optimizer the state is for, or None to build it with
-            `optimizer_from_keras`. Its slots must be those of `keras_optimizer` (same momentum
-            being zero or not, same `amsgrad`, same `centered`). Defaults to None.
-        params: list of float arrays, used only when `keras_optimizer` has not been built yet
-            (it builds on its first step): the state is then `twin.init(params)` with the Keras
-            iteration count. Defaults to None.
+            `optimizer_from_keras`. Its slots must be those of `keras_optimizer`. Defaults to None.
+        params: list of float arrays, used only when `keras_optimizer` has not been built yet:
+            the state is then `twin.init(params)` with the Keras iteration count. Defaults to None.
 
     Returns:
-        `SGDState`, `AdamState` or `RMSpropState`, with copies of the Keras slot variables in the
-        order of the variables the optimizer was built on (`model.trainable_weights` after
-        `fit`, `train_on_batch` or `compile_model` + first step).
+        The twin's state `NamedTuple`, with copies of the Keras slot variables in the order of
+        the variables the optimizer was built on, and Keras's raw iteration count (every call of
+        `apply`, also under gradient accumulation).
 
     Raises:
         TypeError, ValueError: as `optimizer_from_keras`; `ValueError` also if `twin` is of
-            another kind or has other slots, or if the optimizer is not built and `params` is
-            None.
+            another kind or has other slots, or if the optimizer is not built and `params` is None.
     """
+    from kerasbp.reference.optimizers import COMMON_SLOTS
+
     spec = _spec_of_keras_optimizer(keras_optimizer)
     derived = optimizer_from_keras(keras_optimizer)
     if twin is None:
@@ -281,7 +298,7 @@ def state_from_keras(keras_optimizer, twin=None, params=None):
             f"`twin` must keep the same state slots as the Keras optimizer. Received: twin={twin!r}, "
             f"Keras optimizer as twin: {derived!r}"
         )
-    iterations = int(np.asarray(keras_optimizer.iterations.numpy()))
+    iterations = int(np.asarray(keras_optimizer._iterations.numpy()))
     if not keras_optimizer.built:
         if params is None:
             raise ValueError(
@@ -290,11 +307,18 @@ def state_from_keras(keras_optimizer, twin=None, params=None):
             )
         return twin.init(params)._replace(iterations=iterations)
     used = _used_slots(twin)
+    attributes = {**spec.keras_slots, **COMMON_SLOTS}
     slots = {}
     for field in spec.state._fields[1:]:
+        if field not in used:
+            slots[field] = ()
+            continue
         # Keras 3 keeps most slots in private attributes (e.g. Adam's `_momentums`), named in the registry.
-        variables = getattr(keras_optimizer, spec.keras_slots[field]) if field in used else ()
-        slots[field] = tuple(np.array(v.numpy()) for v in variables)
+        variables = getattr(keras_optimizer, attributes[field])
+        if isinstance(variables, (list, tuple)):
+            slots[field] = tuple(np.array(v.numpy()) for v in variables)
+        else:
+            slots[field] = np.array(variables.numpy())
     return spec.state(iterations, **slots)
 
 
@@ -302,7 +326,7 @@ def state_from_keras(keras_optimizer, twin=None, params=None):
 
 
 def layers_from_keras(model):
-    """The layers of a Keras `Sequential` of `Dense` layers, as `NumpyMLP` takes them.
+    """The layers of a Keras `Sequential`, as twin layers for `NumpyMLP`.
 
     Imports Keras. The arrays are copies of the current weights, in the layers' variable dtype:
     float32 unless the model was built under a float64 dtype policy. Note that
@@ -311,29 +335,29 @@ def layers_from_keras(model):
     `keras.config.set_dtype_policy("float64")` (or use `kerasbp.precision.floatx`).
 
     Args:
-        model: a built `keras.Sequential` whose layers are all exactly `keras.layers.Dense`
-            with an activation of `ACTIVATIONS` (`"linear"` or None, `"sigmoid"`, `"tanh"`,
-            `"relu"`). `use_bias=False` is supported (the layer has no bias parameter).
+        model: a built `keras.Sequential` of `keras.layers.Dense` (an activation of
+            `ACTIVATIONS`, `L1`/`L2`/`L1L2` kernel and bias regularizers, with or without bias),
+            `BatchNormalization` (last axis, no renorm), `Dropout` (no `noise_shape`) and
+            `Activation` layers.
 
     Returns:
-        `(layers, dtype)`: a list of `(kernel, bias, activation)` triples, `kernel` a float array
-        of shape `(units_in, units)`, `bias` of shape `(units,)` or None, `activation` a name;
-        and the dtype name of the arrays. `NumpyMLP(layers, dtype=dtype)` is the twin.
+        `(layers, dtype)`: a list of twin layers (`kerasbp.reference.Dense`, ...) and the dtype
+        name of the arrays. `NumpyMLP(layers, dtype=dtype)` is the twin.
 
     Raises:
         TypeError: if `model` is not a Keras model.
         ValueError: if the model is not a `Sequential`, is not built, takes inputs that are
-            not 2-D, or has a layer that is not a plain trainable `Dense`, naming the layer and
-            what is unsupported: another layer class, another activation, a kernel, bias or
-            activity regularizer, a kernel or bias constraint, LoRA, quantization, a frozen
-            layer (`trainable=False`) or a mixed-precision dtype policy.
+            not 2-D, or has a layer the twin does not reproduce, naming the layer and what is
+            unsupported: another layer class, another activation or regularizer, an activity
+            regularizer, a constraint, LoRA, quantization, a frozen layer or a mixed-precision
+            dtype policy.
 
     Example:
         >>> import keras
         >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, activation="sigmoid")])
         >>> layers, dtype = layers_from_keras(model)
-        >>> [(k.shape, b.shape, a) for k, b, a in layers], dtype
-        ([((2, 1), (1,), 'sigmoid')], 'float32')
+        >>> layers, dtype
+        ([Dense(units=1, activation='sigmoid')], 'float32')
     """
     import keras  # optional dependency of the twin: imported only when a Keras object is read
 
@@ -357,25 +381,102 @@ def layers_from_keras(model):
         raise ValueError(
             f"NumpyMLP.from_keras supports 2-D inputs (batch, features). Received a model with input shape {input_shape}"
         )
-    layers = [_dense_layer(layer) for layer in model.layers]
-    dtypes = {kernel.dtype.name for kernel, _, _ in layers}
+    layers = [_twin_layer(layer) for layer in model.layers]
+    dtypes = {p.dtype.name for layer in layers for p in layer.params + layer.non_trainable}
     if len(dtypes) != 1:
         raise ValueError(f"NumpyMLP.from_keras needs one dtype for all layers. Received layers of dtypes {sorted(dtypes)}")
-    return layers, dtypes.pop()
+    return layers, (dtypes.pop() if dtypes else "float32")
+
+
+def _activation_name(activation, where):
+    """The twin's name of a Keras activation (a string from `get_config`, or a function)."""
+    import functools
+
+    import keras  # optional dependency of the twin: imported only when a Keras object is read
+
+    if isinstance(activation, str):
+        name = activation.lower()
+    elif isinstance(activation, functools.partial) and activation.func is keras.activations.gelu:
+        name = "gelu_approximate" if activation.keywords.get("approximate", False) else "gelu"
+    elif callable(activation) and getattr(keras.activations, getattr(activation, "__name__", ""), None) is activation:
+        name = activation.__name__
+    else:
+        name = repr(activation)
+    name = "silu" if name == "swish" else name
+    if name not in ACTIVATIONS:
+        names = ", ".join(repr(n) for n in ACTIVATIONS)
+        raise ValueError(f"NumpyMLP.from_keras supports the activations {names}. Unsupported activation {activation!r} in {where}")
+    return name
+
+
+def _regularizer(reg, where):
+    import keras  # optional dependency of the twin: imported only when a Keras object is read
+
+    from kerasbp.reference.regularizers import REGULARIZERS
+
+    if reg is None:
+        return None
+    cls = REGULARIZERS.get(type(reg).__name__)
+    if cls is None or type(reg) is not getattr(keras.regularizers, type(reg).__name__, None):
+        raise ValueError(f"NumpyMLP.from_keras supports the regularizers L1, L2 and L1L2. Unsupported in {where}: {reg!r}")
+    return cls(**{k: float(v) for k, v in reg.get_config().items()})
+
+
+def _check_plain(layer, where):
+    if not layer.trainable and layer.weights:
+        raise ValueError(
+            f"NumpyMLP.from_keras supports trainable layers only (a frozen layer's weights are not in "
+            f"model.trainable_weights). Unsupported in {where}: trainable=False"
+        )
+    policy = layer.dtype_policy
+    if policy.compute_dtype != policy.variable_dtype:
+        raise ValueError(f"NumpyMLP.from_keras does not support mixed precision. Unsupported dtype policy in {where}: {policy.name!r}")
+
+
+def _twin_layer(layer):
+    """The twin layer of one Keras layer, refusing what the twin cannot copy."""
+    import keras  # optional dependency of the twin: imported only when a Keras object is read
+
+    from kerasbp.reference.layers import Activation, BatchNormalization, Dense, Dropout
+
+    where = f"layer {layer.name!r}"
+    cls = type(layer)
+    if cls is keras.layers.Dense:
+        return _dense_layer(layer)
+    _check_plain(layer, where)
+    if cls is keras.layers.Activation:
+        return Activation(_activation_name(layer.activation, where))
+    if cls is keras.layers.Dropout or getattr(cls, "_kerasbp_recording_dropout", False):
+        if layer.noise_shape is not None:
+            raise ValueError(f"NumpyMLP.from_keras does not support Dropout's `noise_shape`. Unsupported in {where}")
+        return Dropout(layer.rate)
+    if cls is keras.layers.BatchNormalization:
+        config = layer.get_config()
+        if config["axis"] not in (-1, 1) or config.get("renorm") or config.get("synchronized") or layer.input.shape[-1] is None:
+            raise ValueError(
+                f"NumpyMLP.from_keras supports BatchNormalization on the last axis of 2-D inputs, without renorm or "
+                f"synchronization. Unsupported in {where}"
+            )
+        for option in ("beta_regularizer", "gamma_regularizer", "beta_constraint", "gamma_constraint"):
+            if config.get(option) is not None:
+                raise ValueError(f"NumpyMLP.from_keras does not support `{option}`. Unsupported in {where}")
+        gamma = np.array(layer.gamma.numpy()) if layer.scale else None
+        beta = np.array(layer.beta.numpy()) if layer.center else None
+        mm, mv = np.array(layer.moving_mean.numpy()), np.array(layer.moving_variance.numpy())
+        return BatchNormalization(gamma, beta, mm, mv, momentum=layer.momentum, epsilon=layer.epsilon, dtype=mm.dtype.name)
+    raise ValueError(
+        "NumpyMLP.from_keras supports Dense, BatchNormalization, Dropout and Activation layers. "
+        f"Unsupported {where} of class {cls.__name__}"
+    )
 
 
 def _dense_layer(layer):
-    """`(kernel, bias, activation)` of one Keras layer, refusing what the twin cannot copy."""
-    import keras  # optional dependency of the twin: imported only when a Keras object is read
+    """The twin `Dense` of one Keras Dense layer, refusing what the twin cannot copy."""
+    from kerasbp.reference.layers import Dense
 
     where = f"layer {layer.name!r}"
-    if type(layer) is not keras.layers.Dense:
-        raise ValueError(f"NumpyMLP.from_keras supports Dense layers only. Unsupported {where} of class {type(layer).__name__}")
     config = layer.get_config()
-    activation = config.get("activation")
-    if not isinstance(activation, str) or activation.lower() not in ACTIVATIONS:
-        names = ", ".join(repr(name) for name in ACTIVATIONS)
-        raise ValueError(f"NumpyMLP.from_keras supports the activations {names}. Unsupported activation {activation!r} in {where}")
+    activation = _activation_name(layer.activation if not isinstance(config.get("activation"), str) else config["activation"], where)
     for option in _UNSUPPORTED_DENSE_OPTIONS:
         if config.get(option) is not None:
             raise ValueError(f"NumpyMLP.from_keras does not support `{option}`. Unsupported in {where}: {config[option]!r}")
@@ -391,9 +492,14 @@ def _dense_layer(layer):
             f"NumpyMLP.from_keras supports trainable layers only (a frozen layer's weights are not in "
             f"model.trainable_weights). Unsupported in {where}: trainable=False"
         )
-    policy = layer.dtype_policy
-    if policy.compute_dtype != policy.variable_dtype:
-        raise ValueError(f"NumpyMLP.from_keras does not support mixed precision. Unsupported dtype policy in {where}: {policy.name!r}")
+    _check_plain(layer, where)
     kernel = np.array(layer.kernel.numpy())
     bias = np.array(layer.bias.numpy()) if layer.use_bias else None
-    return kernel, bias, activation.lower()
+    return Dense(
+        kernel,
+        bias,
+        activation,
+        _regularizer(layer.kernel_regularizer, where),
+        _regularizer(layer.bias_regularizer, where),
+        dtype=kernel.dtype.name,
+    )

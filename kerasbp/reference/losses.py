@@ -240,88 +240,20 @@ def binary_crossentropy_gradient(y_true, y_pred, from_logits=False, check_input=
     return np.where((y_pred < low) | (y_pred > high), np.zeros((), dtype=y_pred.dtype), grad)
 
 
-# ---------------------------------------------------------------- loss objects
-
-
-class MeanSquaredError:
-    """Mean squared error as an object: `loss(y_true, y_pred)` and `loss.gradient(y_true, y_pred)`.
-
-    Mirrors `keras.losses.MeanSquaredError()` with its default reduction. See `mse`.
-
-    Attributes:
-        name: str, the Keras name, `"mean_squared_error"` (its key in `LOSSES`).
-        from_logits: bool, always `False`.
-    """
-
-    name = "mean_squared_error"
-    from_logits = False
-
-    def __call__(self, y_true, y_pred, check_input=True):
-        """The loss value, see `mse` (same arguments)."""
-        return mse(y_true, y_pred, check_input=check_input)
-
-    def gradient(self, y_true, y_pred, check_input=True):
-        """`dL/dy_pred`, see `mse_gradient` (same arguments)."""
-        return mse_gradient(y_true, y_pred, check_input=check_input)
-
-    def get_config(self):
-        """The constructor's keyword arguments as a dict (none), as Keras's `Loss.get_config`."""
-        return {}
-
-    def __repr__(self):
-        return "MeanSquaredError()"
-
-    def __eq__(self, other):
-        return type(other) is type(self)
-
-    def __hash__(self):
-        return hash(type(self))
-
-
-class BinaryCrossentropy:
-    """Binary cross-entropy as an object. See `binary_crossentropy`.
-
-    Mirrors `keras.losses.BinaryCrossentropy(from_logits=...)` with its default reduction, no
-    label smoothing and `axis=-1`.
-
-    Args:
-        from_logits: bool, whether predictions are logits. Defaults to `False`.
-
-    Attributes:
-        name: str, the Keras name, `"binary_crossentropy"` (its key in `LOSSES`).
-
-    Raises:
-        TypeError: if `from_logits` is not a bool.
-    """
-
-    name = "binary_crossentropy"
-
-    def __init__(self, from_logits=False):
-        self.from_logits = check_bool("from_logits", from_logits)
-
-    def __call__(self, y_true, y_pred, check_input=True):
-        """The loss value, see `binary_crossentropy` (same arguments but `from_logits`)."""
-        return binary_crossentropy(y_true, y_pred, from_logits=self.from_logits, check_input=check_input)
-
-    def gradient(self, y_true, y_pred, check_input=True):
-        """`dL/dy_pred` (logits when `from_logits`), see `binary_crossentropy_gradient`."""
-        return binary_crossentropy_gradient(y_true, y_pred, from_logits=self.from_logits, check_input=check_input)
-
-    def get_config(self):
-        """The constructor's keyword arguments as a dict, as Keras's `Loss.get_config`."""
-        return {"from_logits": self.from_logits}
-
-    def __repr__(self):
-        return f"BinaryCrossentropy(from_logits={self.from_logits})"
-
-    def __eq__(self, other):
-        return type(other) is type(self) and other.from_logits == self.from_logits
-
-    def __hash__(self):
-        return hash((type(self), self.from_logits))
+# loss objects: kerasbp/reference/loss_objects.py
 
 
 # ---------------------------------------------------------------- registry
+
+
+from kerasbp.reference.loss_objects import (  # noqa: E402  (the classes use the functions above)
+    BinaryCrossentropy,
+    CategoricalCrossentropy,
+    Huber,
+    MeanAbsoluteError,
+    MeanSquaredError,
+    SparseCategoricalCrossentropy,
+)
 
 
 class LossSpec(NamedTuple):
@@ -345,20 +277,33 @@ class LossSpec(NamedTuple):
 #: The supported losses by Keras name.
 LOSSES = {
     "mean_squared_error": LossSpec("mean_squared_error", "MeanSquaredError", MeanSquaredError, ("mse",)),
+    "mean_absolute_error": LossSpec("mean_absolute_error", "MeanAbsoluteError", MeanAbsoluteError, ("mae",)),
+    "huber": LossSpec("huber", "Huber", Huber, ()),
     "binary_crossentropy": LossSpec("binary_crossentropy", "BinaryCrossentropy", BinaryCrossentropy, ("bce",)),
+    "categorical_crossentropy": LossSpec(
+        "categorical_crossentropy", "CategoricalCrossentropy", CategoricalCrossentropy, ()
+    ),
+    "sparse_categorical_crossentropy": LossSpec(
+        "sparse_categorical_crossentropy", "SparseCategoricalCrossentropy", SparseCategoricalCrossentropy, ()
+    ),
 }
 
 _BY_ANY_NAME = {alias: spec for spec in LOSSES.values() for alias in (spec.name, *spec.aliases)}
 
 #: Every name a loss of `LOSSES` is known by (Keras's names, then their aliases).
-LOSS_NAMES = tuple(_BY_ANY_NAME)
+ALL_LOSS_NAMES = tuple(_BY_ANY_NAME)
+
+#: The names of the losses that fit a network of any output width, one target per output (not
+#: the categorical cross-entropies, which need one output per class): what the single-output
+#: jobs (`kerasbp.jobs`, the scripts) offer.
+LOSS_NAMES = tuple(name for name, spec in _BY_ANY_NAME.items() if not spec.name.endswith("categorical_crossentropy"))
 
 
 def loss_spec(name, argname="loss"):
     """The `LossSpec` of a Keras loss name or alias (any case).
 
     Args:
-        name: str, `"mean_squared_error"`, `"mse"`, `"binary_crossentropy"` or `"bce"`.
+        name: str, a key of `LOSSES` or one of its aliases (`"mse"`, `"mae"`, `"bce"`, ...).
         argname: str, the argument's name used in error messages. Defaults to `"loss"`.
 
     Returns:

@@ -1,5 +1,8 @@
 """The optimizers' states and the checks that their `apply` makes (pure NumPy).
 
+Every state also has the fields of the options common to all Keras optimizers, empty unless in
+use: `accumulated_gradients` (`gradient_accumulation_steps`) and `averages` (`use_ema`).
+
 A state is a `NamedTuple`, as in optax (`optax/_src/transform.py`, `ScaleByAdamState`): the
 iteration count (Keras's `optimizer.iterations`) and one tuple of slot arrays per accumulator,
 each array shaped like its parameter, in `model.trainable_weights` order. A slot the
@@ -9,7 +12,7 @@ amsgrad, ...) is an empty tuple, as Keras creates no variables for it.
 Example:
     >>> import numpy as np
     >>> AdamState(0, zeros_like_each([np.ones(2)]), zeros_like_each([np.ones(2)]), ())
-    AdamState(iterations=0, momentums=(array([0., 0.]),), velocities=(array([0., 0.]),), velocity_hats=())
+    AdamState(iterations=0, momentums=(array([0., 0.]),), velocities=(array([0., 0.]),), velocity_hats=(), accumulated_gradients=(), averages=())
 """
 
 from typing import NamedTuple
@@ -28,6 +31,8 @@ class SGDState(NamedTuple):
 
     iterations: int
     momentums: tuple
+    accumulated_gradients: tuple = ()
+    averages: tuple = ()
 
 
 class AdamState(NamedTuple):
@@ -44,6 +49,8 @@ class AdamState(NamedTuple):
     momentums: tuple
     velocities: tuple
     velocity_hats: tuple
+    accumulated_gradients: tuple = ()
+    averages: tuple = ()
 
 
 class RMSpropState(NamedTuple):
@@ -60,6 +67,35 @@ class RMSpropState(NamedTuple):
     velocities: tuple
     momentums: tuple
     average_gradients: tuple
+    accumulated_gradients: tuple = ()
+    averages: tuple = ()
+
+
+def _state(name, doc, *slots, scalars=()):
+    fields = [("iterations", int)] + [(f, tuple) for f in slots] + [(f, object) for f in scalars]
+    cls = NamedTuple(name, fields + [("accumulated_gradients", tuple), ("averages", tuple)])
+    cls.__new__.__defaults__ = ((), ())
+    cls.__doc__ = doc
+    return cls
+
+
+AdagradState = _state("AdagradState", "State of `Adagrad`: the running sums of `g * g`.", "accumulators")
+AdadeltaState = _state(
+    "AdadeltaState", "State of `Adadelta`: running means of `g * g` and of the squared updates.", "accumulated_grads", "accumulated_delta_vars"
+)
+AdamaxState = _state("AdamaxState", "State of `Adamax`: first moments `m` and infinity norms `u`.", "momentums", "norms")
+NadamState = _state(
+    "NadamState", "State of `Nadam`: moments, and `u_product`, the running product of the momentum schedule (a scalar).",
+    "momentums", "velocities", scalars=("u_product",),
+)
+FtrlState = _state("FtrlState", "State of `Ftrl`: accumulators `n` and linear terms `z`.", "accumulators", "linears")
+LionState = _state("LionState", "State of `Lion`: momentums.", "momentums")
+LambState = _state("LambState", "State of `Lamb`: first and second moments.", "momentums", "velocities")
+AdafactorState = _state(
+    "AdafactorState",
+    "State of `Adafactor`: row and column factors `r`, `c` (0-d placeholders for parameters of rank < 2) and `v`.",
+    "r", "c", "v",
+)
 
 
 def check_params_grads(params, grads):

@@ -38,6 +38,7 @@ from typing import NamedTuple
 import numpy as np
 
 from kerasbp.checks import check_bool, check_positive_float, check_range
+from kerasbp.reference.optimizer_base import BaseOptimizer
 from kerasbp.reference.optimizer_state import (
     AdamState,
     RMSpropState,
@@ -53,7 +54,7 @@ from kerasbp.reference.rounding import as_dtype, scalar_power, via_float32
 # ---------------------------------------------------------------- SGD
 
 
-class SGD:
+class SGD(BaseOptimizer):
     """Gradient descent with optional (Nesterov) momentum, as `keras.optimizers.SGD`.
 
     Update rule for a parameter `w` with gradient `g`:
@@ -87,26 +88,17 @@ class SGD:
 
     name = "sgd"
 
-    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False):
-        self.learning_rate = check_positive_float("learning_rate", learning_rate)
+    state_class = SGDState
+
+    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, **options):
+        self._set_common(learning_rate, options)
         self.momentum = check_range("momentum", momentum, 0.0, 1.0)
         self.nesterov = check_bool("nesterov", nesterov)
 
-    def get_config(self):
-        """The hyperparameters as a dict (the constructor's keyword arguments)."""
-        return {"learning_rate": self.learning_rate, "momentum": self.momentum, "nesterov": self.nesterov}
+    def _own_config(self):
+        return {"momentum": self.momentum, "nesterov": self.nesterov}
 
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
-
-    def __eq__(self, other):
-        return type(other) is type(self) and other.get_config() == self.get_config()
-
-    def __hash__(self):
-        return hash((type(self), tuple(self.get_config().items())))
-
-    def init(self, params):
+    def _init_slots(self, params):
         """A fresh state: iterations 0 and zero velocities (none when `momentum == 0`).
 
         Args:
@@ -115,10 +107,10 @@ class SGD:
         Returns:
             `SGDState`.
         """
-        return SGDState(0, zeros_like_each(params) if self.momentum != 0 else ())
+        return {"momentums": zeros_like_each(params) if self.momentum != 0 else ()}
 
-    def apply(self, params, grads, state):
-        """One update. Pure: returns new arrays and a new state.
+    def _update(self, params, grads, state, lr_at):
+        """One update rule step (inside `BaseOptimizer.apply`). Pure: returns new arrays and a new state.
 
         Args:
             params: list of float arrays (any shapes).
@@ -131,13 +123,12 @@ class SGD:
         Raises:
             TypeError, ValueError: for lists of different lengths or mismatched shapes.
         """
-        params, grads = check_params_grads(params, grads)
-        iterations = check_iterations(state)
+        iterations = state.iterations
         use_momentum = self.momentum != 0
         momentums = check_slots("momentums", state.momentums, params) if use_momentum else ()
         new_params, new_momentums = [], []
         for i, (w, g) in enumerate(zip(params, grads, strict=True)):
-            lr = as_dtype(self.learning_rate, w.dtype)
+            lr = lr_at(w.dtype)
             if use_momentum:
                 mom = via_float32(self.momentum, w.dtype)
                 v = momentums[i] * mom - g * lr
@@ -149,13 +140,13 @@ class SGD:
             else:
                 w = w - g * lr
             new_params.append(w)
-        return new_params, SGDState(iterations + 1, tuple(new_momentums))
+        return new_params, state._replace(iterations=iterations + 1, momentums=tuple(new_momentums))
 
 
 # ---------------------------------------------------------------- Adam
 
 
-class Adam:
+class Adam(BaseOptimizer):
     """Adam, as `keras.optimizers.Adam`, in Keras's "epsilon hat" form.
 
     Update rule (state starts at zero, `t = iterations + 1`):
@@ -202,28 +193,24 @@ class Adam:
 
     name = "adam"
 
-    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, amsgrad=False):
-        self.learning_rate = check_positive_float("learning_rate", learning_rate)
+    state_class = AdamState
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, amsgrad=False, **options):
+        self._set_common(learning_rate, options)
         self.beta_1 = check_range("beta_1", beta_1, 0.0, 1.0)
         self.beta_2 = check_range("beta_2", beta_2, 0.0, 1.0)
         self.epsilon = check_range("epsilon", epsilon, 0.0, math.inf)
         self.amsgrad = check_bool("amsgrad", amsgrad)
 
-    def get_config(self):
-        """The hyperparameters as a dict (the constructor's keyword arguments)."""
+    def _own_config(self):
         return {
-            "learning_rate": self.learning_rate,
             "beta_1": self.beta_1,
             "beta_2": self.beta_2,
             "epsilon": self.epsilon,
             "amsgrad": self.amsgrad,
         }
 
-    __repr__ = SGD.__repr__
-    __eq__ = SGD.__eq__
-    __hash__ = SGD.__hash__
-
-    def init(self, params):
+    def _init_slots(self, params):
         """A fresh state: iterations 0 and zero moments (`velocity_hats` only with amsgrad).
 
         Args:
@@ -232,10 +219,14 @@ class Adam:
         Returns:
             `AdamState`.
         """
-        return AdamState(0, zeros_like_each(params), zeros_like_each(params), zeros_like_each(params) if self.amsgrad else ())
+        return {
+            "momentums": zeros_like_each(params),
+            "velocities": zeros_like_each(params),
+            "velocity_hats": zeros_like_each(params) if self.amsgrad else (),
+        }
 
-    def apply(self, params, grads, state):
-        """One update. Pure: returns new arrays and a new state.
+    def _update(self, params, grads, state, lr_at):
+        """One update rule step (inside `BaseOptimizer.apply`). Pure: returns new arrays and a new state.
 
         Args:
             params: list of float arrays.
@@ -248,8 +239,7 @@ class Adam:
         Raises:
             TypeError, ValueError: for lists of different lengths or mismatched shapes.
         """
-        params, grads = check_params_grads(params, grads)
-        iterations = check_iterations(state)
+        iterations = state.iterations
         ms = check_slots("momentums", state.momentums, params)
         vs = check_slots("velocities", state.velocities, params)
         vhats = check_slots("velocity_hats", state.velocity_hats, params) if self.amsgrad else ()
@@ -258,7 +248,7 @@ class Adam:
         def step_scalars(dt):
             if dt not in scalars:
                 one = np.ones((), dtype=dt)
-                lr = as_dtype(self.learning_rate, dt)
+                lr = lr_at(dt)
                 local_step = as_dtype(iterations + 1, dt)
                 beta_1_power = scalar_power(via_float32(self.beta_1, dt), local_step, dt)
                 beta_2_power = scalar_power(via_float32(self.beta_2, dt), local_step, dt)
@@ -282,13 +272,15 @@ class Adam:
                 v = np.maximum(vhats[i], v)
                 new_vhats.append(v)
             new_params.append(w - (m * alpha) / (np.sqrt(v) + epsilon))
-        return new_params, AdamState(iterations + 1, tuple(new_ms), tuple(new_vs), tuple(new_vhats))
+        return new_params, state._replace(
+            iterations=iterations + 1, momentums=tuple(new_ms), velocities=tuple(new_vs), velocity_hats=tuple(new_vhats)
+        )
 
 
 # ---------------------------------------------------------------- RMSprop
 
 
-class RMSprop:
+class RMSprop(BaseOptimizer):
     """RMSprop, as `keras.optimizers.RMSprop`: epsilon inside the square root, no bias correction.
 
     Update rule (state starts at zero):
@@ -348,28 +340,24 @@ class RMSprop:
 
     name = "rmsprop"
 
-    def __init__(self, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7, centered=False):
-        self.learning_rate = check_positive_float("learning_rate", learning_rate)
+    state_class = RMSpropState
+
+    def __init__(self, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7, centered=False, **options):
+        self._set_common(learning_rate, options)
         self.rho = check_range("rho", rho, 0.0, 1.0)
         self.momentum = check_range("momentum", momentum, 0.0, 1.0)
         self.epsilon = check_range("epsilon", epsilon, 0.0, math.inf)
         self.centered = check_bool("centered", centered)
 
-    def get_config(self):
-        """The hyperparameters as a dict (the constructor's keyword arguments)."""
+    def _own_config(self):
         return {
-            "learning_rate": self.learning_rate,
             "rho": self.rho,
             "momentum": self.momentum,
             "epsilon": self.epsilon,
             "centered": self.centered,
         }
 
-    __repr__ = SGD.__repr__
-    __eq__ = SGD.__eq__
-    __hash__ = SGD.__hash__
-
-    def init(self, params):
+    def _init_slots(self, params):
         """A fresh state: iterations 0 and zero accumulators.
 
         Args:
@@ -378,15 +366,14 @@ class RMSprop:
         Returns:
             `RMSpropState`.
         """
-        return RMSpropState(
-            0,
-            zeros_like_each(params),
-            zeros_like_each(params) if self.momentum > 0 else (),
-            zeros_like_each(params) if self.centered else (),
-        )
+        return {
+            "velocities": zeros_like_each(params),
+            "momentums": zeros_like_each(params) if self.momentum > 0 else (),
+            "average_gradients": zeros_like_each(params) if self.centered else (),
+        }
 
-    def apply(self, params, grads, state):
-        """One update. Pure: returns new arrays and a new state.
+    def _update(self, params, grads, state, lr_at):
+        """One update rule step (inside `BaseOptimizer.apply`). Pure: returns new arrays and a new state.
 
         Args:
             params: list of float arrays.
@@ -399,15 +386,14 @@ class RMSprop:
         Raises:
             TypeError, ValueError: for lists of different lengths or mismatched shapes.
         """
-        params, grads = check_params_grads(params, grads)
-        iterations = check_iterations(state)
+        iterations = state.iterations
         vs = check_slots("velocities", state.velocities, params)
         moms = check_slots("momentums", state.momentums, params) if self.momentum > 0 else ()
         mgs = check_slots("average_gradients", state.average_gradients, params) if self.centered else ()
         new_params, new_vs, new_moms, new_mgs = [], [], [], []
         for i, (w, g) in enumerate(zip(params, grads, strict=True)):
             dt = w.dtype
-            lr = as_dtype(self.learning_rate, dt)
+            lr = lr_at(dt)
             rho, one_minus_rho = as_dtype(self.rho, dt), as_dtype(1 - self.rho, dt)
             v = rho * vs[i] + one_minus_rho * (g * g)
             new_vs.append(v)
@@ -425,7 +411,30 @@ class RMSprop:
             else:
                 w = w - increment
             new_params.append(w)
-        return new_params, RMSpropState(iterations + 1, tuple(new_vs), tuple(new_moms), tuple(new_mgs))
+        return new_params, state._replace(
+            iterations=iterations + 1, velocities=tuple(new_vs), momentums=tuple(new_moms), average_gradients=tuple(new_mgs)
+        )
+
+
+class AdamW(Adam):
+    """AdamW, as `keras.optimizers.AdamW`: Adam plus decoupled weight decay (default 0.004).
+
+    Keras's AdamW is Adam with the common `weight_decay` option set: before each update,
+    `w = w - w * weight_decay * learning_rate` (Loshchilov & Hutter's decay scaled by the
+    learning rate, with `weight_decay` float32-rounded in float64), then Adam's step.
+
+    References:
+        Loshchilov & Hutter (2019), "Decoupled Weight Decay Regularization", arXiv:1711.05101.
+
+    Mirrors `keras/src/optimizers/adamw.py`.
+    """
+
+    name = "adamw"
+
+    def __init__(self, learning_rate=0.001, weight_decay=0.004, beta_1=0.9, beta_2=0.999, epsilon=1e-7, amsgrad=False, **options):
+        if weight_decay is None:
+            raise ValueError("Argument `weight_decay` must be a float. Received: weight_decay=None")
+        super().__init__(learning_rate, beta_1, beta_2, epsilon, amsgrad, weight_decay=weight_decay, **options)
 
 
 # ---------------------------------------------------------------- registry
@@ -451,16 +460,26 @@ class OptimizerSpec(NamedTuple):
     keras_slots: dict
 
 
+from kerasbp.reference.optimizer_state import (  # noqa: E402
+    AdadeltaState,
+    AdafactorState,
+    AdagradState,
+    AdamaxState,
+    FtrlState,
+    LambState,
+    LionState,
+    NadamState,
+)
+from kerasbp.reference.optimizers_adaptive import Adadelta, Adagrad, Adamax, Ftrl, Nadam  # noqa: E402
+from kerasbp.reference.optimizers_sign import Adafactor, Lamb, Lion  # noqa: E402
+
+_ADAM_SLOTS = {"momentums": "_momentums", "velocities": "_velocities", "velocity_hats": "_velocity_hats"}
+
 #: The supported optimizers by Keras name (the Keras slot attributes are those of Keras 3.15).
 OPTIMIZERS = {
     "sgd": OptimizerSpec("sgd", "SGD", SGD, SGDState, {"momentums": "momentums"}),
-    "adam": OptimizerSpec(
-        "adam",
-        "Adam",
-        Adam,
-        AdamState,
-        {"momentums": "_momentums", "velocities": "_velocities", "velocity_hats": "_velocity_hats"},
-    ),
+    "adam": OptimizerSpec("adam", "Adam", Adam, AdamState, _ADAM_SLOTS),
+    "adamw": OptimizerSpec("adamw", "AdamW", AdamW, AdamState, _ADAM_SLOTS),
     "rmsprop": OptimizerSpec(
         "rmsprop",
         "RMSprop",
@@ -468,4 +487,30 @@ OPTIMIZERS = {
         RMSpropState,
         {"velocities": "_velocities", "momentums": "_momentums", "average_gradients": "_average_gradients"},
     ),
+    "adagrad": OptimizerSpec("adagrad", "Adagrad", Adagrad, AdagradState, {"accumulators": "_accumulators"}),
+    "adadelta": OptimizerSpec(
+        "adadelta", "Adadelta", Adadelta, AdadeltaState,
+        {"accumulated_grads": "_accumulated_grads", "accumulated_delta_vars": "_accumulated_delta_vars"},
+    ),
+    "adamax": OptimizerSpec("adamax", "Adamax", Adamax, AdamaxState, {"momentums": "_m", "norms": "_u"}),
+    "nadam": OptimizerSpec(
+        "nadam", "Nadam", Nadam, NadamState, {"momentums": "_momentums", "velocities": "_velocities", "u_product": "_u_product"}
+    ),
+    "ftrl": OptimizerSpec("ftrl", "Ftrl", Ftrl, FtrlState, {"accumulators": "_accumulators", "linears": "_linears"}),
+    "lion": OptimizerSpec("lion", "Lion", Lion, LionState, {"momentums": "_momentums"}),
+    "lamb": OptimizerSpec("lamb", "Lamb", Lamb, LambState, {"momentums": "_momentums", "velocities": "_velocities"}),
+    "adafactor": OptimizerSpec("adafactor", "Adafactor", Adafactor, AdafactorState, {"r": "_r", "c": "_c", "v": "_v"}),
+}
+
+#: The Keras attributes of the state fields every optimizer has (common options).
+COMMON_SLOTS = {"accumulated_gradients": "_accumulated_gradients", "averages": "_model_variables_moving_average"}
+
+#: Keras optimizers the twin does not reproduce, with the reason.
+REFUSED = {
+    "Muon": "its update orthogonalizes each 2-D kernel's momentum with Newton-Schulz iterations and sends the other "
+    "variables (chosen by layer path, exclude_layers and exclude_embeddings) to an AdamW rule of its own; not twinned",
+    "ScheduleFreeAdamW": "the weights it leaves in the model are an interpolation y of two sequences (the evaluation "
+    "point x is recovered from y and the momentum); not twinned",
+    "MultiOptimizer": "it routes variables to several optimizers by path; compare the parts with one optimizer each",
+    "LossScaleOptimizer": "loss scaling is for mixed precision (float16), which the twin does not reproduce",
 }
