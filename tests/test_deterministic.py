@@ -17,7 +17,7 @@ import pytest
 import kerasbp as kb
 from kerasbp.backprop import Term, explain_backprop
 from kerasbp.reference import NumpyMLP
-from kerasbp.reference.optimizers import optimizer_from_keras
+from kerasbp.reference import optimizer_from_keras
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
