@@ -133,7 +133,7 @@ def _run(job_name, args, print_text, flags):
         print(f"interrupted ({'SIGTERM' if isinstance(e, Terminated) else 'Ctrl-C'})", file=sys.stderr)
         return exit_status(e)
     print_text(result)
-    if result.get("log_error"):  # the results are printed; the log could not be saved
+    if isinstance(result, dict) and result.get("log_error"):  # the results are printed; the log could not be saved
         print(f"error: {result['log_error']}", file=sys.stderr)
         return 1
     return 0
