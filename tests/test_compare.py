@@ -150,7 +150,7 @@ def test_script_exit_status_follows_the_report(monkeypatch, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["ok"] is False and out["first_failure"]["step"] == 0
     assert main_compare(["--optimizer", "muon"]) == 2
-    assert "`optimizer` must be one of" in capsys.readouterr().err
+    assert "--optimizer must be one of" in capsys.readouterr().err
 
 
 def test_script_runs_as_a_program():
