@@ -180,7 +180,10 @@ class GradientLog:
         key = ("grad", j)
         if key not in self._cache:
             chunks = self._grads[j] if self._grads is not None else []
-            self._cache[key] = np.concatenate(chunks) if chunks else np.zeros((0, *self.shapes[j]), np.float32)
+            if len(chunks) == 1:  # as it is: a log loaded from a streamed folder stays memory-mapped
+                self._cache[key] = chunks[0]
+            else:
+                self._cache[key] = np.concatenate(chunks) if chunks else np.zeros((0, *self.shapes[j]), np.float32)
         return self._cache[key]
 
     def last_gradients(self):
