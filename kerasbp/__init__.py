@@ -5,7 +5,7 @@ and `import kerasbp.reference` (the NumPy twin) needs NumPy only. The first use 
 that needs Keras (`kerasbp.GradientLogger`, `kerasbp.xor_model`, ...) imports it.
 
 Module map:
-    data          xor_data, linear_data, load_xy_csv, least_squares, batch_slices, Standardizer
+    data          xor_data, linear_data, spiral_data, load_xy_csv, least_squares, batch_slices, Standardizer
     models        xor_model, linear_model, dense_model, compile_model
     logger        GradientLogger (callback), GradientLog and Health (log), the capture in fit
     training      train: many tiny epochs in one compiled loop
@@ -35,6 +35,7 @@ _EXPORTS = {
     "explain_backprop": "kerasbp.backprop",
     "xor_data": "kerasbp.data",
     "linear_data": "kerasbp.data",
+    "spiral_data": "kerasbp.data",
     "load_xy_csv": "kerasbp.data",
     "least_squares": "kerasbp.data",
     "compile_model": "kerasbp.models",

@@ -21,7 +21,10 @@ the dtype (`TOLERANCES`):
 - gradient: `max |diff|` over the size of the terms the gradient adds up over the batch
   (`max(|a_prev|^T |delta|)` for a kernel, `max(sum |delta|)` for a bias, and at least
   `max |Keras gradient|`), per variable: a gradient that is small because its terms cancel keeps
-  the rounding error of those terms, so it is judged against them;
+  the rounding error of those terms, so it is judged against them; and only what is left of
+  `max |diff|` beyond `16 eps max(1, |y|) / n` is judged (the rounding of O(1) probabilities and
+  targets before they cancel in `p - y` at a saturated output: measured 2.2e-16 on a float64
+  bias gradient of 2e-6 after 184 Lamb steps);
 - weights after the step: what is left of `max |diff|` beyond 2 ulps of the weights (the
   rounding of `w + update` on each side), divided by the size of Keras's update
   `max |w_after - w_before|`. An update rule is checked against the update it makes, not
@@ -419,7 +422,7 @@ def compare(model, X, y, epochs=1, batch_size=None, loss=None, dtype=None, sampl
         logger = _ApplyRecorder(copy, keras_optimizer) if keras_optimizer.gradient_accumulation_steps else GradientLogger(record="full")
         logger.set_model(copy)
         logger.set_params({"steps": len(batches), "epochs": epochs})
-        keras_before, keras_w, keras_g, twin_losses, scales = [], [], [], [], []
+        keras_before, keras_w, keras_g, twin_losses, scales, slacks = [], [], [], [], [], []
         diverged_at, free_ok = None, True
         modes = {m: {"loss": [], "gradient": [], "weights": []} for m in ("teacher", "free")}
         dropouts = [layer for layer in copy.layers if isinstance(layer, keras.layers.Dropout)]
@@ -458,6 +461,8 @@ def compare(model, X, y, epochs=1, batch_size=None, loss=None, dtype=None, sampl
                         t_result = teacher.backward(xb, yb, twin_loss, sample_weight=sw, dropout_masks=masks)
                         t_loss, t_grads = t_result.loss, t_result.grads
                         scales.append(_term_sizes(teacher, t_result))
+                        # the rounding of O(1) probabilities and targets before they cancel in p - y
+                        slacks.append(16 * float(np.finfo(dtype).eps) * max(1.0, float(np.max(np.abs(yb)))) / len(xb))
                         t_params, _ = twin_optimizer.apply(before, keras_grads, state)
                         # free-running: the twin's step from its own weights and state
                         if free_ok:
@@ -497,7 +502,8 @@ def compare(model, X, y, epochs=1, batch_size=None, loss=None, dtype=None, sampl
                 kg, tg = np.asarray(keras_g[k][j], np.float64), np.asarray(d["gradient"][k][j], np.float64)
                 out["gradient_abs"][k, j] = a = np.max(np.abs(kg - tg))
                 # differences in float's subnormal range are rounding, whatever their relative size
-                out["gradient_rel"][k, j] = relative_difference(max(0.0, a - 1024 * np.finfo(dtype).tiny), max(np.max(np.abs(kg)), scales[k][j]))
+                slack = 1024 * np.finfo(dtype).tiny + slacks[k]
+                out["gradient_rel"][k, j] = relative_difference(max(0.0, a - slack), max(np.max(np.abs(kg)), scales[k][j]))
                 w0, kw = keras_before[k][j], keras_w[k][j]
                 tw = np.asarray(d["weights"][k][j], np.float64)
                 out["weights_abs"][k, j] = a = np.max(np.abs(kw.astype(np.float64) - tw))

@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from kerasbp.checks import check_array, check_dtype, check_positive_int, check_range
+from kerasbp.checks import check_array, check_dtype, check_positive_int, check_range, check_seed
 
 
 def xor_data(dtype="float32"):
@@ -66,6 +66,49 @@ def linear_data(n_samples=100, slope=2.0, intercept=1.0, noise=0.1, seed=42):
     X = rng.rand(n_samples, 1)
     y = slope * X + intercept + noise * rng.randn(n_samples, 1)
     return X, y
+
+
+def spiral_data(n_per_class=100, n_classes=3, noise=0.2, seed=0):
+    """Interleaved spirals, the classic multi-class toy problem (CS231n's "spiral" data).
+
+    Class `j` has `n_per_class` points at radii `r` evenly spaced in `[0, 1]` and angles
+    `t = linspace(4 j, 4 (j + 1)) + noise * N(0, 1)`, at `(r sin t, r cos t)`. Generated, no
+    download. A linear classifier cannot separate them; a small MLP with softmax can.
+
+    Args:
+        n_per_class: int >= 1. Defaults to 100.
+        n_classes: int >= 2. Defaults to 3.
+        noise: float >= 0, the standard deviation of the angle noise. Defaults to `0.2`.
+        seed: int >= 0, seed of `np.random.default_rng`. Defaults to 0.
+
+    Returns:
+        `(X, y)`: `X` float32 of shape `(n_per_class * n_classes, 2)`, `y` int64 labels of shape
+        `(n_per_class * n_classes,)`, class by class.
+
+    Raises:
+        TypeError, ValueError: for counts that are not positive integers, fewer than two classes,
+            or a negative noise.
+
+    Example:
+        >>> X, y = spiral_data(n_per_class=5, n_classes=3)
+        >>> X.shape, X.dtype.name, y.tolist()
+        ((15, 2), 'float32', [0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2])
+    """
+    n_per_class = check_positive_int("n_per_class", n_per_class)
+    n_classes = check_positive_int("n_classes", n_classes)
+    if n_classes < 2:
+        raise ValueError(f"`n_classes` must be at least 2. Received: n_classes={n_classes}")
+    noise = check_range("noise", noise, 0.0, np.inf)
+    rng = np.random.default_rng(check_seed(seed))
+    X = np.empty((n_per_class * n_classes, 2))
+    y = np.empty(n_per_class * n_classes, dtype=np.int64)
+    for j in range(n_classes):
+        rows = slice(n_per_class * j, n_per_class * (j + 1))
+        r = np.linspace(0.0, 1.0, n_per_class)
+        t = np.linspace(4.0 * j, 4.0 * (j + 1), n_per_class) + rng.standard_normal(n_per_class) * noise
+        X[rows] = np.c_[r * np.sin(t), r * np.cos(t)]
+        y[rows] = j
+    return X.astype(np.float32), y
 
 
 def load_xy_csv(path, x_columns, y_column):

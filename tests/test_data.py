@@ -204,3 +204,31 @@ def test_batch_slices_match_fit_without_shuffle():
         batch_slices(4, 0)
     with pytest.raises(TypeError, match="`n_samples`"):
         batch_slices(4.0, 2)
+
+
+# ---------------------------------------------------------------- spirals
+
+
+def test_spiral_data_shapes_dtypes_and_reproducibility():
+    from kerasbp import spiral_data
+
+    X, y = spiral_data()
+    assert X.shape == (300, 2) and X.dtype == np.float32 and y.shape == (300,) and y.dtype == np.int64
+    assert np.bincount(y).tolist() == [100, 100, 100]
+    X2, y2 = spiral_data(seed=0)
+    np.testing.assert_array_equal(X, X2)
+    assert not np.array_equal(X, spiral_data(seed=1)[0])
+    assert np.max(np.linalg.norm(X, axis=1)) <= 1.0 + 1e-6  # radii in [0, 1]
+    X4, y4 = spiral_data(n_per_class=10, n_classes=4, noise=0.0)
+    assert X4.shape == (40, 2) and set(y4.tolist()) == {0, 1, 2, 3}
+
+
+def test_spiral_data_bad_input():
+    from kerasbp import spiral_data
+
+    with pytest.raises(ValueError, match=r"`n_classes` must be at least 2"):
+        spiral_data(n_classes=1)
+    with pytest.raises(ValueError, match=r"n_per_class"):
+        spiral_data(n_per_class=0)
+    with pytest.raises(ValueError, match=r"noise"):
+        spiral_data(noise=-1.0)

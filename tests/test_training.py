@@ -6,6 +6,7 @@ import pytest
 
 from kerasbp import GradientLogger, compile_model, train, xor_data, xor_model
 from kerasbp import training
+import kerasbp as kb
 
 
 def _count_traces(model):
@@ -102,3 +103,42 @@ def test_a_stopping_logger_stops_the_loop_at_the_first_nonfinite_step(on_nonfini
     assert logger.first_nonfinite["step"] == logger.steps[first]
     assert logger.health().figures["first_nonfinite_step"] == logger.steps[first]
     assert int(model.optimizer.iterations.numpy()) == logger.steps[-1] + 1
+
+
+# ---------------------------------------------------------------- weights, validation, shuffling
+
+
+def _weighted_setup():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(30, 2)).astype("float32")
+    y = (X[:, :1] > 0).astype("float32")
+    return X, y, rng.uniform(0.5, 2, size=30).astype("float32")
+
+
+@pytest.mark.parametrize("kind", ["sample_weight", "class_weight", "validation_data"])
+def test_train_equals_fit_with_weights_and_validation(kind):
+    X, y, sw = _weighted_setup()
+    kwargs = {"sample_weight": {"sample_weight": sw}, "class_weight": {"class_weight": {0: 2.0, 1: 0.5}}, "validation_data": {"validation_data": (X[:7] + 0.1, y[:7])}}[kind]
+    a = kb.compile_model(kb.xor_model(seed=0), "adam", learning_rate=0.05, loss="binary_crossentropy")
+    b = kb.compile_model(kb.xor_model(seed=0), "adam", learning_rate=0.05, loss="binary_crossentropy")
+    h1 = kb.train(a, X, y, epochs=4, batch_size=8, **kwargs)
+    h2 = b.fit(X, y, epochs=4, batch_size=8, shuffle=False, verbose=0, **kwargs)
+    assert set(h1.history) == set(h2.history)
+    for k in h2.history:
+        np.testing.assert_array_equal(h1.history[k], h2.history[k])
+    for u, v in zip(a.get_weights(), b.get_weights(), strict=True):
+        np.testing.assert_array_equal(u, v)
+
+
+def test_train_shuffle_is_fit_on_the_seeded_permutation():
+    X, y, _ = _weighted_setup()
+    a = kb.compile_model(kb.xor_model(seed=0), "sgd", loss="binary_crossentropy")
+    b = kb.compile_model(kb.xor_model(seed=0), "sgd", loss="binary_crossentropy")
+    h1 = kb.train(a, X, y, epochs=3, batch_size=8, shuffle=3)
+    p = np.random.default_rng(3).permutation(30)
+    h2 = b.fit(X[p], y[p], epochs=3, batch_size=8, shuffle=False, verbose=0)
+    np.testing.assert_array_equal(h1.history["loss"], h2.history["loss"])
+    with pytest.raises(TypeError, match=r"`shuffle` must be a bool or an int seed"):
+        kb.train(a, X, y, shuffle="yes")
+    with pytest.raises(ValueError, match=r"`sample_weight` must have shape \(30,\)"):
+        kb.train(a, X, y, sample_weight=np.ones(3))

@@ -5,7 +5,7 @@ gradient kernel reads the op's output (`SigmoidGrad`, `TanhGrad`, `ReluGrad`, `E
 `SeluGrad`), the derivative takes the cached output `a = f(z)` (`Activation.from_output` is
 True); otherwise (leaky_relu, gelu, silu, softplus) it takes `z`. `softmax` is not elementwise:
 its backward pass is the Jacobian-vector product `a * (g - sum(g * a, axis=-1))`
-(`Activation.vjp`). The exact `gelu` needs `erf`, from SciPy, imported only when it is called.
+(`Activation.vjp`). The exact `gelu` needs `erfc`, from SciPy, imported only when it is called.
 
 Mirrors `keras/src/activations/activations.py` and `keras/src/backend/tensorflow/nn.py` (the
 TensorFlow backend: `tf.nn.sigmoid`, `tf.nn.tanh`, `tf.nn.relu`, `tf.nn.leaky_relu`, `tf.nn.elu`,
@@ -148,47 +148,56 @@ def selu_derivative(a):
 # ---------------------------------------------------------------- gelu, silu, softplus
 
 
-def gelu(z):
-    """Exact GELU, `a = z * Phi(z) = 0.5 * z * (1 + erf(z / sqrt(2)))` (Keras's `"gelu"`).
+def _cast(value, dtype):
+    # tf.cast of a Python float goes through float32: in float64 TensorFlow's gelu uses
+    # float32-rounded constants (see kerasbp.reference.rounding.via_float32).
+    return np.dtype(dtype).type(np.float32(value))
 
-    Needs `scipy.special.erf`.
+
+def gelu(z):
+    """Exact GELU, `a = z * Phi(z) = 0.5 * z * erfc(-z / sqrt(2))` (Keras's `"gelu"`).
+
+    As `tf.nn.gelu(approximate=False)`, with `1 / sqrt(2)` float32-rounded (TensorFlow casts the
+    Python constant). Needs `scipy.special.erfc`.
 
     References:
         Hendrycks & Gimpel (2016), "Gaussian Error Linear Units (GELUs)", arXiv:1606.08415.
     """
-    from scipy.special import erf  # only the exact gelu needs SciPy
+    from scipy.special import erfc  # only the exact gelu needs SciPy
 
     z = np.asarray(z)
     t = z.dtype.type
-    return t(0.5) * z * (t(1) + erf(z / t(1.4142135623730951)))
+    return t(0.5) * z * erfc(-z * _cast(0.7071067811865476, z.dtype))
 
 
 def gelu_derivative(z):
-    """`f'(z) = Phi(z) + z * phi(z)`, from `z`."""
-    from scipy.special import erf
+    """`f'(z) = 0.5 * erfc(-c z) + z * c * exp(-(c z)**2) / sqrt(pi)`, `c = 1 / sqrt(2)`, from `z`."""
+    from scipy.special import erfc
 
     z = np.asarray(z)
     t = z.dtype.type
-    return t(0.5) * (t(1) + erf(z / t(1.4142135623730951))) + z * np.exp(t(-0.5) * z * z) * t(1 / np.sqrt(2 * np.pi))
+    c = _cast(0.7071067811865476, z.dtype)
+    return t(0.5) * erfc(-z * c) + z * c * np.exp(-np.square(c * z)) * t(1 / np.sqrt(np.pi))
 
 
 def gelu_approximate(z):
     """Tanh approximation of GELU: `0.5 * z * (1 + tanh(sqrt(2 / pi) * (z + 0.044715 * z**3)))`.
 
-    Keras's `keras.activations.gelu(x, approximate=True)`.
+    Keras's `keras.activations.gelu(x, approximate=True)` (`0.044715` float32-rounded, as
+    TensorFlow casts it).
     """
     z = np.asarray(z)
     t = z.dtype.type
-    return t(0.5) * z * (t(1) + np.tanh(t(np.sqrt(2 / np.pi)) * (z + t(0.044715) * z**3)))
+    return t(0.5) * z * (t(1) + np.tanh(t(0.7978845608028654) * (z + _cast(0.044715, z.dtype) * z**3)))
 
 
 def gelu_approximate_derivative(z):
     """Derivative of `gelu_approximate`, from `z`."""
     z = np.asarray(z)
     t = z.dtype.type
-    c = t(np.sqrt(2 / np.pi))
-    th = np.tanh(c * (z + t(0.044715) * z**3))
-    return t(0.5) * (t(1) + th) + t(0.5) * z * (t(1) - th * th) * c * (t(1) + t(3 * 0.044715) * z * z)
+    c, k = t(0.7978845608028654), _cast(0.044715, z.dtype)
+    th = np.tanh(c * (z + k * z**3))
+    return t(0.5) * (t(1) + th) + t(0.5) * z * (t(1) - th * th) * c * (t(1) + t(3) * k * z * z)
 
 
 def silu(z):

@@ -401,11 +401,12 @@ def _activation_name(activation, where):
     elif callable(activation) and getattr(keras.activations, getattr(activation, "__name__", ""), None) is activation:
         name = activation.__name__
     else:
-        name = repr(activation)
+        name = None
     name = "silu" if name == "swish" else name
     if name not in ACTIVATIONS:
         names = ", ".join(repr(n) for n in ACTIVATIONS)
-        raise ValueError(f"NumpyMLP.from_keras supports the activations {names}. Unsupported activation {activation!r} in {where}")
+        shown = repr(name) if name is not None else repr(activation)
+        raise ValueError(f"NumpyMLP.from_keras supports the activations {names}. Unsupported activation {shown} in {where}")
     return name
 
 
@@ -475,11 +476,10 @@ def _dense_layer(layer):
     from kerasbp.reference.layers import Dense
 
     where = f"layer {layer.name!r}"
-    config = layer.get_config()
-    activation = _activation_name(layer.activation if not isinstance(config.get("activation"), str) else config["activation"], where)
+    activation = _activation_name(layer.activation, where)  # attributes, not get_config: a partial has none
     for option in _UNSUPPORTED_DENSE_OPTIONS:
-        if config.get(option) is not None:
-            raise ValueError(f"NumpyMLP.from_keras does not support `{option}`. Unsupported in {where}: {config[option]!r}")
+        if getattr(layer, option, None) is not None:
+            raise ValueError(f"NumpyMLP.from_keras does not support `{option}`. Unsupported in {where}: {getattr(layer, option)!r}")
     if getattr(layer, "lora_enabled", False):
         raise ValueError(f"NumpyMLP.from_keras does not support LoRA. Unsupported in {where}")
     if getattr(layer, "quantization_mode", None):

@@ -18,7 +18,7 @@ import numpy as np
 
 from kerasbp.checks import check_positive_float
 from kerasbp.reference.from_keras import get_loss
-from kerasbp.reference.layers import EPS_KINK_FREE, kink_signature
+from kerasbp.reference.layers import kink_signature
 from kerasbp.reference.mlp import NumpyMLP
 
 

@@ -438,8 +438,6 @@ class Activation:
 LAYERS = {cls.kind: cls for cls in (Dense, BatchNormalization, Dropout, Activation)}
 
 
-EPS_KINK_FREE = 0.0
-
 
 def kink_signature(net, y, loss):
     """Which side of every kink the last forward pass of `net` (a `NumpyMLP`) is on.

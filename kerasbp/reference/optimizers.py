@@ -37,14 +37,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-from kerasbp.checks import check_bool, check_positive_float, check_range
+from kerasbp.checks import check_bool, check_range
 from kerasbp.reference.optimizer_base import BaseOptimizer
 from kerasbp.reference.optimizer_state import (
     AdamState,
     RMSpropState,
     SGDState,
-    check_iterations,
-    check_params_grads,
     check_slots,
     zeros_like_each,
 )

@@ -1,0 +1,170 @@
+"""`compare` against Keras (TensorFlow backend) for every optimizer, option, activation, loss and layer.
+
+Default tier: each optimizer, option, activation, loss and layer at least once, float64, a few
+steps, teacher-forced within 1e-10 (what `report.ok` checks). Slow tier: the full matrices of
+the issue, 200 steps, and free-running float64 within 1e-9 for SGD, Adam, RMSprop, AdamW, Nadam.
+"""
+
+import functools
+
+import keras
+import numpy as np
+import pytest
+
+import kerasbp as kb
+from kerasbp.precision import floatx
+from kerasbp.reference import OPTIMIZERS
+
+RNG = np.random.default_rng(0)
+X = RNG.normal(size=(24, 3))
+Y_BIN = (RNG.normal(size=(24, 2)) > 0).astype(float)
+Y_REAL = RNG.normal(size=(24, 2))
+OPTIONS = {
+    "none": {},
+    "clipnorm": {"clipnorm": 0.05},
+    "global_clipnorm": {"global_clipnorm": 0.05},
+    "clipvalue": {"clipvalue": 0.01},
+    "weight_decay": {"weight_decay": 0.1},
+    "schedule": {},
+    "ema": {"use_ema": True, "ema_overwrite_frequency": 3},
+    "grad_accum": {"gradient_accumulation_steps": 3},
+}
+
+
+def _optimizer(name, option):
+    lr = keras.optimizers.schedules.ExponentialDecay(0.05, 3, 0.7) if option == "schedule" else 0.05
+    return getattr(keras.optimizers, name)(learning_rate=lr, **OPTIONS[option])
+
+
+def _mlp(optimizer, hidden="tanh", out="sigmoid", loss="binary_crossentropy"):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, activation=hidden), keras.layers.Dense(2, activation=out)])
+    model.compile(optimizer=optimizer, loss=loss)
+    return model
+
+
+def _check(report, mode_tol=None):
+    assert report.ok, report.summary()
+    if mode_tol is not None:
+        assert max(report._worst("free").values()) <= mode_tol, report.summary()
+
+
+KERAS_CLASSES = [spec.keras_class for spec in OPTIMIZERS.values()]
+# each optimizer once in the default tier, each common option at least once among them
+DEFAULT_PAIRS = list(zip(KERAS_CLASSES, ["none", "clipnorm", "global_clipnorm", "clipvalue", "weight_decay", "schedule", "ema", "grad_accum", "none", "schedule", "weight_decay", "clipnorm"], strict=True))
+
+
+@pytest.mark.parametrize(("name", "option"), DEFAULT_PAIRS, ids=[f"{n}-{o}" for n, o in DEFAULT_PAIRS])
+def test_every_optimizer_and_option_teacher_forced_float64(name, option):
+    with floatx("float64"):
+        report = kb.compare(_mlp(_optimizer(name, option)), X, Y_BIN, epochs=2, batch_size=8)
+    _check(report)
+
+
+ACTIVATION_LOSSES = [
+    ("relu", "linear", "mse", Y_REAL),
+    ("leaky_relu", "linear", "mae", Y_REAL),
+    ("elu", "linear", "huber", Y_REAL),
+    ("selu", "sigmoid", "binary_crossentropy", Y_BIN),
+    ("gelu", "softplus", "mse", np.abs(Y_REAL)),
+    ("silu", "tanh", "mae", np.tanh(Y_REAL)),
+    ("softplus", "gelu", "huber", Y_REAL),
+    ("sigmoid", "silu", "mse", Y_REAL),
+    ("tanh", "relu", "mse", np.abs(Y_REAL)),
+    ("linear", "leaky_relu", "huber", Y_REAL),
+    ("tanh", "elu", "mae", Y_REAL),
+    ("relu", "selu", "mse", Y_REAL),
+]
+
+
+@pytest.mark.parametrize(("hidden", "out", "loss", "y"), ACTIVATION_LOSSES, ids=[f"{h}-{o}-{l}" for h, o, l, _ in ACTIVATION_LOSSES])
+def test_activations_and_losses_float64(hidden, out, loss, y):
+    with floatx("float64"):
+        report = kb.compare(_mlp(keras.optimizers.SGD(0.05), hidden, out, loss), X, y, epochs=1, batch_size=8)
+    _check(report)
+
+
+def _spiral_model(optimizer="adam", loss="sparse_categorical_crossentropy"):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((2,)),
+            keras.layers.Dense(16, activation="relu", kernel_regularizer=keras.regularizers.L2(0.01)),
+            keras.layers.BatchNormalization(),
+            keras.layers.Dropout(0.25),
+            keras.layers.Dense(3, bias_regularizer=keras.regularizers.L1(0.01)),
+            keras.layers.Activation("softmax"),
+        ]
+    )
+    model.compile(optimizer=optimizer, loss=loss)
+    return model
+
+
+def test_dense_batchnorm_dropout_softmax_on_spirals_with_regularizers_and_weights():
+    X_s, y_s = kb.spiral_data(n_per_class=16)
+    with floatx("float64"):
+        model = _spiral_model()
+        _check(kb.compare(model, X_s, y_s, epochs=2, batch_size=16))
+        _check(kb.compare(model, X_s, y_s, epochs=1, batch_size=16, class_weight={0: 2.0, 2: 0.5}))
+        model.compile(optimizer="sgd", loss="categorical_crossentropy")
+        _check(kb.compare(model, X_s, np.eye(3)[y_s], epochs=1, batch_size=16, sample_weight=np.linspace(0.1, 2, len(X_s))))
+
+
+def test_float32_within_the_stated_tolerance():
+    # float32: losses within 1e-5, gradients 1e-4 of the batch terms, updates 1e-4 (TOLERANCES)
+    X_s, y_s = kb.spiral_data(n_per_class=16)
+    report = kb.compare(_spiral_model(keras.optimizers.Nadam(0.01, clipnorm=1.0)), X_s, y_s, epochs=2, batch_size=16)
+    _check(report)
+    assert report._worst("teacher")["gradient"] < 1e-5, report.summary()
+
+
+def test_the_model_backend_path_and_refusals():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, activation=functools.partial(keras.activations.gelu, approximate=True))])
+    assert kb.NumpyMLP.from_keras(model).activations == ["gelu_approximate"]
+    assert kb.NumpyMLP.from_keras(model).backend == "tensorflow"
+    model.compile(optimizer="sgd", loss="mse")
+    with pytest.raises(ValueError, match=r"`sample_weight` and `class_weight` cannot be given together"):
+        kb.compare(model, np.zeros((2, 2)), np.zeros((2, 2)), sample_weight=np.ones(2), class_weight={0: 1.0})
+
+
+# ---------------------------------------------------------------- slow tier: the full matrices
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("option", ["none", "clipnorm", "global_clipnorm", "weight_decay", "schedule", "clipvalue", "ema", "grad_accum"])
+@pytest.mark.parametrize("name", KERAS_CLASSES)
+def test_matrix_200_steps_teacher_forced_float64(name, option):
+    with floatx("float64"):
+        report = kb.compare(_mlp(_optimizer(name, option)), X, Y_BIN, epochs=67, batch_size=8)  # 201 steps
+    _check(report)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["SGD", "Adam", "RMSprop", "AdamW", "Nadam"])
+def test_free_running_float64_200_steps_within_1e_9(name):
+    with floatx("float64"):
+        opt = getattr(keras.optimizers, name)(learning_rate=0.01)
+        report = kb.compare(_mlp(opt), X, Y_BIN, epochs=67, batch_size=8)
+    _check(report, mode_tol=1e-9)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", KERAS_CLASSES)
+def test_matrix_float32(name):
+    report = kb.compare(_mlp(_optimizer(name, "clipnorm")), X.astype("float32"), Y_BIN, epochs=10, batch_size=8)
+    _check(report)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("hidden", ["linear", "sigmoid", "tanh", "relu", "leaky_relu", "elu", "selu", "gelu", "silu", "softplus"])
+@pytest.mark.parametrize("loss", ["mse", "mae", "huber"])
+def test_activation_loss_matrix_float64(hidden, loss):
+    with floatx("float64"):
+        report = kb.compare(_mlp(keras.optimizers.Adam(0.01), hidden, hidden, loss), X, Y_REAL, epochs=5, batch_size=8)
+    _check(report)
+
+
+@pytest.mark.slow
+def test_spirals_200_steps_float64():
+    X_s, y_s = kb.spiral_data(n_per_class=32)
+    with floatx("float64"):
+        _check(kb.compare(_spiral_model(keras.optimizers.AdamW(0.01)), X_s, y_s, epochs=34, batch_size=16))
