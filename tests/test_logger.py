@@ -3,6 +3,7 @@
 import csv
 import gc
 import glob
+import json
 import warnings
 
 import keras
@@ -457,3 +458,117 @@ def test_a_log_streamed_to_disk_saves_and_loads(tmp_path):
         for a, b in zip(back.gradients(), logger.gradients(), strict=True):
             assert a.shape[0] == 8
             np.testing.assert_array_equal(a, b)
+
+
+# ------------------------------------------------------- optimizer paths: columns and exports
+
+
+def _lin_like(optimizer, seed=0):
+    # 11 samples, batch 4: a partial last batch.
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(11, 2)).astype("float32")
+    y = (3 * X[:, :1] - X[:, 1:] + 20).astype("float32")
+    model = dense_model([2, 3, 1], ["relu", "linear"], seed=seed)
+    model.compile(optimizer, "mse")
+    return model, X, y
+
+
+def test_new_columns_round_trip_through_npz_and_csv(tmp_path):
+    optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam(0.01, clipnorm=0.5, gradient_accumulation_steps=2), initial_scale=2.0**8)
+    model, X, y = _lin_like(optimizer)
+    logger = GradientLogger(record="full", snapshots=True)
+    model.fit(X, y, batch_size=4, epochs=3, callbacks=[logger], verbose=0)
+    assert not logger.applied_same and logger.applied.tolist() == [False, True] * 4 + [False]
+    logger.to_npz(tmp_path / "log.npz")
+    back = load_gradient_log(tmp_path / "log.npz")
+    for name in ("steps", "iterations", "losses", "applied", "skipped", "clipped", "learning_rates", "loss_scales", "global_norms"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(logger, name), err_msg=name)
+    for a, b in zip(back.applied_gradients(), logger.applied_gradients(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(back.stat("applied_norm"), logger.stat("applied_norm"))
+    assert back.clipping == logger.clipping == {"clipnorm": 0.5, "global_clipnorm": None, "clipvalue": None}
+    assert np.isnan(logger.stat("applied_norm")[~logger.applied]).all()
+    logger.to_csv(tmp_path / "log.csv")
+    with open(tmp_path / "log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 9 * 4
+    assert [int(r["applied"]) for r in rows[::4]] == logger.applied.astype(int).tolist()
+    assert float(rows[4]["learning_rate"]) == logger.learning_rates[1] and float(rows[4]["loss_scale"]) == 256.0
+    assert float(rows[4]["global_norm"]) == logger.global_norms[1]
+    assert float(rows[5]["applied_norm"]) == logger.stats[logger.names[1]]["applied_norm"][1]
+
+
+def test_a_log_saved_before_the_new_columns_still_loads(tmp_path):
+    old_stats = ("norm", "mean", "std", "min", "max", "max_abs", "nonfinite", "weight_norm", "update_ratio")
+    stats = np.arange(3 * 2 * 9, dtype=float).reshape(3, 2, 9)
+    meta = {"names": ["d/kernel", "d/bias"], "layers": ["d", "d"], "activations": ["", ""], "shapes": [[2, 1], [1]], "record": "stats", "every_n_steps": 1, "stats": list(old_stats)}
+    np.savez(tmp_path / "old.npz", steps=np.arange(3), epochs=np.zeros(3, int), losses=np.ones(3), stats=stats, meta=np.array(json.dumps(meta)))
+    log = load_gradient_log(tmp_path / "old.npz")
+    np.testing.assert_array_equal(log.stats_array()[:, :, :9], stats)
+    assert np.isnan(log.stat("applied_norm")).all()
+    assert log.iterations.tolist() == [1, 2, 3] and log.applied.all() and not log.skipped.any() and not log.clipped.any()
+    assert np.isnan(log.learning_rates).all() and np.isnan(log.loss_scales).all()
+    assert log.clipping == {"clipnorm": None, "global_clipnorm": None, "clipvalue": None}
+    str(log.health())  # prints
+
+
+def test_applied_gradients_stream_to_disk(tmp_path):
+    results = []
+    for path in (None, tmp_path / "grads"):
+        model, X, y = _lin_like(keras.optimizers.SGD(0.01, clipvalue=0.1))
+        logger = GradientLogger(record="full", path=path)
+        model.fit(X, y, batch_size=4, epochs=2, shuffle=False, callbacks=[logger], verbose=0)
+        results.append(logger.applied_gradients())
+    back = load_gradient_log(tmp_path / "grads").applied_gradients()
+    assert isinstance(back[0], np.memmap)
+    for a, b, c in zip(*results, back, strict=True):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+        assert np.abs(a).max() <= np.float32(0.1)
+
+
+def test_tensorboard_writes_the_new_columns(tmp_path):
+    model, X, y = _lin_like(keras.optimizers.SGD(0.01, clipnorm=1.0))
+    model.fit(X, y, epochs=1, batch_size=4, callbacks=[GradientLogger(tensorboard_dir=tmp_path)], verbose=0)
+    tags = set()
+    for path in glob.glob(str(tmp_path / "events.out.tfevents.*")):
+        for record in tf.data.TFRecordDataset(path):
+            tags.update(v.tag for v in tf.compat.v1.Event.FromString(record.numpy()).summary.value)
+    name = model.trainable_weights[0].path
+    assert {"global_gradient_norm", "learning_rate", "loss_scale", "clipped", "applied", f"applied_norm/{name}"} <= tags
+
+
+@pytest.mark.parametrize("accumulation", [None, 2], ids=["every-step", "accumulate-2"])
+def test_update_ratio_from_increments_under_loss_scaling(accumulation):
+    # The inner optimizer's increments (no weight copy) against w_after - w_before (snapshots).
+    ratios = []
+    for snapshots in (False, True):
+        inner = keras.optimizers.Adam(0.05, gradient_accumulation_steps=accumulation)
+        model, X, y = _lin_like(keras.optimizers.LossScaleOptimizer(inner, initial_scale=2.0**8))
+        logger = GradientLogger(snapshots=snapshots)
+        model.fit(X, y, batch_size=4, epochs=2, shuffle=False, callbacks=[logger], verbose=0)
+        ratios.append(logger.stat("update_ratio"))
+    np.testing.assert_allclose(ratios[0], ratios[1], rtol=1e-4)  # |dw| of float32 w_after - w_before
+    moved = ratios[0][:, 0] > 0
+    assert moved.tolist() == logger.applied.tolist()
+
+
+def test_train_fast_path_with_loss_scale_skips_runs_to_the_end():
+    # Overflow skips are not non-finite steps: an on_nonfinite="stop" logger lets kb.train finish.
+    # Targets in the tens overflow float16 at the initial scale 2**15 (see test_optimizer_paths).
+    X = np.array([[1, 2], [3, 4], [5, 6], [7, 8]], "float32")
+    y = np.array([[10], [20], [30], [40]], "float32")
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(4, activation="tanh"), keras.layers.Dense(1)])
+        model.compile(keras.optimizers.SGD(1e-3), "mse")
+    finally:
+        keras.config.set_dtype_policy("float32")
+    logger = GradientLogger(on_nonfinite="stop")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        history = train(model, X, y, epochs=20, batch_size=2, callbacks=[logger])
+    assert len(history.history["loss"]) == 20
+    assert logger.skipped.sum() > 0 and logger.applied.sum() == 40 - logger.skipped.sum()
+    assert logger.steps.tolist() == list(range(40))
+    assert int(model.optimizer.iterations.numpy()) == logger.applied.sum()

@@ -17,7 +17,7 @@ import tensorflow as tf
 from kerasbp.checks import check_bool, check_choice, check_output_path, check_positive_float, check_positive_int
 from kerasbp.logger import capture
 from kerasbp.files import atomic_write
-from kerasbp.logger.log import FOLDER_LOG, STATS, GradientLog, gradient_file
+from kerasbp.logger.log import CLIPPING, FOLDER_LOG, STATS, GradientLog, gradient_file
 
 #: Column of each statistic in a row of `stats`.
 STATS_INDEX = {name: i for i, name in enumerate(STATS)}
@@ -35,18 +35,31 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
     """Records the gradients the optimizer applies, at every `every_n_steps`-th step of `fit`.
 
     It works with a plain `model.fit(..., callbacks=[logger])` on any compiled Keras model with
-    the TensorFlow backend (and with `kerasbp.train`). The gradients are those handed to
-    `optimizer.apply_gradients` in the train step, before loss-scale division, clipping and
-    weight decay, so they are exact with `shuffle=True`, a last partial batch and
-    `steps_per_execution > 1` (every step of an execution is recorded). Once trained, the logger
-    is a `kerasbp.GradientLog` (steps, losses, statistics, exports, `health()`).
+    the TensorFlow backend (and with `kerasbp.train`). A row is one train step (one batch handed
+    to the optimizer). Per logged step it records the gradient of the loss handed to
+    `optimizer.apply_gradients` in the train step, divided by the loss scale in effect
+    (`LossScaleOptimizer`, also the one `compile` adds under the `mixed_float16` policy, or
+    `loss_scale_factor`) and before clipping, and what the optimizer did with it: whether it
+    applied an update (`applied`: not at a loss-scale overflow skip nor at a gradient-accumulation
+    micro-step), the gradient its update rule received (after unscaling, accumulation and
+    clipping: `applied_gradients()`, `applied_norm`), the learning rate of that update (schedules
+    evaluated), the loss scale, and whether clipping acted. It is exact with `shuffle=True`, a
+    last partial batch and `steps_per_execution > 1` (every step of an execution is recorded).
+    Once trained, the logger is a `kerasbp.GradientLog` (steps, losses, statistics, exports,
+    `health()`).
+
+    The loss is seen where the train step passes it to `optimizer.scale_loss` (Keras's own
+    `train_step`, and `kerasbp.train`) or computes it with `model.compute_loss`; a custom train
+    step that does neither gets NaN losses and one warning. `keras.optimizers.MultiOptimizer` is
+    refused.
 
     Args:
-        every_n_steps: int >= 1, log optimizer steps whose 0-based iteration is a multiple of it.
+        every_n_steps: int >= 1, log the train steps whose 0-based number is a multiple of it.
             Defaults to 1.
-        record: `"stats"` (per variable per step: `STATS`) or `"full"` (also the whole gradient
-            arrays). Defaults to `"stats"`.
-        on_nonfinite: what to do when a logged step's loss or gradient holds NaN or Inf:
+        record: `"stats"` (per variable per step: `STATS`) or `"full"` (also the whole loss
+            and applied gradient arrays). Defaults to `"stats"`.
+        on_nonfinite: what to do when a logged step's loss or gradient holds NaN or Inf (a step
+            that a `LossScaleOptimizer` skips for overflow is normal and never acted on):
             `"warn"` (a warning naming the first step, layer and variable), `"stop"` (also stop
             training: `kerasbp.train` stops at that very step, `fit` after that call of the
             train function) or `"raise"` (raise `FloatingPointError`, also at that step in
@@ -68,6 +81,7 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
     Raises:
         TypeError, ValueError: for bad arguments.
         RuntimeError: at `fit` on a backend other than TensorFlow, or a model without optimizer.
+        ValueError: at `fit` with a `keras.optimizers.MultiOptimizer`.
 
     Example:
         >>> logger = GradientLogger()
@@ -123,15 +137,20 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
                 "GradientLogger needs a built model, so that its variables exist before training: "
                 "start it with keras.Input(shape) or call model.build(input_shape) first"
             )
+        capture.leaf_optimizer(optimizer)  # refuses a MultiOptimizer
+        # Read before a capture is attached (this logger's earlier rows are all on the host).
+        had_rows = len(self.steps) > 0
+        next_step = int(self.steps[-1]) + 1 if had_rows else 0
         self._describe(model)
         capture.detach(model)  # hooks left by an interrupted fit
         if not optimizer.built:
             optimizer.build(list(model.trainable_weights))  # as its first `apply` would; its slot variables now exist
         if self.snapshots:
-            self.optimizer_variable_names = [v.path for v in optimizer.variables]
+            state = capture.snapshot_variables(optimizer)
+            self.optimizer_variable_names = [v.path for v in state]
             if self._weights is None:
                 self._weights = [[] for _ in self.names]
-                self._optimizer_state = [[] for _ in optimizer.variables]
+                self._optimizer_state = [[] for _ in state]
         steps_per_call = int(self.params.get("steps_per_call") or getattr(model, "steps_per_execution", 1) or 1)
         keep_full = self.record == "full" or self.tensorboard_dir is not None
         # Rows one call of the train function can write. Statistics are small, so their buffer
@@ -140,8 +159,9 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
         self._rows_per_call = steps_per_call // self.every_n_steps + 1
         capacity = self._rows_per_call if keep_full else max(self._rows_per_call, MIN_STATS_ROWS)
         self._dtype = np.float64 if any(v.dtype == "float64" for v in model.trainable_weights) else np.float32
+        same = capture.applied_same(optimizer)
         n_params = sum(math.prod(s) for s in self.shapes)
-        buffer_mb = capacity * n_params * np.dtype(self._dtype).itemsize / 2**20 if keep_full else 0
+        buffer_mb = capacity * n_params * (1 if same else 2) * np.dtype(self._dtype).itemsize / 2**20 if keep_full else 0
         if buffer_mb > self.max_memory_mb:
             raise MemoryError(
                 f"GradientLogger(record='full') would need {buffer_mb:.1f} MB of device buffer for {capacity} steps per call "
@@ -158,20 +178,25 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
             steps_per_execution=steps_per_call,
         )
         # Per-run state: each fit reads from where the buffers are now and acts on its own
-        # first non-finite step.
-        self._capture.start_run()
+        # first non-finite step; train steps continue over the fits of this logger.
+        self._fit_start = self._capture.start_run(next_step)
         self._n_read = self._capture.count
         self._unread_calls = 0
         self._acted_on_nonfinite = False
-        self._fit_start = int(optimizer.iterations.numpy())
         self._steps_per_epoch = self.params.get("steps") or None
+        if had_rows and self.applied_same and not same and self.record == "full":
+            self._separate_applied()  # an earlier fit stored the applied gradients as the loss gradients
+        self.applied_same = self.applied_same and same if had_rows else same
+        leaf = capture.leaf_optimizer(optimizer)
+        self.clipping = {name: float(getattr(leaf, name)) if getattr(leaf, name, None) else None for name in CLIPPING}
         if self.path is not None:
             # The first fit starts the files afresh (an earlier log there is replaced); later
             # fits of this logger append to them.
             mode = "ab" if self._file_names else "wb"
             os.makedirs(self.path, exist_ok=True)
-            self._file_names = [gradient_file(self.path, j) for j in range(len(self.names))]
-            self._files = [open(name, mode) for name in self._file_names]
+            kinds = ("grad",) if self.applied_same else ("grad", "applied")
+            self._file_names = {kind: [gradient_file(self.path, j, kind) for j in range(len(self.names))] for kind in kinds}
+            self._files = {kind: [open(name, mode if os.path.exists(name) else "wb") for name in names] for kind, names in self._file_names.items()}
         if self.tensorboard_dir is not None and self._writer is None:
             self._writer = tf.summary.create_file_writer(self.tensorboard_dir)
         self._capture.attach()
@@ -225,8 +250,9 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
             self._capture.detach()
             self._capture = None  # it may serve another logger next: this one reads no more
         if self._files is not None:
-            for f in self._files:
-                f.close()
+            for files in self._files.values():
+                for f in files:
+                    f.close()
             self._files = None
             # The folder now holds a whole log: load_gradient_log(path) reads it.
             arrays = self._arrays(gradients=False, grad_dtype=np.dtype(self._dtype).name)
@@ -254,24 +280,47 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
         steps = rows["steps"]
         epochs = (steps - self._fit_start) // self._steps_per_epoch if self._steps_per_epoch else np.zeros_like(steps)
         if rows["full"] is not None and self.record == "full":
-            self._store_full(rows["full"])
+            applied = None
+            if not self.applied_same:
+                applied = rows["applied_full"]
+                if applied is None:  # this optimizer's update rule receives the loss gradient itself
+                    applied = [np.where(rows["applied"].reshape(-1, *[1] * (g.ndim - 1)), g, np.nan).astype(g.dtype) for g in rows["full"]]
+            self._store_full(rows["full"], applied)
         for j, alive in enumerate(rows["alive"]):
             if alive is not None:
                 self._alive[j] |= alive  # combined with earlier runs of this logger
         if rows["weights"] is not None:
             for chunks, w in zip(self._weights + self._optimizer_state, rows["weights"] + rows["optimizer_state"], strict=True):
                 chunks.append(w)
-        self._append(steps, epochs, rows["losses"], rows["stats"])
+        columns = {key: rows[key] for key in ("steps", "losses", "iterations", "applied", "skipped", "clipped", "learning_rates", "loss_scales")}
+        self._append(rows["stats"], epochs=epochs, **columns)
         if self._writer is not None:
-            self._write_tensorboard(steps, rows["losses"], rows["stats"], rows["full"])
-        self._check_nonfinite(steps, epochs, rows["losses"], rows["stats"])
+            self._write_tensorboard(rows)
+        self._check_nonfinite(steps, epochs, rows["losses"], rows["stats"], rows["skipped"])
 
-    def _store_full(self, fulls):
+    def _separate_applied(self):
+        """Store the applied gradients apart from the loss gradients from now on: until now the
+        update rule received the loss gradient itself (rows that applied nothing are NaN)."""
+        applied = self.applied_gradients()
+        if self._file_names is not None:
+            for j, g in enumerate(applied):
+                with open(gradient_file(self.path, j, "applied"), "wb") as f:
+                    f.write(np.ascontiguousarray(g).tobytes())
+        else:
+            self._applied_grads = [[np.array(g)] for g in applied]
+        self._cache.clear()
+
+    def _store_full(self, fulls, applied):
         if self._files is not None:
-            for f, g in zip(self._files, fulls, strict=True):
-                f.write(np.ascontiguousarray(g).tobytes())
+            for kind, arrays in (("grad", fulls), ("applied", applied)):
+                if arrays is not None:
+                    for f, g in zip(self._files[kind], arrays, strict=True):
+                        f.write(np.ascontiguousarray(g).tobytes())
             return
-        held = sum(sum(c.nbytes for c in chunks) for chunks in self._grads) + sum(g.nbytes for g in fulls)
+        if applied is not None and self._applied_grads is None:
+            self._applied_grads = [[] for _ in self.names]
+        held = sum(sum(c.nbytes for c in chunks) for chunks in self._grads + (self._applied_grads or []))
+        held += sum(g.nbytes for g in fulls + (applied or []))
         if held > self.max_memory_mb * 2**20:
             self.model.stop_training = True
             raise MemoryError(
@@ -280,34 +329,53 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
             )
         for chunks, g in zip(self._grads, fulls, strict=True):
             chunks.append(g)
+        if applied is not None:
+            for chunks, g in zip(self._applied_grads, applied, strict=True):
+                chunks.append(g)
 
     def _grad_array(self, j):
-        if self._file_names is None:
-            return GradientLog._grad_array(self, j)
+        return self._streamed(j, "grad") if self._file_names is not None else GradientLog._grad_array(self, j)
+
+    def _applied_array(self, j):
+        return self._streamed(j, "applied") if self._file_names is not None else GradientLog._applied_array(self, j)
+
+    def _streamed(self, j, kind):
         if self._files is not None:
-            self._files[j].flush()
+            self._files[kind][j].flush()
         shape = self.shapes[j]
         dtype = np.dtype(self._dtype)
-        file = self._file_names[j]
+        file = gradient_file(self.path, j, kind)
         n = os.path.getsize(file) // (dtype.itemsize * max(1, math.prod(shape)))
         if n == 0:
             return np.zeros((0, *shape), dtype)
         return np.memmap(file, dtype=dtype, mode="r", shape=(n, *shape))
 
-    def _write_tensorboard(self, steps, losses, stats, fulls):
-        norm = STATS_INDEX["norm"]
+    def _write_tensorboard(self, rows):
+        norm, applied_norm = STATS_INDEX["norm"], STATS_INDEX["applied_norm"]
+        stats, fulls = rows["stats"], rows["full"]
+        with np.errstate(invalid="ignore", over="ignore"):
+            global_norms = np.sqrt(np.nansum(stats[:, :, norm] ** 2, axis=1))
         with self._writer.as_default():
-            for r, step in enumerate(steps):
+            for r, step in enumerate(rows["steps"]):
                 step = int(step)
-                tf.summary.scalar("loss", losses[r], step=step)
+                tf.summary.scalar("loss", rows["losses"][r], step=step)
+                tf.summary.scalar("global_gradient_norm", global_norms[r], step=step)
+                tf.summary.scalar("loss_scale", rows["loss_scales"][r], step=step)
+                tf.summary.scalar("applied", float(rows["applied"][r]), step=step)
+                if rows["applied"][r]:
+                    tf.summary.scalar("learning_rate", rows["learning_rates"][r], step=step)
+                    tf.summary.scalar("clipped", float(rows["clipped"][r]), step=step)
                 for j, name in enumerate(self.names):
                     tf.summary.scalar(f"gradient_norm/{name}", stats[r, j, norm], step=step)
+                    if rows["applied"][r]:
+                        tf.summary.scalar(f"applied_norm/{name}", stats[r, j, applied_norm], step=step)
                     if fulls is not None:
                         tf.summary.histogram(f"gradients/{name}", fulls[j][r], step=step)
 
-    def _check_nonfinite(self, steps, epochs, losses, stats):
+    def _check_nonfinite(self, steps, epochs, losses, stats, skipped):
+        # A LossScaleOptimizer's overflow skip is normal: not acted on.
         counts = stats[:, :, STATS_INDEX["nonfinite"]]
-        bad = (counts > 0).any(axis=1) | ~np.isfinite(losses)
+        bad = ((counts > 0).any(axis=1) | ~np.isfinite(losses)) & ~skipped
         if not bad.any() or self._acted_on_nonfinite:
             return
         r = int(np.flatnonzero(bad)[0])

@@ -1,85 +1,187 @@
-"""The capture: hooks on `optimizer.apply` that write each logged step into ring buffers on the device.
+"""The capture: hooks on the optimizer that write each logged train step into ring buffers on the device.
 
 Keras callbacks receive metrics, never gradients, and recomputing a gradient in
-`on_train_batch_end` is wrong: the weights have already moved. The gradients that count are the
-ones handed to `optimizer.apply` (via `apply_gradients`) inside the compiled train step.
-`TensorFlowCapture` wraps that method on the optimizer instance, so the capture runs inside the
-compiled step: per logged step it writes the statistics (`step_statistics`, in the order of
-`kerasbp.logger.log.STATS`), the step, the loss and, if asked, the whole gradients and the
-weights before the step into buffers that the callback reads back now and then.
+`on_train_batch_end` is wrong: the weights have already moved. `TensorFlowCapture` wraps methods
+of the optimizer instance (and of the model), so the capture runs inside the compiled train
+step, and per logged step writes the statistics (`step_statistics`, in the order of
+`kerasbp.logger.log.STATS`), one row of per-step values (`ROW`) and, if asked, the whole
+gradients and the weights before the step into buffers that the callback reads back now and then.
+
+A row is one train step: one call of the outer optimizer's `apply`, whatever the optimizer did
+with it. Where each value is taken (Keras 3.15, `keras/src/optimizers/base_optimizer.py`,
+`loss_scale_optimizer.py`, `keras/src/backend/tensorflow/trainer.py`):
+
+- the loss: the argument of `optimizer.scale_loss` (the built-in `train_step`), else the result of
+  `model.compute_loss` (custom train steps that call it); NaN, with one warning, if neither ran.
+- the loss gradient: the gradients handed to the outer `apply`, divided by the loss scale in
+  effect (`LossScaleOptimizer.dynamic_scale` read before the step, or `loss_scale_factor`).
+- the applied gradient, the learning rate and whether clipping acted: on the innermost optimizer
+  (the `inner_optimizer` of a `LossScaleOptimizer`, which `compile` adds itself under the
+  `mixed_float16` policy), `_backend_update_step(grads, variables, learning_rate)` is called
+  exactly when the update rule runs, with the gradients after unscaling, accumulation and
+  clipping, and the learning rate of this step (a schedule evaluated at the optimizer's
+  iteration); `_clip_gradients` sees the gradients before clipping. A loss-scale overflow skip
+  or an accumulation micro-step never calls it: the row says `applied = 0`.
+- the weight change (for `update_ratio`): the increments the inner optimizer passes to its
+  `assign_add`/`assign_sub`/`assign`, or `w_after - w_before` with weight decay, constraints,
+  EMA overwrites, snapshots or an optimizer from outside Keras.
+
+`LossScaleOptimizer` and gradient accumulation run the update rule inside `tf.cond` branches,
+whose tensors cannot be used outside them; there the inner hooks write their few numbers (and,
+with `record="full"`, the applied gradient) into variables that the outer hook reads after the
+step. On the plain path everything stays in one graph and no variable is involved.
 
 A capture belongs to one model and one optimizer and is reused (`capture_for`), with its traced
 train function, by every logger with the same options: a new `GradientLogger` does not trace again.
 
 Interface that a capture for another backend implements: `attach()`, `detach()`, `count`
-(rows written so far), `read(start, stop)` (rows as NumPy arrays), `missing` (variables whose
-gradient was None), `reset_units()`.
-
-Source of the capture point: `keras/src/backend/tensorflow/trainer.py` (`train_step` calls
-`optimizer.scale_loss(loss)` and then `optimizer.apply_gradients(zip(grads, weights))`) and
-`keras/src/optimizers/base_optimizer.py` (`apply_gradients` calls `apply`, which drops `None`
-gradients, unscales, clips, applies weight decay, updates, and increments `iterations`).
+(rows written so far), `read(start, stop)` (rows as NumPy arrays), `start_run(first_step)`,
+`all_finite()`, `missing` (variables whose gradient was None), `applied_same`.
 """
 
 import warnings
 import weakref
 
 import kerasbp.native_logs  # noqa: F401  (first: TensorFlow starts without its native log lines)
+import keras
 import numpy as np
 import tensorflow as tf
 
 from kerasbp.logger.log import STATS
 
+#: The per-step values written beside the statistics, one float64 row per logged step.
+ROW = ("step", "iterations", "loss", "learning_rate", "loss_scale", "applied", "skipped", "clipped")
+
+_MISSING = object()
+
+
+def _graph():
+    """The graph ops are being added to now, or None when executing eagerly."""
+    return None if tf.executing_eagerly() else tf.compat.v1.get_default_graph()
+
+
+def _in_this_graph(tensor):
+    """Whether `tensor` can be used in the op being built now (same graph, or both eager)."""
+    if tf.executing_eagerly():
+        return not hasattr(tensor, "graph") or isinstance(tensor, tf.Variable)
+    return getattr(tensor, "graph", None) is tf.compat.v1.get_default_graph()
+
+
+def _sum_squares(g, dtype):
+    return 2 * tf.nn.l2_loss(tf.cast(g, dtype))  # one operation, no temporary
+
+
+def leaf_optimizer(optimizer):
+    """The optimizer whose update rule runs: the inner one of a `LossScaleOptimizer`.
+
+    Raises:
+        ValueError: for a `keras.optimizers.MultiOptimizer` (alone or inside a
+            `LossScaleOptimizer`): its sub-optimizers each apply their own update with their own
+            learning rate, iterations and clipping, which one row per step cannot hold.
+    """
+    leaf = optimizer.inner_optimizer if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) else optimizer
+    multi = getattr(keras.optimizers, "MultiOptimizer", None)
+    if multi is not None and isinstance(leaf, multi):
+        raise ValueError(
+            "GradientLogger does not support keras.optimizers.MultiOptimizer: its sub-optimizers apply separate updates "
+            "with separate learning rates, iterations and clipping, which one logged row per train step cannot hold. "
+            f"Received: optimizer={optimizer.__class__.__name__}({leaf.__class__.__name__}). Compile the model with one optimizer"
+        )
+    return leaf
+
+
+def snapshot_variables(optimizer):
+    """The optimizer state that snapshots record: `optimizer.variables`, then any variable that
+    the innermost optimizer holds without tracking it (Keras 3.15 builds the inner optimizer of a
+    `LossScaleOptimizer` without dependency tracking, so Nadam's `u_product` is missing from
+    `optimizer.variables` there, yet its update needs it).
+
+    Returns:
+        list of Keras variables.
+    """
+    variables = list(optimizer.variables)
+    seen = {id(v) for v in variables}
+    for value in vars(leaf_optimizer(optimizer)).values():
+        if isinstance(value, keras.Variable) and id(value) not in seen:
+            variables.append(value)
+            seen.add(id(value))
+    return variables
+
+
+def applied_same(optimizer):
+    """Whether the update rule of `optimizer` receives the (unscaled) loss gradient itself: a
+    Keras optimizer without clipping or gradient accumulation. Loss scaling does not count: Keras
+    divides by the scale with the same operation as the logger does, so the two are equal bit
+    for bit. Then the applied gradients are neither reduced nor stored a second time."""
+    leaf = leaf_optimizer(optimizer)
+    return not (
+        leaf.gradient_accumulation_steps
+        or any(getattr(leaf, name, None) for name in ("clipnorm", "global_clipnorm", "clipvalue"))
+        or not type(leaf).__module__.startswith("keras.src.optimizers")
+    )
+
 
 class DeviceBuffers:
-    """Ring buffers of `capacity` rows on the device, written by the wrapped `optimizer.apply`.
+    """Ring buffers of `capacity` rows on the device, written by the hooks.
 
     Args:
         variables: list of the model's trainable variables.
         capacity: int, rows held before the oldest is overwritten.
-        keep_full: bool, also hold whole gradients `(capacity, *shape)` per variable.
+        keep_full: bool, also hold whole loss gradients `(capacity, *shape)` per variable.
+        keep_applied: bool, also hold whole applied gradients (when they can differ from the
+            loss gradients: loss scaling, clipping, accumulation).
         dtype: `tf.float32` or `tf.float64`, the dtype of statistics and gradients.
-        tracked: list of bool per variable: track which units (last axis) had a nonzero gradient.
+        tracked: list of bool per variable: track which units (last axis) were alive.
         optimizer_variables: list of the optimizer's variables to snapshot before each logged
             step (with the weights), or None for no snapshots.
     """
 
-    def __init__(self, variables, capacity, keep_full, dtype, tracked, optimizer_variables=None):
+    def __init__(self, variables, capacity, keep_full, keep_applied, dtype, tracked, optimizer_variables=None):
         def var(shape, dt, name):
             return tf.Variable(tf.zeros(shape, dt), trainable=False, name=f"kerasbp_{name}")
 
+        n = len(variables)
         self.capacity, self.dtype = capacity, dtype
         self.count = var((), tf.int64, "count")
-        # The step of this run's first logged step with a non-finite loss or gradient, or -1.
+        # The step of this run's first logged step with a non-finite loss or gradient that was
+        # not a loss-scale skip, or -1.
         self.first_nonfinite = tf.Variable(tf.constant(-1, tf.int64), trainable=False, name="kerasbp_first_nonfinite")
-        self.steps = var((capacity,), tf.int64, "steps")
-        self.losses = var((capacity,), dtype, "losses")
-        self.stats = var((capacity, len(variables), len(STATS)), dtype, "stats")
+        self.rows = var((capacity, len(ROW)), tf.float64, "rows")
+        self.stats = var((capacity, n, len(STATS)), dtype, "stats")
         self.full = [var((capacity, *v.shape), dtype, f"grad_{j}") for j, v in enumerate(variables)] if keep_full else None
+        self.applied = [var((capacity, *v.shape), dtype, f"applied_{j}") for j, v in enumerate(variables)] if keep_full and keep_applied else None
         self.alive = [var(v.shape[-1:], tf.bool, f"alive_{j}") if track else None for j, (v, track) in enumerate(zip(variables, tracked, strict=True))]
+        # Written by the inner hooks where the update rule runs inside a tf.cond branch, read
+        # and zeroed by the outer hook: [applied, learning rate, clipped, applied |g|^2 per
+        # variable, |dw|^2 per variable].
+        self.scratch = var((3 + 2 * n,), tf.float64, "scratch")
         self.weights = self.optimizer_state = None
         if optimizer_variables is not None:
             self.weights = [var((capacity, *v.shape), v.dtype, f"weights_{j}") for j, v in enumerate(variables)]
             self.optimizer_state = [var((capacity, *v.shape), v.dtype, f"optimizer_{j}") for j, v in enumerate(optimizer_variables)]
 
 
-def step_statistics(grads, weight_squares, updates, dtype, tracked):
+def step_statistics(grads, weight_squares, update_squares, dtype, tracked, scale=None, applied_squares=None):
     """The `STATS` of every gradient, and whether each unit's gradient was nonzero.
 
     Written for few operations and few passes over memory, which is what costs on a CPU: per
-    variable, five reductions (the sum and the sum of squares of the gradient, its minimum and
-    maximum, the sum of squares of the update), and one more where the units whose gradient is
-    nonzero are tracked; then the arithmetic on those numbers for all variables at once. The
-    standard deviation is `sqrt(E[g^2] - E[g]^2)`, whose relative error grows like
-    `(mean / std)^2` times the dtype's epsilon. NaN/Inf entries are counted (one more pass) only
-    at steps where some sum of squares is not finite.
+    variable, four reductions of the gradient (its sum and sum of squares, its minimum and
+    maximum), and one more where the units whose gradient is nonzero are tracked; then the
+    arithmetic on those numbers for all variables at once. The standard deviation is
+    `sqrt(E[g^2] - E[g]^2)`, whose relative error grows like `(mean / std)^2` times the dtype's
+    epsilon. NaN/Inf entries are counted (one more pass) only at steps where some sum of
+    squares is not finite. The loss scale divides the reduced numbers, not the gradients: exact
+    for the powers of two that `LossScaleOptimizer` uses.
 
     Args:
-        grads: list of tensors, the gradient of each variable.
+        grads: list of tensors, the gradient of each variable (still multiplied by `scale`).
         weight_squares: tensor `(n_variables,)`, the sum of squares of each variable before the step.
-        updates: list of tensors, each variable's change in the step (`w_after - w_before`).
+        update_squares: tensor `(n_variables,)`, the sum of squares of each variable's change.
         dtype: the dtype to compute in.
         tracked: list of bools, per variable: whether to find its units with a nonzero gradient.
+        scale: None, or a scalar (tensor or float): the loss scale that multiplies `grads`.
+        applied_squares: None (the update rule received `grads` themselves), or a tensor
+            `(n_variables,)`: the sum of squares of the gradient the update rule received.
 
     Returns:
         `(stats, nonzero)`: a tensor `(n_variables, len(STATS))`, and a list with, per
@@ -87,26 +189,23 @@ def step_statistics(grads, weight_squares, updates, dtype, tracked):
         entry of that unit was nonzero.
     """
     raw, nonzero = [], []
-    for g, update, track in zip(grads, updates, tracked, strict=True):
-        g, update = tf.cast(g, dtype), tf.cast(update, dtype)
+    for g, track in zip(grads, tracked, strict=True):
+        g = tf.cast(g, dtype)
         rest = list(range(g.shape.rank - 1))
         nonzero.append(tf.reduce_any(tf.not_equal(g, 0), axis=rest) if track else None)  # (units,)
-        raw += [
-            tf.reduce_sum(g),
-            2 * tf.nn.l2_loss(g),  # sum of squares in one operation, no temporary
-            tf.reduce_min(g),
-            tf.reduce_max(g),
-            2 * tf.nn.l2_loss(update),
-        ]
-    total, squares, low, high, update_squares = tf.unstack(tf.reshape(tf.stack(raw), [len(grads), 5]), axis=1)
-    size = tf.constant([float(np.prod(g.shape)) for g in grads], dtype)  # (n_variables,)
-    mean = total / size
-    weight_norm = tf.sqrt(tf.cast(weight_squares, dtype))
+        raw += [tf.reduce_sum(g), 2 * tf.nn.l2_loss(g), tf.reduce_min(g), tf.reduce_max(g)]
+    total, squares, low, high = tf.unstack(tf.reshape(tf.stack(raw), [len(grads), 4]), axis=1)  # each (n_variables,)
     counts = tf.cond(
         tf.reduce_all(tf.math.is_finite(squares)),
         lambda: tf.zeros([len(grads)], dtype),
-        lambda: tf.stack([tf.reduce_sum(tf.cast(tf.logical_not(tf.math.is_finite(g)), dtype)) for g in grads]),
+        lambda: tf.stack([tf.reduce_sum(tf.cast(tf.logical_not(tf.math.is_finite(tf.cast(g, dtype))), dtype)) for g in grads]),
     )
+    if scale is not None:
+        s = tf.cast(scale, dtype)
+        total, squares, low, high = total / s, squares / (s * s), low / s, high / s
+    size = tf.constant([float(np.prod(g.shape)) for g in grads], dtype)  # (n_variables,)
+    mean = total / size
+    weight_norm = tf.sqrt(tf.cast(weight_squares, dtype))
     by_name = {
         "norm": tf.sqrt(squares),
         "mean": mean,
@@ -116,40 +215,66 @@ def step_statistics(grads, weight_squares, updates, dtype, tracked):
         "max_abs": tf.maximum(tf.abs(low), tf.abs(high)),
         "nonfinite": counts,
         "weight_norm": weight_norm,
-        "update_ratio": tf.sqrt(update_squares) / weight_norm,
+        "update_ratio": tf.sqrt(tf.cast(update_squares, dtype)) / weight_norm,
+        "applied_norm": tf.sqrt(squares if applied_squares is None else tf.cast(applied_squares, dtype)),
     }
     return tf.stack([by_name[name] for name in STATS], axis=1), nonzero  # (n_variables, len(STATS))
 
 
+def _clipping_acted(optimizer, grads, dtype):
+    """Scalar bool tensor: `optimizer._clip_gradients` changes `grads` (its threshold is exceeded),
+    or None when the optimizer does not clip. Keras clips with the first of `clipnorm`,
+    `global_clipnorm`, `clipvalue` that is set."""
+    present = [g for g in grads if g is not None]
+    if optimizer.clipnorm and optimizer.clipnorm > 0:  # per tensor: |g| > clipnorm
+        return tf.reduce_any(tf.stack([tf.sqrt(_sum_squares(g, dtype)) > optimizer.clipnorm for g in present]))
+    if optimizer.global_clipnorm and optimizer.global_clipnorm > 0:  # sqrt(sum |g|^2) > global_clipnorm
+        return tf.sqrt(tf.add_n([_sum_squares(g, dtype) for g in present])) > optimizer.global_clipnorm
+    if optimizer.clipvalue and optimizer.clipvalue > 0:  # some |entry| > clipvalue
+        return tf.reduce_any(tf.stack([tf.reduce_max(tf.abs(tf.cast(g, dtype))) > optimizer.clipvalue for g in present]))
+    return None
+
+
 class TensorFlowCapture:
-    """Hooks on one model's optimizer that write each logged step into `DeviceBuffers`.
+    """Hooks on one model's optimizer that write each logged train step into `DeviceBuffers`.
 
     Build it with `capture_for`, which reuses one per model, optimizer and options.
 
     Args:
         model: a compiled, built `keras.Model` on the TensorFlow backend.
         optimizer: its optimizer (built).
-        every_n_steps: int, log the steps whose 0-based iteration is a multiple of it.
+        every_n_steps: int, log the train steps whose 0-based number is a multiple of it.
         capacity: int, rows of the ring buffers.
         keep_full: bool, keep whole gradients.
         snapshots: bool, keep the weights and optimizer variables before each logged step.
-        tracked: tuple of bool per variable: track its units with a nonzero gradient.
+        tracked: tuple of bool per variable: track its alive units (relu kernels).
 
     Attributes:
         buffers: the `DeviceBuffers`.
         missing: list of str, the variables whose gradient was None when the step was traced.
+        applied_same: bool, the update rule receives the unscaled loss gradient itself (no
+            clipping or accumulation), so applied gradients are not stored twice.
+        counter: int64 `tf.Variable`, train steps so far (shared by every capture of the optimizer).
     """
-
-    #: The optimizer methods replaced on the instance while attached.
-    HOOKED = ("apply", "scale_loss", "assign_add", "assign_sub")
 
     def __init__(self, model, optimizer, every_n_steps, capacity, keep_full, snapshots, tracked):
         variables = list(model.trainable_weights)
         dtype = tf.float64 if any(v.dtype == "float64" for v in variables) else tf.float32
         self.model, self.optimizer, self.every_n_steps = model, optimizer, every_n_steps
-        self.buffers = DeviceBuffers(variables, capacity, keep_full, dtype, tracked, optimizer.variables if snapshots else None)
+        self.leaf = leaf = leaf_optimizer(optimizer)
+        self.loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+        self.applied_same = applied_same(optimizer)
+        self.buffers = DeviceBuffers(
+            variables, capacity, keep_full, not self.applied_same, dtype, tracked, snapshot_variables(optimizer) if snapshots else None
+        )
+        self.counter = _step_counter(optimizer, leaf)
         self.missing = []
-        self._hooks = self._make_hooks()
+        self._warned = set()
+        self._pending = {}  # loss and layer outputs seen in the step being traced
+        self._ctx = None  # while the hooked apply runs: what the inner hooks found
+        self._hooks = []  # (object, attribute, replacement)
+        self._installed = []  # (object, attribute, prior instance attribute or _MISSING)
+        self._make_hooks()
         self._train_function = None  # the model's train function traced with the hooks
         self._plain_train_function = None
         self.attached = False
@@ -160,11 +285,12 @@ class TensorFlowCapture:
         return int(self.buffers.count.numpy())
 
     def attach(self):
-        """Install the hooks on the optimizer and the hooked train function on the model."""
+        """Install the hooks and the hooked train function on the model."""
         if self.attached:
             return
-        for name, hook in zip(self.HOOKED, self._hooks, strict=True):
-            setattr(self.optimizer, name, hook)
+        for obj, name, hook in self._hooks:
+            self._installed.append((obj, name, obj.__dict__.get(name, _MISSING)))
+            object.__setattr__(obj, name, hook)  # no Keras tracking of a function attribute
         self._plain_train_function = self.model.train_function
         if self._train_function is None:
             self.model.make_train_function(force=True)
@@ -177,22 +303,36 @@ class TensorFlowCapture:
         """Remove the hooks and give the model back the train function it had."""
         if not self.attached:
             return
-        for name in self.HOOKED:
-            self.optimizer.__dict__.pop(name, None)
+        for obj, name, prior in reversed(self._installed):
+            if prior is _MISSING:
+                obj.__dict__.pop(name, None)
+            else:
+                object.__setattr__(obj, name, prior)
+        self._installed = []
         self.model.train_function = self._plain_train_function
         self._plain_train_function = None
         self.attached = False
         _ATTACHED.pop(self.model, None)
 
-    def start_run(self):
-        """Forget which units had a nonzero gradient and any non-finite step: a run starts."""
+    def start_run(self, first_step=0):
+        """A run starts: forget alive units and any non-finite step, and move the train-step
+        counter to at least `first_step` and the optimizer's own count of update calls (steps
+        trained while no logger was attached).
+
+        Returns:
+            int, the number the run's first train step will get.
+        """
         for alive in self.buffers.alive:
             if alive is not None:
                 alive.assign(tf.zeros_like(alive))
         self.buffers.first_nonfinite.assign(-1)
+        start = max(int(self.counter.numpy()), int(self.leaf._iterations.numpy()), int(first_step))
+        self.counter.assign(start)
+        return start
 
     def all_finite(self):
-        """Scalar bool tensor: no logged step of this run had a non-finite loss or gradient.
+        """Scalar bool tensor: no logged step of this run had a non-finite loss or gradient
+        (loss-scale skips aside).
 
         `kerasbp.train` checks it before each step, so a run can stop at that step."""
         return self.buffers.first_nonfinite < 0
@@ -201,10 +341,14 @@ class TensorFlowCapture:
         """Rows `start` to `stop` (counts since the buffers were made) as NumPy arrays.
 
         Returns:
-            dict with `steps` int64 `(n,)`, `losses` and `stats` float64 `(n,)` and
-            `(n, n_variables, len(STATS))`, `full` (list per variable of `(n, *shape)`, or None),
-            `alive` (list per variable of bool `(units,)` or None: units with a nonzero gradient
-            since `reset_units`), `weights` and `optimizer_state` (lists, or None).
+            dict with `steps`, `iterations` int64 `(n,)`; `losses`, `learning_rates`,
+            `loss_scales` float64 `(n,)`; `applied`, `skipped`, `clipped` bool `(n,)`;
+            `stats` float64 `(n, n_variables, len(STATS))`; `full` and `applied_full` (lists
+            per variable of `(n, *shape)`, or None; `applied_full` is None when
+            `applied_same`); `alive` (list per variable of bool `(units,)` or None: units
+            alive since `start_run`); `weights` and `optimizer_state` (lists, or None). Where
+            no update was applied, `learning_rates` and the `applied_norm` statistic are NaN,
+            `clipped` is False and the applied gradients are NaN.
 
         Raises:
             RuntimeError: if more than `capacity` rows were written since `start`.
@@ -221,67 +365,203 @@ class TensorFlowCapture:
         def rows(variables):
             return None if variables is None else [v.numpy()[slots] for v in variables]
 
+        table = buf.rows.numpy()[slots]  # (n, len(ROW))
+        col = {name: table[:, i] for i, name in enumerate(ROW)}
+        applied = col["applied"] > 0
+        stats = buf.stats.numpy()[slots].astype(np.float64)
+        stats[~applied, :, STATS.index("applied_norm")] = np.nan
+        applied_full = rows(buf.applied)
+        if applied_full is not None:
+            for a in applied_full:
+                a[~applied] = np.nan
         return {
-            "steps": buf.steps.numpy()[slots],
-            "losses": buf.losses.numpy()[slots].astype(np.float64),
-            "stats": buf.stats.numpy()[slots].astype(np.float64),
+            "steps": col["step"].astype(np.int64),
+            "iterations": col["iterations"].astype(np.int64),
+            "losses": col["loss"],
+            "learning_rates": np.where(applied, col["learning_rate"], np.nan),
+            "loss_scales": col["loss_scale"],
+            "applied": applied,
+            "skipped": col["skipped"] > 0,
+            "clipped": (col["clipped"] > 0) & applied,
+            "stats": stats,
             "full": rows(buf.full),
+            "applied_full": applied_full,
             "alive": [None if a is None else a.numpy().copy() for a in buf.alive],
             "weights": rows(buf.weights),
             "optimizer_state": rows(buf.optimizer_state),
         }
 
+    # ----------------------------------------------------------------------------- the hooks
+    def _warn_once(self, key, message):
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+    def _take_loss(self):
+        """The step's loss (before loss scaling): `scale_loss`'s argument, else `compute_loss`'s
+        result, if made in the graph being traced; else NaN, with one warning."""
+        seen = [self._pending.pop(key, None) for key in ("scaled", "computed")]
+        for loss in seen:
+            if loss is not None and _in_this_graph(loss):
+                return loss
+        self._warn_once(
+            "loss",
+            "GradientLogger: this train step computed its loss neither through model.compute_loss nor optimizer.scale_loss, "
+            "so the logger cannot see it: the logged losses are NaN (the gradients are exact)",
+        )
+        return tf.constant(float("nan"))
+
+    def _take_outputs(self):
+        """Outputs of the tracked relu layers in the step being traced: `{variable index: [tensor]}`."""
+        outputs = self._pending.pop("outputs", {})
+        return {j: [t for t in ts if _in_this_graph(t)] for j, ts in outputs.items() if any(_in_this_graph(t) for t in ts)}
+
     def _make_hooks(self):
-        """The replacements of `apply`, `scale_loss`, `assign_add` and `assign_sub`."""
-        model, optimizer, buf, every_n = self.model, self.optimizer, self.buffers, self.every_n_steps
+        """The replacements: `apply` and `scale_loss` of the optimizer; `_backend_update_step`,
+        `_clip_gradients`, `assign`, `assign_add`, `assign_sub` of the innermost optimizer;
+        `compute_loss` of the model; `call` of each tracked relu layer."""
+        model, optimizer, leaf, buf, every_n = self.model, self.optimizer, self.leaf, self.buffers, self.every_n_steps
         model_vars = list(model.trainable_weights)
+        n = len(model_vars)
+        dtype = buf.dtype
         index = {id(v): j for j, v in enumerate(model_vars)}
-        original_apply, original_scale_loss = optimizer.apply, optimizer.scale_loss
-        original_assign_add, original_assign_sub = optimizer.assign_add, optimizer.assign_sub
-        pending = {}
+        # The TensorFlow backend updates the tf.Variable behind each Keras variable.
+        updated = {id(getattr(v, "value", v)): j for j, v in enumerate(model_vars)} | index
+        original = {
+            "apply": optimizer.apply,
+            "scale_loss": optimizer.scale_loss,
+            "update": leaf._backend_update_step,
+            "clip": leaf._clip_gradients,
+            "assign": leaf.assign,
+            "assign_add": leaf.assign_add,
+            "assign_sub": leaf.assign_sub,
+            "compute_loss": model.compute_loss,
+        }
         # Each variable's change in a step: Keras's own optimizers make it with assign_add and
-        # assign_sub, whose increments are captured here, so no copy of the weights is needed.
-        # With weight decay, constraints or another optimizer, it is `w_after - w_before`.
+        # assign_sub (a few with assign), whose increments are captured here, so no copy of the
+        # weights is needed. With weight decay, constraints, EMA overwrites, snapshots or
+        # another optimizer, it is `w_after - w_before`.
         from_increments = (
-            type(optimizer).__module__.startswith("keras.src.optimizers")
-            and not optimizer.weight_decay
+            type(leaf).__module__.startswith("keras.src.optimizers")
+            and not leaf.weight_decay
+            and not (leaf.use_ema and leaf.ema_overwrite_frequency)
             and all(v.constraint is None for v in model_vars)
             and buf.weights is None
         )
         increments = {}
-        capturing = []  # non-empty while the original apply runs
-        # The TensorFlow backend updates the tf.Variable behind each Keras variable.
-        updated = {id(getattr(v, "value", v)): j for j, v in enumerate(model_vars)} | index
+        capturing = []  # non-empty while the original update rule runs
+        clip_note = {}
 
         def assign_add(variable, value):
             if capturing and id(variable) in updated:
                 increments.setdefault(updated[id(variable)], []).append((1, value))
-            return original_assign_add(variable, value)
+            return original["assign_add"](variable, value)
 
         def assign_sub(variable, value):
             if capturing and id(variable) in updated:
                 increments.setdefault(updated[id(variable)], []).append((-1, value))
-            return original_assign_sub(variable, value)
+            return original["assign_sub"](variable, value)
 
-        def change(j):
-            """The variable's change in this step from its captured increments (signs matter only
-            when there are several)."""
+        def assign(variable, value):
+            if capturing and id(variable) in updated:  # e.g. Ftrl: the change is new - old
+                increments.setdefault(updated[id(variable)], []).append((1, tf.cast(value, variable.dtype) - tf.convert_to_tensor(variable)))
+            return original["assign"](variable, value)
+
+        def change_squares(j):
+            """|dw|^2 of variable j from its captured increments (signs matter only when there are several)."""
             parts = increments.get(j)
             if not parts:
-                return tf.zeros(())
+                return tf.zeros((), dtype)
             if len(parts) == 1:
-                return parts[0][1]  # its norm is all the statistics need
-            return tf.add_n([value if sign > 0 else -value for sign, value in parts])
+                return _sum_squares(parts[0][1], dtype)
+            return _sum_squares(tf.add_n([tf.cast(v, dtype) if sign > 0 else -tf.cast(v, dtype) for sign, v in parts]), dtype)
+
+        def clip_gradients(grads):
+            ctx = self._ctx
+            if ctx is not None:
+                clip_note["acted"] = _clipping_acted(leaf, grads, dtype)
+            return original["clip"](grads)
+
+        def backend_update_step(grads, trainable_variables, learning_rate):
+            ctx = self._ctx
+            if ctx is None:  # the update rule called outside a hooked apply
+                return original["update"](grads, trainable_variables, learning_rate)
+            increments.clear()
+            capturing.append(True)
+            try:
+                result = original["update"](grads, trainable_variables, learning_rate)
+            finally:
+                capturing.clear()
+            grads, tvars = list(grads), list(trainable_variables)
+            js = [updated.get(id(v), index.get(id(v))) for v in tvars]
+            pairs = [(j, g) for j, g in zip(js, grads, strict=True) if j is not None and g is not None]
+            acted = clip_note.pop("acted", None)
+            found = {
+                "lr": tf.cast(tf.convert_to_tensor(learning_rate), tf.float64),
+                "clipped": tf.constant(False) if acted is None else acted,
+                "applied_sq": None,
+                "update_sq": None,
+                "grads": {j: tf.convert_to_tensor(g) for j, g in pairs},
+            }
+            if not self.applied_same:
+                squares = {j: _sum_squares(g, dtype) for j, g in found["grads"].items()}
+                found["applied_sq"] = tf.stack([squares.get(j, tf.zeros((), dtype)) for j in range(n)])
+            if from_increments:
+                found["update_sq"] = tf.stack([change_squares(j) for j in range(n)])
+            increments.clear()
+            if ctx["graph"] is _graph():
+                ctx["direct"] = found
+                return result
+            # Inside a tf.cond branch (loss scaling, accumulation): through variables.
+            zeros = tf.zeros([n], tf.float64)
+            buf.scratch.assign(
+                tf.concat(
+                    [
+                        tf.stack([tf.constant(1.0, tf.float64), found["lr"], tf.cast(found["clipped"], tf.float64)]),
+                        zeros if found["applied_sq"] is None else tf.cast(found["applied_sq"], tf.float64),
+                        zeros if found["update_sq"] is None else tf.cast(found["update_sq"], tf.float64),
+                    ],
+                    axis=0,
+                )
+            )
+            if buf.applied is not None:
+
+                def write_applied():
+                    slot = tf.math.floormod(buf.count, buf.capacity)
+                    for j, g in found["grads"].items():
+                        buf.applied[j].scatter_nd_update([[slot]], tf.cast(g, dtype)[None])
+                    return tf.constant(True)
+
+                if ctx["log_now"] is None:
+                    write_applied()
+                else:
+                    tf.cond(ctx["log_now"], write_applied, lambda: tf.constant(False))
+            ctx["via_variables"] = True
+            return result
 
         def scale_loss(loss):
-            pending["loss"] = loss  # the step's loss, before loss scaling
-            return original_scale_loss(loss)
+            self._pending["scaled"] = loss  # the step's loss, before loss scaling
+            return original["scale_loss"](loss)
+
+        def compute_loss(*args, **kwargs):
+            loss = original["compute_loss"](*args, **kwargs)
+            training = kwargs.get("training", args[4] if len(args) > 4 else True)
+            if training is not False and loss is not None:
+                self._pending["computed"] = loss
+            return loss
+
+        def loss_scale():
+            """The loss scale in effect for this step's gradients (read before the step), or None."""
+            if self.loss_scaling:
+                return tf.convert_to_tensor(optimizer.dynamic_scale)
+            return optimizer.loss_scale_factor or None
 
         def apply(grads, trainable_variables=None):
             grads = list(grads)
             tvars = list(trainable_variables) if trainable_variables is not None else list(optimizer._trainable_variables)
-            by_model_index = {index[id(v)]: (g, v) for g, v in zip(grads, tvars, strict=True) if id(v) in index}
-            missing = [model_vars[j].path for j in range(len(model_vars)) if by_model_index.get(j, (None,))[0] is None]
+            by_index = {index[id(v)]: g for g, v in zip(grads, tvars, strict=True) if id(v) in index}
+            present = [j for j in range(n) if by_index.get(j) is not None]
+            missing = [model_vars[j].path for j in range(n) if j not in present]
             if missing and missing != self.missing:
                 self.missing = missing
                 warnings.warn(
@@ -290,49 +570,104 @@ class TensorFlowCapture:
                     RuntimeWarning,
                     stacklevel=2,
                 )
-            loss = pending.pop("loss", None)
-            if loss is None or not (tf.executing_eagerly() or getattr(loss, "graph", None) is tf.compat.v1.get_default_graph()):
-                loss = tf.constant(float("nan"))
-            step = tf.cast(optimizer.iterations, tf.int64)  # before this step's increment
+            loss = self._take_loss()
+            outputs = self._take_outputs()
+            step = self.counter.assign_add(1) - 1  # this train step's number
             log_now = None if every_n == 1 else tf.equal(tf.math.floormod(step, every_n), 0)
+            scale = loss_scale()
 
             def weight_squares():
-                return 2 * tf.stack([tf.nn.l2_loss(tf.cast(v.value, buf.dtype)) for v in model_vars])
+                return tf.stack([_sum_squares(v.value, dtype) for v in model_vars])
 
-            squares = weight_squares() if every_n == 1 else tf.cond(log_now, weight_squares, lambda: tf.zeros([len(model_vars)], buf.dtype))
+            squares = weight_squares() if every_n == 1 else tf.cond(log_now, weight_squares, lambda: tf.zeros([n], dtype))
             befores = None if from_increments else [tf.identity(v.value) for v in model_vars]
-            state_before = [tf.identity(v.value) for v in optimizer.variables] if buf.optimizer_state is not None else None
-            increments.clear()
-            capturing.append(True)
+            state_before = [tf.identity(v.value) for v in snapshot_variables(optimizer)] if buf.optimizer_state is not None else None
+            ctx = {"graph": _graph(), "log_now": log_now}
+            self._ctx = ctx
             try:
-                result = original_apply(grads, trainable_variables)
+                result = original["apply"](grads, trainable_variables)
             finally:
-                capturing.clear()
+                self._ctx = None
+            iterations = tf.cast(optimizer.iterations, tf.int64)  # after the step
+
+            if "direct" in ctx:
+                found = ctx["direct"]
+                applied = tf.constant(True)
+                lr, clipped, applied_sq, update_sq, applied_grads = (found[k] for k in ("lr", "clipped", "applied_sq", "update_sq", "grads"))
+            elif ctx.get("via_variables"):
+                s = tf.convert_to_tensor(buf.scratch)  # read, then zeroed for the next step
+                buf.scratch.assign(tf.zeros_like(s))
+                applied, lr, clipped = s[0] > 0, s[1], s[2] > 0
+                applied_sq = None if self.applied_same else tf.cast(s[3 : 3 + n], dtype)
+                update_sq = tf.cast(s[3 + n :], dtype) if from_increments else None
+                applied_grads = None  # written by the inner hook
+            else:  # the update rule never ran (eagerly: a skip or a micro-step)
+                if _graph() is not None:
+                    self._warn_once(
+                        "update",
+                        f"GradientLogger: {type(leaf).__name__} applied its update without calling _backend_update_step, so "
+                        "the applied gradients, learning rates and clipping are not recorded",
+                    )
+                applied, lr, clipped = tf.constant(_graph() is not None), tf.constant(float("nan"), tf.float64), tf.constant(False)
+                applied_sq = None if self.applied_same else tf.zeros([n], dtype)
+                update_sq = tf.zeros([n], dtype) if from_increments else None
+                applied_grads = {}
 
             def write():
                 slot = tf.math.floormod(buf.count, buf.capacity)
-                present = [j for j in range(len(model_vars)) if j in by_model_index and by_model_index[j][0] is not None]
-                grads_present = [tf.convert_to_tensor(by_model_index[j][0]) for j in present]  # IndexedSlices -> dense
-                rows = tf.fill([len(model_vars), len(STATS)], tf.constant(float("nan"), buf.dtype))
-                finite = tf.reduce_all(tf.math.is_finite(loss))
+                grads_present = [tf.convert_to_tensor(by_index[j]) for j in present]  # IndexedSlices -> dense
+                rows = tf.fill([n, len(STATS)], tf.constant(float("nan"), dtype))
+                finite_grads = tf.constant(True)
                 if present:
-                    tracked = [buf.alive[j] is not None for j in present]
-                    updates = [change(j) for j in present] if from_increments else [model_vars[j].value - befores[j] for j in present]
-                    values, nonzero = step_statistics(grads_present, tf.gather(squares, present), updates, buf.dtype, tracked)
-                    rows = values if len(present) == len(model_vars) else tf.tensor_scatter_nd_update(rows, [[j] for j in present], values)
-                    finite = tf.logical_and(finite, tf.reduce_all(tf.equal(values[:, STATS.index("nonfinite")], 0)))
+                    tracked = [buf.alive[j] is not None and j not in outputs for j in present]
+                    if update_sq is not None:
+                        changes = tf.gather(update_sq, present)
+                    else:
+                        changes = tf.stack([_sum_squares(model_vars[j].value - befores[j], dtype) for j in present])
+                    values, nonzero = step_statistics(
+                        grads_present,
+                        tf.gather(squares, present),
+                        changes,
+                        dtype,
+                        tracked,
+                        scale=scale,
+                        applied_squares=None if applied_sq is None else tf.gather(applied_sq, present),
+                    )
+                    rows = values if len(present) == n else tf.tensor_scatter_nd_update(rows, [[j] for j in present], values)
+                    finite_grads = tf.reduce_all(tf.equal(values[:, STATS.index("nonfinite")], 0))
                     for j, units in zip(present, nonzero, strict=True):
                         if units is not None:
                             buf.alive[j].assign(tf.logical_or(buf.alive[j], units))
+                for j, ts in outputs.items():  # a relu unit is alive where its output is positive
+                    units = [tf.reduce_any(t > 0, axis=list(range(t.shape.rank - 1))) for t in ts]
+                    buf.alive[j].assign(tf.logical_or(buf.alive[j], units[0] if len(units) == 1 else tf.reduce_any(tf.stack(units), axis=0)))
+                # A loss-scale overflow: LossScaleOptimizer skipped the update, as it should.
+                skipped = tf.logical_and(tf.logical_not(finite_grads), tf.logical_not(applied)) if self.loss_scaling else tf.constant(False)
+                finite = tf.logical_or(tf.logical_and(finite_grads, tf.reduce_all(tf.math.is_finite(loss))), skipped)
                 if buf.full is not None:
                     for j, g in zip(present, grads_present, strict=True):
-                        buf.full[j].scatter_nd_update([[slot]], tf.cast(g, buf.dtype)[None])
+                        g = tf.cast(g, dtype)
+                        buf.full[j].scatter_nd_update([[slot]], (g if scale is None else g / tf.cast(scale, dtype))[None])
+                if buf.applied is not None and applied_grads:
+                    for j, g in applied_grads.items():
+                        buf.applied[j].scatter_nd_update([[slot]], tf.cast(g, dtype)[None])
                 if buf.weights is not None:
                     for target, value in zip(buf.weights + buf.optimizer_state, befores + state_before, strict=True):
                         target.scatter_nd_update([[slot]], value[None])
+                row = tf.stack(
+                    [
+                        tf.cast(step, tf.float64),
+                        tf.cast(iterations, tf.float64),
+                        tf.cast(tf.reshape(loss, []), tf.float64),
+                        lr,
+                        tf.constant(1.0, tf.float64) if scale is None else tf.cast(scale, tf.float64),
+                        tf.cast(applied, tf.float64),
+                        tf.cast(skipped, tf.float64),
+                        tf.cast(clipped, tf.float64),
+                    ]
+                )
+                buf.rows.scatter_nd_update([[slot]], row[None])
                 buf.stats.scatter_nd_update([[slot]], rows[None])
-                buf.losses.scatter_nd_update([[slot]], tf.cast(tf.reshape(loss, [1]), buf.dtype))
-                buf.steps.scatter_nd_update([[slot]], tf.reshape(step, [1]))
                 buf.count.assign_add(1)
                 first = buf.first_nonfinite
                 first.assign(tf.where(tf.logical_and(tf.logical_not(finite), first < 0), step, first))
@@ -344,7 +679,54 @@ class TensorFlowCapture:
                 tf.cond(log_now, write, lambda: tf.constant(False))
             return result
 
-        return apply, scale_loss, assign_add, assign_sub
+        self._hooks = [
+            (optimizer, "apply", apply),
+            (optimizer, "scale_loss", scale_loss),
+            (leaf, "_backend_update_step", backend_update_step),
+            (leaf, "_clip_gradients", clip_gradients),
+            (leaf, "assign", assign),
+            (leaf, "assign_add", assign_add),
+            (leaf, "assign_sub", assign_sub),
+            (model, "compute_loss", compute_loss),
+        ]
+        # Dead relu units are judged from the layer's own output (relu(z) > 0 exactly where the
+        # pre-activation z > 0), not from the gradient, which a following Dropout also zeroes.
+        layer_of = {}
+        for layer in model._flatten_layers(include_self=False):
+            for v in layer.trainable_weights:
+                layer_of.setdefault(id(v), layer)
+        for j, alive in enumerate(buf.alive):
+            layer = layer_of.get(id(model_vars[j]))
+            if alive is None or layer is None or any(obj is layer for obj, _, _ in self._hooks):
+                continue
+            self._hooks.append((layer, "call", self._output_hook(layer.call, j)))
+
+    def _output_hook(self, call, j):
+        """`call` of the layer of variable `j`, also keeping its output for the step being traced.
+
+        Kept only where an `apply` hook will consume it: while tracing, or eagerly when the model
+        runs eagerly; and only the current graph's outputs, so calls made elsewhere (a callback's
+        eager prediction) do not pile up."""
+
+        def hooked_call(*args, **kwargs):
+            outputs = call(*args, **kwargs)
+            if kwargs.get("training") is False or not tf.is_tensor(outputs):
+                return outputs
+            if tf.executing_eagerly() and not self.model.run_eagerly:
+                return outputs
+            kept = self._pending.setdefault("outputs", {})
+            kept[j] = [t for t in kept.get(j, []) if _in_this_graph(t)] + [outputs]
+            return outputs
+
+        return hooked_call
+
+
+def _step_counter(optimizer, leaf):
+    """The train-step counter of `optimizer`, shared by all its captures; made at the optimizer's
+    own count of update calls (its raw iterations)."""
+    if optimizer not in _COUNTERS:
+        _COUNTERS[optimizer] = tf.Variable(tf.constant(int(leaf._iterations.numpy()), tf.int64), trainable=False, name="kerasbp_train_step")
+    return _COUNTERS[optimizer]
 
 
 #: model -> optimizer -> options -> TensorFlowCapture. Weak keys: an entry goes with its model
@@ -352,6 +734,8 @@ class TensorFlowCapture:
 _CAPTURES = weakref.WeakKeyDictionary()
 #: model -> the capture attached to it now.
 _ATTACHED = weakref.WeakKeyDictionary()
+#: optimizer -> its train-step counter.
+_COUNTERS = weakref.WeakKeyDictionary()
 
 
 def capture_for(model, optimizer, steps_per_execution, **options):

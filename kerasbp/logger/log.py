@@ -3,7 +3,9 @@
 NumPy only: a saved log can be read and examined without Keras. The statistics recorded per
 variable and step are named in `STATS`; the capture computes them in that order
 (`kerasbp/logger/capture.py`, `step_statistics`), and everything else reads them by name
-(`GradientLog.stat`), so a statistic is added in those two places only.
+(`GradientLog.stat`), so a statistic is added in those two places only. The per-row columns
+(`COLUMNS`) say what the optimizer did with each train step: whether it applied an update, the
+learning rate and loss scale of the step, whether clipping acted.
 """
 
 import csv
@@ -20,7 +22,27 @@ from kerasbp.files import atomic_write
 from kerasbp.logger import sidecar
 
 #: The statistics recorded per variable per logged step, in this order.
-STATS = ("norm", "mean", "std", "min", "max", "max_abs", "nonfinite", "weight_norm", "update_ratio")
+STATS = ("norm", "mean", "std", "min", "max", "max_abs", "nonfinite", "weight_norm", "update_ratio", "applied_norm")
+
+#: The per-row columns besides the statistics: name -> (dtype, its value in logs saved before
+#: the column existed, as a function of their steps; None: every log has it).
+COLUMNS = {
+    "steps": (np.int64, None),
+    "epochs": (np.int64, None),
+    "losses": (np.float64, None),
+    "iterations": (np.int64, lambda steps: steps + 1),  # old logs: the step was the optimizer's iteration
+    "applied": (bool, lambda steps: np.ones(len(steps), bool)),
+    "skipped": (bool, lambda steps: np.zeros(len(steps), bool)),
+    "clipped": (bool, lambda steps: np.zeros(len(steps), bool)),
+    "learning_rates": (np.float64, lambda steps: np.full(len(steps), np.nan)),
+    "loss_scales": (np.float64, lambda steps: np.full(len(steps), np.nan)),
+}
+
+#: The optimizer's clipping settings a log records (`GradientLog.clipping`).
+CLIPPING = ("clipnorm", "global_clipnorm", "clipvalue")
+
+#: Columns of `GradientLog.to_csv` with one value per row, before the variable's own.
+CSV_ROW_COLUMNS = ("step", "epoch", "iterations", "loss", "applied", "skipped", "clipped", "learning_rate", "loss_scale", "global_norm")
 
 
 class Health:
@@ -28,23 +50,28 @@ class Health:
 
     Attributes:
         vanishing: bool, the first layer's gradient norm is a tiny fraction of the last layer's.
-        exploding: bool, a gradient norm above the threshold, or a non-finite gradient.
-        nonfinite: bool, a logged loss or gradient held NaN or Inf.
-        dead_units: dict `{variable name: list of unit indices}` of relu units whose gradient was
-            zero at every logged step.
+        exploding: bool, the global gradient norm grew far above its early level in this run
+            (or above an absolute threshold, if one was given). Never set by NaN/Inf alone.
+        nonfinite: bool, a logged loss or gradient held NaN or Inf at a step whose update was
+            applied (or would have been); loss-scale skips are not counted.
+        dead_units: dict `{variable name: list of unit indices}` of relu units whose output was
+            zero for every example of every logged step.
+        skipped: int, steps that a `LossScaleOptimizer` skipped (gradient overflow), which is
+            how dynamic loss scaling works, not a fault.
         figures: dict of the numbers behind each flag.
     """
 
-    def __init__(self, vanishing, exploding, nonfinite, dead_units, figures):
+    def __init__(self, vanishing, exploding, nonfinite, dead_units, figures, skipped=0):
         self.vanishing = vanishing
         self.exploding = exploding
         self.nonfinite = nonfinite
         self.dead_units = dead_units
+        self.skipped = skipped
         self.figures = figures
 
     @property
     def ok(self):
-        """True when nothing is flagged."""
+        """True when nothing is flagged (loss-scale skips are not a flag)."""
         return not (self.vanishing or self.exploding or self.nonfinite or self.dead_units)
 
     def __str__(self):
@@ -56,15 +83,27 @@ class Health:
                 f"{f['first_kernel']!r} / last kernel {f['last_kernel']!r} = {f['first_last_ratio']:.3g} "
                 f"(threshold {f['vanishing_ratio']:.3g})"
             )
-        lines.append(
-            f"  {'EXPLODING' if self.exploding else 'exploding: no'} - largest gradient norm "
-            f"{f['max_norm']:.3g} (threshold {f['exploding_norm']:.3g})"
-        )
+        if "growth" in f:
+            line = (
+                f"  {'EXPLODING' if self.exploding else 'exploding: no'} - global gradient norm peaked at {f['max_norm']:.3g} "
+                f"(step {f['max_norm_step']}), {f['growth']:.3g}x its median {f['early_median_norm']:.3g} over steps "
+                f"{f['early_steps'][0]}-{f['early_steps'][1]} (threshold {f['exploding_growth']:.3g}x"
+            )
+            if f.get("exploding_norm") is not None:
+                line += f", or a norm above {f['exploding_norm']:.3g}"
+            lines.append(line + ")")
+        else:
+            lines.append("  exploding: not judged (fewer than 2 logged steps with a finite gradient)")
         if self.nonfinite:
             where = f"variable {f['first_nonfinite_variable']!r}" if f["first_nonfinite_variable"] else "the loss (gradients finite)"
             lines.append(f"  NON-FINITE - first at step {f['first_nonfinite_step']}, {where}")
         else:
             lines.append("  non-finite: none")
+        if self.skipped:
+            lines.append(
+                f"  {self.skipped} steps skipped by loss scaling (gradient overflow: the LossScaleOptimizer lowered its scale "
+                "and applied no update, as dynamic loss scaling does)"
+            )
         if self.dead_units:
             for name, units in self.dead_units.items():
                 lines.append(f"  DEAD UNITS in {name!r}: {len(units)} of {f['units'][name]} (units {units})")
@@ -76,9 +115,12 @@ class Health:
 
 
 class GradientLog:
-    """Gradients recorded at logged optimizer steps: a `GradientLogger`'s data, or one loaded back.
+    """Gradients recorded at logged train steps: a `GradientLogger`'s data, or one loaded back.
 
-    Rows are appended in chunks while training and joined on first read.
+    A row is one train step (one batch handed to the optimizer), whatever the optimizer then did
+    with it: a gradient-accumulation micro-step and a step that a `LossScaleOptimizer` skipped
+    get rows of their own (`applied` is False there). Rows are appended in chunks while
+    training and joined on first read.
 
     Attributes:
         names: list of str, the variable paths in `model.trainable_weights` order.
@@ -86,8 +128,12 @@ class GradientLog:
         activations: list of str, the activation of each variable's layer ("" when it has none).
         shapes: list of tuples, each variable's shape.
         record: `"stats"` or `"full"`.
-        every_n_steps: int, the logging period in optimizer steps.
+        every_n_steps: int, the logging period in train steps.
         optimizer_variable_names: list of str, with snapshots: the optimizer's variables.
+        applied_same: bool, the update rule received the (unscaled) loss gradient itself at
+            every applied step (no clipping or accumulation), so it is stored once.
+        clipping: dict `{"clipnorm", "global_clipnorm", "clipvalue"}` of the optimizer's clipping
+            thresholds (None where unset; all None in logs saved before it was recorded).
     """
 
     def __init__(self):
@@ -95,9 +141,12 @@ class GradientLog:
         self.record = "stats"
         self.every_n_steps = 1
         self.optimizer_variable_names = []
-        self._chunks = {"steps": [], "epochs": [], "losses": [], "stats": []}
+        self.applied_same = True
+        self.clipping = dict.fromkeys(CLIPPING)
+        self._chunks = {key: [] for key in (*COLUMNS, "stats")}
         self._cache = {}
         self._grads = None  # list per variable of chunks (n, *shape), or None
+        self._applied_grads = None  # the same for the applied gradients when not `applied_same`
         self._alive = None  # list per variable: bool array over units (last axis), or None
         self._weights = None  # with snapshots: list per variable of chunks (weights before each step)
         self._optimizer_state = None  # with snapshots: list per optimizer variable of chunks
@@ -105,10 +154,13 @@ class GradientLog:
     def _sync(self):
         """Hook for `GradientLogger`: read rows still on the device before a read."""
 
-    def _append(self, steps, epochs, losses, stats):
-        """Append rows: `steps`, `epochs` int64 `(n,)`, `losses` float64 `(n,)`, `stats` `(n, n_variables, len(STATS))`."""
-        for key, value in (("steps", steps), ("epochs", epochs), ("losses", losses), ("stats", stats)):
-            self._chunks[key].append(value)
+    def _append(self, stats, **columns):
+        """Append rows: `stats` `(n, n_variables, len(STATS))` and every column of `COLUMNS` `(n,)`."""
+        if set(columns) != set(COLUMNS):
+            raise ValueError(f"_append needs the columns {sorted(COLUMNS)}. Received: {sorted(columns)}")
+        self._chunks["stats"].append(stats)
+        for key, value in columns.items():
+            self._chunks[key].append(np.asarray(value, COLUMNS[key][0]))
         self._cache.clear()
 
     def _joined(self, key, empty_shape, dtype):
@@ -118,20 +170,74 @@ class GradientLog:
             self._cache[key] = np.concatenate(chunks) if chunks else np.zeros(empty_shape, dtype)
         return self._cache[key]
 
+    def _column(self, key):
+        return self._joined(key, (0,), COLUMNS[key][0])
+
     @property
     def steps(self):
-        """1-D int64 array `(n_logged,)`: the optimizer iteration (0-based) of each logged row."""
-        return self._joined("steps", (0,), np.int64)
+        """1-D int64 array `(n_logged,)`: the train step (0-based) of each logged row.
+
+        Train steps count the batches handed to the optimizer, strictly increasing and
+        continuing over the `fit` calls of one logger. On the plain path (no accumulation, no
+        loss-scale skip) they equal the optimizer's iterations before the step."""
+        return self._column("steps")
 
     @property
     def epochs(self):
         """1-D int64 array `(n_logged,)`: the epoch (0-based, within its `fit` call) of each row."""
-        return self._joined("epochs", (0,), np.int64)
+        return self._column("epochs")
 
     @property
     def losses(self):
-        """1-D float64 array `(n_logged,)`: the loss of each logged step's batch, before its update."""
-        return self._joined("losses", (0,), np.float64)
+        """1-D float64 array `(n_logged,)`: the loss of each logged step's batch, before its update
+        (and before loss scaling). NaN where the train step's loss could not be seen."""
+        return self._column("losses")
+
+    @property
+    def iterations(self):
+        """1-D int64 array `(n_logged,)`: `optimizer.iterations` after the row's step (with
+        gradient accumulation Keras counts applied updates there; a loss-scale skip leaves it)."""
+        return self._column("iterations")
+
+    @property
+    def applied(self):
+        """1-D bool array `(n_logged,)`: the optimizer applied an update at this step (False for
+        a loss-scale overflow skip and for accumulation micro-steps that only accumulate)."""
+        return self._column("applied")
+
+    @property
+    def skipped(self):
+        """1-D bool array `(n_logged,)`: a `LossScaleOptimizer` skipped this step because its
+        scaled gradient overflowed (normal under dynamic loss scaling)."""
+        return self._column("skipped")
+
+    @property
+    def clipped(self):
+        """1-D bool array `(n_logged,)`: clipping (`clipnorm`, `global_clipnorm` or `clipvalue`)
+        changed the gradient the update rule received: its threshold was exceeded. False on rows
+        that applied nothing."""
+        return self._column("clipped")
+
+    @property
+    def learning_rates(self):
+        """1-D float64 array `(n_logged,)`: the learning rate the update used (a schedule
+        evaluated at that step), NaN where nothing was applied."""
+        return self._column("learning_rates")
+
+    @property
+    def loss_scales(self):
+        """1-D float64 array `(n_logged,)`: the loss scale in effect (the loss gradient was
+        divided by it before logging); 1.0 without loss scaling."""
+        return self._column("loss_scales")
+
+    @property
+    def global_norms(self):
+        """1-D float64 array `(n_logged,)`: the global L2 norm of each row's loss gradient,
+        `sqrt(sum over variables of norm^2)` (variables without a gradient left out)."""
+        norms = self.stat("norm")  # (n_logged, n_variables)
+        has = ~np.isnan(self.stat("nonfinite"))  # variables whose gradient existed
+        with np.errstate(invalid="ignore", over="ignore"):
+            return np.sqrt(np.where(has, norms * norms, 0.0).sum(axis=1))
 
     def stats_array(self):
         """float64 array `(n_logged, n_variables, len(STATS))` of all statistics."""
@@ -153,16 +259,18 @@ class GradientLog:
     def stats(self):
         """dict `{variable name: {stat: 1-D float64 array (n_logged,)}}`, stats as in `STATS`.
 
-        `norm` is the L2 norm of the gradient, `mean`/`std`/`min`/`max`/`max_abs` its entries'
-        statistics, `nonfinite` the number of NaN/Inf entries, `weight_norm` the L2 norm of the
-        variable before the step, and `update_ratio` = `|w_after - w_before| / |w_before|`
-        (inf or NaN when the weights were zero). A variable whose gradient was `None` has NaN rows.
+        `norm` is the L2 norm of the loss gradient, `mean`/`std`/`min`/`max`/`max_abs` its
+        entries' statistics, `nonfinite` the number of NaN/Inf entries, `weight_norm` the L2 norm
+        of the variable before the step, `update_ratio` = `|w_after - w_before| / |w_before|`
+        (inf or NaN when the weights were zero; 0 where nothing was applied) and `applied_norm`
+        the L2 norm of the gradient the update rule received (NaN where nothing was applied). A
+        variable whose gradient was `None` has NaN rows.
         """
         a = self.stats_array()
         return {name: {s: a[:, j, i] for i, s in enumerate(STATS)} for j, name in enumerate(self.names)}
 
     def gradients(self):
-        """The whole gradients, with `record="full"`.
+        """The whole loss gradients (unscaled, before clipping), with `record="full"`.
 
         Returns:
             list, in `model.trainable_weights` order, of float arrays shaped
@@ -171,24 +279,56 @@ class GradientLog:
         Raises:
             ValueError: if the log was recorded with `record="stats"`.
         """
-        if self.record != "full":
-            raise ValueError('gradients() needs GradientLogger(record="full"). This log was recorded with record="stats"')
+        self._need_full("gradients()")
         self._sync()
         return [self._grad_array(j) for j in range(len(self.names))]
 
+    def applied_gradients(self):
+        """The whole gradients the update rule received (after unscaling, accumulation and
+        clipping, before weight decay), with `record="full"`; rows of steps that applied no
+        update are NaN.
+
+        Returns:
+            list, in `model.trainable_weights` order, of float arrays `(n_logged, *variable.shape)`.
+
+        Raises:
+            ValueError: if the log was recorded with `record="stats"`.
+        """
+        self._need_full("applied_gradients()")
+        self._sync()
+        if not self.applied_same:
+            return [self._applied_array(j) for j in range(len(self.names))]
+        grads = self.gradients()
+        applied = self.applied
+        if applied.all():
+            return grads
+        out = []
+        for g in grads:
+            g = np.array(g)
+            g[~applied] = np.nan
+            out.append(g)
+        return out
+
+    def _need_full(self, what):
+        if self.record != "full":
+            raise ValueError(f'{what} needs GradientLogger(record="full"). This log was recorded with record="stats"')
+
     def _grad_array(self, j):
-        key = ("grad", j)
+        return self._chunk_array(("grad", j), self._grads, j)
+
+    def _applied_array(self, j):
+        return self._chunk_array(("applied", j), self._applied_grads, j)
+
+    def _chunk_array(self, key, per_variable, j):
         if key not in self._cache:
-            chunks = self._grads[j] if self._grads is not None else []
-            if len(chunks) == 1:  # as it is: a log loaded from a streamed folder stays memory-mapped
-                self._cache[key] = chunks[0]
-            else:
-                self._cache[key] = np.concatenate(chunks) if chunks else np.zeros((0, *self.shapes[j]), np.float32)
+            chunks = per_variable[j] if per_variable is not None else []
+            # One chunk (a loaded log) is used as it is: a memory map stays one.
+            self._cache[key] = chunks[0] if len(chunks) == 1 else np.concatenate(chunks) if chunks else np.zeros((0, *self.shapes[j]), np.float32)
         return self._cache[key]
 
     def last_gradients(self):
-        """The whole gradients of the last logged step (with `record="full"`), without joining
-        the earlier ones.
+        """The whole loss gradients of the last logged step (with `record="full"`), without
+        joining the earlier ones.
 
         Returns:
             list in `model.trainable_weights` order of arrays `variable.shape`.
@@ -196,8 +336,7 @@ class GradientLog:
         Raises:
             ValueError: if the log was recorded with `record="stats"` or holds no step.
         """
-        if self.record != "full":
-            raise ValueError('last_gradients() needs GradientLogger(record="full"). This log was recorded with record="stats"')
+        self._need_full("last_gradients()")
         self._sync()
         if not len(self.steps):
             raise ValueError("last_gradients() needs a log with at least one step. This log is empty")
@@ -220,9 +359,13 @@ class GradientLog:
         """The optimizer's variables before each logged step (names in `optimizer_variable_names`).
 
         Returns:
-            list of arrays `(n_logged, *shape)`, one per optimizer variable (`iterations`,
-            `learning_rate`, then the slots such as momentums and velocities, in
-            `optimizer.variables` order).
+            list of arrays `(n_logged, *shape)`, one per variable of `optimizer.variables`, in
+            that order: for a Keras optimizer `iteration`, then `learning_rate` (only when the
+            learning rate is a number, not a schedule: see `learning_rates`), then its slots
+            (gradient accumulators, momentums, velocities); a `LossScaleOptimizer` puts its
+            own (`iteration`, `learning_rate`, `step_counter`, `dynamic_scale`) before its inner
+            optimizer's. Then any variable the inner optimizer holds without Keras tracking it
+            (Nadam's `u_product` inside a `LossScaleOptimizer`), so that a step can be replayed.
 
         Raises:
             ValueError: unless recorded with `GradientLogger(snapshots=True)`.
@@ -243,8 +386,9 @@ class GradientLog:
     def to_csv(self, path):
         """Write the statistics as a long table: one row per logged step and variable.
 
-        Columns: `step, epoch, loss, variable, layer`, then every name in `STATS`. The file is
-        written atomically (`kerasbp.files.atomic_write`).
+        Columns: `CSV_ROW_COLUMNS` (`step, epoch, iterations, loss, applied, skipped, clipped,
+        learning_rate, loss_scale, global_norm`; booleans as 0/1), then `variable, layer` and
+        every name in `STATS`. The file is written atomically (`kerasbp.files.atomic_write`).
 
         Args:
             path: str or path-like, the CSV file to write; its folder must exist.
@@ -252,22 +396,43 @@ class GradientLog:
         Raises:
             ValueError, TypeError: for a path that is not a file in an existing folder.
         """
-        steps, epochs, losses, a = self.steps, self.epochs, self.losses, self.stats_array()
+        a = self.stats_array()
+        per_row = [
+            self.steps,
+            self.epochs,
+            self.iterations,
+            self.losses,
+            self.applied,
+            self.skipped,
+            self.clipped,
+            self.learning_rates,
+            self.loss_scales,
+            self.global_norms,
+        ]
+
+        def cell(value):
+            if isinstance(value, (bool, np.bool_)):
+                return int(value)
+            if isinstance(value, (int, np.integer)):
+                return int(value)
+            return repr(float(value))
 
         def write(f):
             text = io.TextIOWrapper(f, encoding="utf-8", newline="")
             w = csv.writer(text)
-            w.writerow(["step", "epoch", "loss", "variable", "layer", *STATS])
-            for r in range(len(steps)):
+            w.writerow([*CSV_ROW_COLUMNS, "variable", "layer", *STATS])
+            for r in range(len(a)):
+                row = [cell(column[r]) for column in per_row]
                 for j, name in enumerate(self.names):
-                    w.writerow([int(steps[r]), int(epochs[r]), repr(float(losses[r])), name, self.layers[j], *(repr(float(v)) for v in a[r, j])])
+                    w.writerow([*row, name, self.layers[j], *(repr(float(v)) for v in a[r, j])])
             text.flush()
             text.detach()
 
         atomic_write(path, write)
 
     def to_npz(self, path):
-        """Write everything (and, with `record="full"`, the gradient arrays `grad_<i>`) to `path`.
+        """Write everything (and, with `record="full"`, the gradient arrays `grad_<i>` and, where
+        they differ from them, `applied_<i>`) to `path`.
 
         Read it back with `kerasbp.load_gradient_log(path)`. The file is written atomically.
 
@@ -290,31 +455,47 @@ class GradientLog:
             "record": self.record,
             "every_n_steps": self.every_n_steps,
             "stats": list(STATS),
+            "applied_same": bool(self.applied_same),
+            "clipping": self.clipping,
         }
-        arrays = {"steps": self.steps, "epochs": self.epochs, "losses": self.losses, "stats": self.stats_array(), "meta": np.array(json.dumps(meta))}
+        arrays = {key: self._column(key) for key in COLUMNS}
+        arrays |= {"stats": self.stats_array(), "meta": np.array(json.dumps(meta))}
         for j, alive in enumerate(self._alive or []):
             if alive is not None:
                 arrays[f"alive_{j}"] = alive
         if gradients:
             arrays.update({f"grad_{j}": np.asarray(g) for j, g in enumerate(self.gradients())})
+            if not self.applied_same:
+                arrays.update({f"applied_{j}": np.asarray(g) for j, g in enumerate(self.applied_gradients())})
         if self._weights is not None:
             arrays.update({f"weights_{j}": w for j, w in enumerate(self.weights())})
             arrays.update({f"optimizer_{j}": w for j, w in enumerate(self.optimizer_state())})
             arrays["optimizer_variable_names"] = np.array(self.optimizer_variable_names, dtype=str)
         return arrays
 
-    def health(self, vanishing_ratio=1e-3, exploding_norm=1e3):
+    def health(self, vanishing_ratio=1e-3, exploding_growth=100.0, exploding_norm=None):
         """Flag vanishing, exploding and non-finite gradients, and dead relu units.
 
-        Non-finite: a logged loss or gradient held NaN or Inf (the first such step is named).
-        Vanishing: the median over logged steps of `|grad(first kernel)| / |grad(last kernel)|` is
-        below `vanishing_ratio` (kernels are the variables with 2 or more dimensions). Exploding:
-        a gradient L2 norm above `exploding_norm`. Dead units: units (last axis of a relu layer's
-        kernel) whose gradient was exactly zero at every logged step.
+        - Non-finite: a logged loss or gradient held NaN or Inf (the first such step is named),
+          leaving out the steps a `LossScaleOptimizer` skipped, which are counted apart
+          (`Health.skipped`): overflow skips are how dynamic loss scaling works.
+        - Exploding, judged relative to the run so that the scale of the target does not trip
+          it: over the logged steps with a finite gradient (skips left out), the largest global
+          gradient norm after the first tenth of them, divided by the median over that first
+          tenth, exceeds `exploding_growth`; or, if `exploding_norm` is given, a global norm
+          exceeds it. NaN/Inf alone sets `nonfinite`, never `exploding`.
+        - Vanishing: the median over logged steps of `|grad(first kernel)| / |grad(last kernel)|`
+          is below `vanishing_ratio` (kernels are the variables with 2 or more dimensions).
+        - Dead units: units of a relu layer (last axis of its kernel) whose output was zero for
+          every example of every logged step. The output is read before any Dropout that
+          follows, so units that were only dropped are not dead.
 
         Args:
             vanishing_ratio: positive float. Defaults to 1e-3.
-            exploding_norm: positive float. Defaults to 1e3.
+            exploding_growth: positive float, the growth factor of the global gradient norm over
+                its early median that counts as exploding. Defaults to 100.
+            exploding_norm: None or positive float, an absolute global gradient norm that counts
+                as exploding. Defaults to None (growth only).
 
         Returns:
             `Health`, printable.
@@ -323,28 +504,34 @@ class GradientLog:
             TypeError, ValueError: for thresholds that are not positive finite numbers.
         """
         vanishing_ratio = check_positive_float("vanishing_ratio", vanishing_ratio)
-        exploding_norm = check_positive_float("exploding_norm", exploding_norm)
-        steps = self.steps
-        figures = {"n_logged": len(steps), "vanishing_ratio": vanishing_ratio, "exploding_norm": exploding_norm}
+        exploding_growth = check_positive_float("exploding_growth", exploding_growth)
+        if exploding_norm is not None:
+            exploding_norm = check_positive_float("exploding_norm", exploding_norm)
+        steps, skipped = self.steps, self.skipped
+        figures = {
+            "n_logged": len(steps),
+            "vanishing_ratio": vanishing_ratio,
+            "exploding_growth": exploding_growth,
+            "exploding_norm": exploding_norm,
+            "n_skipped": int(skipped.sum()),
+        }
         norms = self.stat("norm")  # (n_logged, n_variables)
         kernels = [j for j, s in enumerate(self.shapes) if len(s) >= 2]
         vanishing = False
         if len(kernels) >= 2 and len(steps):
             first, last = kernels[0], kernels[-1]
             with np.errstate(divide="ignore", invalid="ignore"):
-                ratio = float(np.nanmedian(norms[:, first] / norms[:, last]))
+                ratio = float(np.nanmedian(norms[:, first] / norms[:, last])) if np.isfinite(norms[:, [first, last]]).any() else float("nan")
             figures.update(first_kernel=self.names[first], last_kernel=self.names[last], first_last_ratio=ratio)
             vanishing = bool(ratio < vanishing_ratio)
-        finite_norms = norms[np.isfinite(norms)]
-        figures["max_norm"] = float(finite_norms.max()) if finite_norms.size else float("nan")
-        bad = self.stat("nonfinite") > 0  # (n_logged, n_variables)
-        bad_rows = bad.any(axis=1) | ~np.isfinite(self.losses)
+        exploding = self._exploding(figures, exploding_growth, exploding_norm)
+        bad = (self.stat("nonfinite") > 0) & ~skipped[:, None]  # (n_logged, n_variables)
+        bad_rows = bad.any(axis=1) | (~np.isfinite(self.losses) & ~skipped)
         nonfinite = bool(bad_rows.any())
         if nonfinite:
             r = int(np.flatnonzero(bad_rows)[0])
             variable = self.names[int(np.flatnonzero(bad[r])[0])] if bad[r].any() else None
             figures.update(first_nonfinite_step=int(steps[r]), first_nonfinite_variable=variable)
-        exploding = nonfinite or bool(figures["max_norm"] > exploding_norm)
         dead, units = {}, {}
         for j, alive in enumerate(self._alive or []):
             if alive is not None and len(self.shapes[j]) >= 2 and self.activations[j] == "relu" and len(steps):
@@ -353,30 +540,57 @@ class GradientLog:
                 if never:
                     dead[self.names[j]] = never
         figures["units"] = units
-        return Health(vanishing, exploding, nonfinite, dead, figures)
+        return Health(vanishing, exploding, nonfinite, dead, figures, skipped=figures["n_skipped"])
+
+    def _exploding(self, figures, growth_limit, norm_limit):
+        """Judge exploding gradients from the global norms; fill in the figures."""
+        g = self.global_norms
+        keep = np.isfinite(g) & ~self.skipped
+        g, steps = g[keep], self.steps[keep]
+        if len(g) < 2:
+            return False
+        k = max(1, len(g) // 10)
+        early = float(np.median(g[:k]))
+        later = int(np.argmax(g[k:])) + k
+        peak = float(g[later])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            growth = peak / early if early > 0 else (float("inf") if peak > 0 else 1.0)
+        figures.update(
+            early_median_norm=early,
+            early_steps=(int(steps[0]), int(steps[k - 1])),
+            max_norm=float(g.max()),
+            max_norm_step=int(steps[int(np.argmax(g))]),
+            growth=float(growth),
+        )
+        return bool(growth > growth_limit or (norm_limit is not None and figures["max_norm"] > norm_limit))
 
 
 #: In a folder that a `GradientLogger(path=...)` streamed to: the log without its gradients.
 FOLDER_LOG = "log.npz"
 
 
-def gradient_file(folder, j):
-    """The raw file of variable `j`'s gradients in a streaming folder (rows of `shape`, C order)."""
-    return os.path.join(folder, f"grad_{j}.bin")
+def gradient_file(folder, j, kind="grad"):
+    """The raw file of variable `j`'s gradients in a streaming folder (rows of `shape`, C order);
+    `kind` is `"grad"` (loss gradients) or `"applied"` (applied gradients)."""
+    return os.path.join(folder, f"{kind}_{j}.bin")
 
 
 def load_gradient_log(path):
     """Read a log written by `GradientLog.to_npz`, or the folder a `GradientLogger(path=...)` streamed to.
+
+    Logs saved before a column or statistic existed load with what they imply: `iterations`
+    = `steps + 1`, `applied` True, `skipped` and `clipped` False, and NaN for `learning_rates`,
+    `loss_scales` and the `applied_norm` statistic.
 
     Args:
         path: str or path-like of the `.npz` file, or of the streaming folder (its gradients are
             memory-mapped, not read into memory).
 
     Returns:
-        `GradientLog` with the same steps, epochs, losses, stats, dead-unit tracking and (if
-        recorded) gradients, weights and optimizer state. Where `path` was never written (the
-        run was killed) but its sidecar `path + ".partial"` holds chunks, the log is recovered
-        from them (`kerasbp.logger.sidecar.recover`) with a warning saying how many steps.
+        `GradientLog` with the same steps, epochs, losses, columns, stats, dead-unit tracking
+        and (if recorded) gradients, weights and optimizer state. Where `path` was never written
+        (the run was killed) but its sidecar `path + ".partial"` holds chunks, the log is
+        recovered from them (`kerasbp.logger.sidecar.recover`) with a warning saying how many steps.
 
     Raises:
         FileNotFoundError: if `path` does not exist (or a folder holds no log).
@@ -405,10 +619,21 @@ def load_gradient_log(path):
         log.names, log.layers, log.activations = meta["names"], meta["layers"], meta["activations"]
         log.shapes = [tuple(s) for s in meta["shapes"]]
         log.record, log.every_n_steps = meta["record"], meta["every_n_steps"]
-        log._append(*(data[key] for key in ("steps", "epochs", "losses", "stats")))
+        log.applied_same = bool(meta.get("applied_same", True))
+        log.clipping = dict.fromkeys(CLIPPING) | meta.get("clipping", {})
+        steps = data["steps"]
+        columns = {key: data[key] if key in data else default(steps) for key, (_, default) in COLUMNS.items()}
+        saved = data["stats"]  # (n, n_variables, len(saved names)): map by name
+        stats = np.full((*saved.shape[:2], len(STATS)), np.nan)
+        for i, name in enumerate(meta.get("stats", STATS[: saved.shape[2]])):
+            if name in STATS:
+                stats[:, :, STATS.index(name)] = saved[:, :, i]
+        log._append(stats, **columns)
         log._alive = [data[f"alive_{j}"] if f"alive_{j}" in data else None for j in range(len(log.names))]
         if log.record == "full" and folder is None:
             log._grads = [[data[f"grad_{j}"]] for j in range(len(log.names))]
+            if not log.applied_same:
+                log._applied_grads = [[data[f"applied_{j}"]] for j in range(len(log.names))]
         if "optimizer_variable_names" in data:
             log.optimizer_variable_names = data["optimizer_variable_names"].tolist()
             log._weights = [[data[f"weights_{j}"]] for j in range(len(log.names))]
@@ -416,5 +641,11 @@ def load_gradient_log(path):
         dtype = np.dtype(meta.get("grad_dtype", "float32"))
     if folder is not None:
         n = len(log.steps)
-        log._grads = [[np.memmap(gradient_file(folder, j), dtype=dtype, mode="r", shape=(n, *shape))] if n else [] for j, shape in enumerate(log.shapes)]
+
+        def mapped(kind):
+            return [[np.memmap(gradient_file(folder, j, kind), dtype=dtype, mode="r", shape=(n, *shape))] if n else [] for j, shape in enumerate(log.shapes)]
+
+        log._grads = mapped("grad")
+        if not log.applied_same:
+            log._applied_grads = mapped("applied")
     return log
