@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 import pytest
 
-from kerasbp.logger.log import FOLDER_LOG, STATS, GradientLog, gradient_file, load_gradient_log
+from kerasbp.logger.log import COLUMNS, CSV_ROW_COLUMNS, FOLDER_LOG, STATS, GradientLog, gradient_file, load_gradient_log
 
 NAMES = ["net/hidden/kernel", "net/hidden/bias", "net/mid/kernel", "net/out/kernel"]
 LAYERS = ["hidden", "hidden", "mid", "out"]
@@ -45,7 +45,9 @@ def synthetic_log(record="full", snapshots=True, every_n_steps=3, grad_dtype=np.
         rows = slice(start, start + n)
         start += n
         stats = rng.normal(size=(n, len(NAMES), len(STATS)))
-        log._append(np.array(STEPS[rows]), np.array(EPOCHS[rows]), rng.uniform(0.1, 2.0, n), stats)
+        steps = np.array(STEPS[rows])
+        columns = {key: default(steps) for key, (_, default) in COLUMNS.items() if default is not None}
+        log._append(stats, steps=steps, epochs=np.array(EPOCHS[rows]), losses=rng.uniform(0.1, 2.0, n), **columns)
         for j, shape in enumerate(SHAPES):
             log._grads[j].append(rng.normal(size=(n, *shape)).astype(grad_dtype))
             if snapshots:
@@ -124,7 +126,7 @@ def test_an_empty_log_has_empty_arrays_of_the_right_shapes_and_dtypes():
     assert [(w.shape, w.dtype) for w in log.weights()] == [((0, *s), np.float32) for s in SHAPES]
     assert [s.shape for s in log.optimizer_state()] == [(0,), (0,)]
     health = log.health()  # nothing logged: nothing flagged, no unit called dead
-    assert health.ok and health.dead_units == {} and np.isnan(health.figures["max_norm"])
+    assert health.ok and health.dead_units == {} and np.isnan(health.figures.get("max_norm", np.nan))
     assert health.figures["n_logged"] == 0 and "first_last_ratio" not in health.figures
 
 
@@ -136,19 +138,27 @@ def read_csv(path):
 def check_csv_against_log(path, log):
     """Every cell of `to_csv`'s file against the log's own arrays, exactly."""
     rows = read_csv(path)
-    assert rows[0] == ["step", "epoch", "loss", "variable", "layer", *STATS]
+    assert rows[0] == [*CSV_ROW_COLUMNS, "variable", "layer", *STATS]
     body = rows[1:]
-    n_vars = len(log.names)
+    n_vars, k0 = len(log.names), len(CSV_ROW_COLUMNS)
     assert len(body) == len(log) * n_vars
     stats = log.stats_array()
+    per_row = {  # each row column against the log's own array
+        "step": log.steps, "epoch": log.epochs, "iterations": log.iterations, "loss": log.losses,
+        "applied": log.applied, "skipped": log.skipped, "clipped": log.clipped,
+        "learning_rate": log.learning_rates, "loss_scale": log.loss_scales, "global_norm": log.global_norms,
+    }
     for k, row in enumerate(body):
         r, j = divmod(k, n_vars)  # one row per logged step and variable, variables inner
-        assert len(row) == 5 + len(STATS)
-        assert int(row[0]) == log.steps[r], (k, "step")
-        assert int(row[1]) == log.epochs[r], (k, "epoch")
-        assert float(row[2]) == log.losses[r], (k, "loss")
-        assert row[3] == log.names[j] and row[4] == log.layers[j]
-        np.testing.assert_array_equal([float(v) for v in row[5:]], stats[r, j], err_msg=f"row {k}")
+        assert len(row) == k0 + 2 + len(STATS)
+        for c, name in enumerate(CSV_ROW_COLUMNS):
+            value = per_row[name][r]
+            if value.dtype == bool:
+                assert row[c] in ("True", "False", "1", "0") and (row[c] in ("True", "1")) == bool(value), (k, name)
+            else:
+                np.testing.assert_array_equal(float(row[c]), value, err_msg=f"row {k}, {name}")
+        assert row[k0] == log.names[j] and row[k0 + 1] == log.layers[j]
+        np.testing.assert_array_equal([float(v) for v in row[k0 + 2 :]], stats[r, j], err_msg=f"row {k}")
 
 
 def test_to_csv_every_cell(tmp_path):
@@ -159,8 +169,9 @@ def test_to_csv_every_cell(tmp_path):
     log.to_csv(tmp_path / "log.csv")
     check_csv_against_log(tmp_path / "log.csv", log)
     rows = read_csv(tmp_path / "log.csv")
-    assert rows[1 + 4 * 1 + 2][5 + STATS.index("update_ratio")] == "inf"
-    assert rows[1 + 4 * 2 + 1][5 + STATS.index("norm")] == "nan"
+    k0 = len(CSV_ROW_COLUMNS) + 2
+    assert rows[1 + 4 * 1 + 2][k0 + STATS.index("update_ratio")] == "inf"
+    assert rows[1 + 4 * 2 + 1][k0 + STATS.index("norm")] == "nan"
     assert (tmp_path / "log.csv").read_bytes().count(b"\r\n") == 1 + 7 * 4  # csv's own line ends, not doubled
 
 
@@ -270,16 +281,18 @@ def test_health_flags_and_its_report():
     assert health.figures["first_kernel"] == NAMES[0] and health.figures["last_kernel"] == NAMES[3]
     assert health.nonfinite and health.figures["first_nonfinite_step"] == 12
     assert health.figures["first_nonfinite_variable"] == NAMES[3]
-    assert health.exploding and health.figures["max_norm"] == 5e3
+    # The global norm of step 15, sqrt(2e-6^2 + 5e3^2 + 3^2 + 2^2), is 1336 times the median of
+    # the first tenth of the run (step 3's sqrt(4e-12 + 1 + 9 + 4) = 3.742): exploding.
+    assert health.exploding and health.figures["max_norm"] == pytest.approx(np.sqrt(4e-12 + 25e6 + 13), rel=1e-12)
+    assert health.figures["growth"] == pytest.approx(np.sqrt(4e-12 + 25e6 + 13) / np.sqrt(4e-12 + 14), rel=1e-12)
     assert health.dead_units == {NAMES[0]: [1]} and health.figures["units"] == {NAMES[0]: 3}
     assert not health.ok
-    assert str(health) == (
-        "gradient health over 7 logged steps: FLAGGED\n"
-        "  VANISHING - median |grad| of first kernel 'net/hidden/kernel' / last kernel 'net/out/kernel' = 1e-06 (threshold 0.001)\n"
-        "  EXPLODING - largest gradient norm 5e+03 (threshold 1e+03)\n"
-        "  NON-FINITE - first at step 12, variable 'net/out/kernel'\n"
-        "  DEAD UNITS in 'net/hidden/kernel': 1 of 3 (units [1])"
-    )
+    lines = str(health).splitlines()
+    assert lines[0] == "gradient health over 7 logged steps: FLAGGED"
+    assert lines[1] == "  VANISHING - median |grad| of first kernel 'net/hidden/kernel' / last kernel 'net/out/kernel' = 1e-06 (threshold 0.001)"
+    assert lines[2].startswith("  EXPLODING - global gradient norm peaked at 5e+03 ")
+    assert "  NON-FINITE - first at step 12, variable 'net/out/kernel'" in lines
+    assert lines[-1] == "  DEAD UNITS in 'net/hidden/kernel': 1 of 3 (units [1])"
     assert repr(health) == str(health)
 
 
@@ -290,15 +303,13 @@ def test_health_of_a_healthy_log_and_its_report():
     a[:, 0, STATS.index("norm")] = 0.5  # first / last kernel = 0.25
     log._alive[0][:] = True
     health = log.health()
-    assert health.ok and not health.exploding and health.figures["max_norm"] == 3.0
+    assert health.ok and not health.exploding and health.figures["max_norm"] == pytest.approx(np.sqrt(0.25 + 1 + 9 + 4), rel=1e-12)
     assert health.figures["first_last_ratio"] == 0.25
-    assert str(health) == (
-        "gradient health over 7 logged steps: ok\n"
-        "  vanishing: no - median |grad| of first kernel 'net/hidden/kernel' / last kernel 'net/out/kernel' = 0.25 (threshold 0.001)\n"
-        "  exploding: no - largest gradient norm 3 (threshold 1e+03)\n"
-        "  non-finite: none\n"
-        "  dead relu units: none"
-    )
+    lines = str(health).splitlines()
+    assert lines[0] == "gradient health over 7 logged steps: ok"
+    assert lines[1] == "  vanishing: no - median |grad| of first kernel 'net/hidden/kernel' / last kernel 'net/out/kernel' = 0.25 (threshold 0.001)"
+    assert lines[2].startswith("  exploding: no - global gradient norm peaked at 3.77 ")
+    assert lines[3:] == ["  non-finite: none", "  dead relu units: none"]
 
 
 def test_health_thresholds_are_strict_and_have_the_documented_defaults():
@@ -308,13 +319,18 @@ def test_health_thresholds_are_strict_and_have_the_documented_defaults():
     a[4, 1, STATS.index("norm")] = 1000.5  # above the default 1e3, below 1001
     health = log.health()
     assert not health.vanishing and health.figures["first_last_ratio"] == pytest.approx(1e-3, rel=1e-12)
-    assert health.exploding and not health.nonfinite  # exploding by its norm alone
-    assert not log.health(exploding_norm=1000.5).exploding  # on the threshold: not above it
+    peak = np.sqrt(0.002**2 + 1000.5**2 + 9 + 4)  # step 15's global norm, 267x the early median
+    assert health.exploding and not health.nonfinite  # exploding by its growth alone
+    assert not log.health(exploding_growth=1e6).exploding  # no absolute threshold by default
+    assert log.health(exploding_growth=1e6, exploding_norm=1000.5).exploding  # 1000.5065 > 1000.5
+    assert not log.health(exploding_growth=1e6, exploding_norm=peak).exploding  # on the threshold: not above it
     assert log.health(vanishing_ratio=0.0011).vanishing
     with pytest.raises(ValueError, match="`vanishing_ratio` must be a positive finite number"):
         log.health(vanishing_ratio=0)
     with pytest.raises(ValueError, match="`exploding_norm` must be a positive finite number"):
         log.health(exploding_norm=-1)
+    with pytest.raises(ValueError, match="`exploding_growth` must be a positive finite number"):
+        log.health(exploding_growth=0)
 
 
 def test_health_names_the_loss_and_divides_by_zero_norms_quietly():
@@ -327,7 +343,7 @@ def test_health_names_the_loss_and_divides_by_zero_norms_quietly():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         health = log.health()
-    assert health.nonfinite and health.exploding and health.figures["first_nonfinite_step"] == 6
+    assert health.nonfinite and not health.exploding and health.figures["first_nonfinite_step"] == 6  # NaN/Inf alone is not exploding
     assert health.figures["first_nonfinite_variable"] is None
     assert "  NON-FINITE - first at step 6, the loss (gradients finite)" in str(health).splitlines()
     assert health.figures["first_last_ratio"] == pytest.approx(1e-6, rel=1e-12)  # the median skips them
