@@ -14,6 +14,19 @@ from kerasbp.checks import check_choice, check_layers, check_positive_float, che
 from kerasbp.reference import LOSSES, OPTIMIZERS, get_activation, get_loss
 
 
+def layer_dtype():
+    """The dtype the factories build layers in: None (Keras's global policy) when that policy is
+    a mixed one the user set (`keras.config.set_dtype_policy("mixed_float16")`), else
+    `keras.config.floatx()`.
+
+    Keras fixes its global dtype policy the first time a layer asks for it, so a later
+    `keras.config.set_floatx("float64")` alone would still give float32 layers
+    (`keras/src/dtype_policies/dtype_policy.py`); the factories honour floatx all the same.
+    """
+    policy = keras.config.dtype_policy()
+    return None if policy.name.startswith("mixed") else keras.config.floatx()
+
+
 def dense_model(layer_sizes, activations, seed=None):
     """A `Sequential` stack of `Dense` layers.
 
@@ -29,7 +42,8 @@ def dense_model(layer_sizes, activations, seed=None):
             with seed `seed + i`); None draws them from Keras's global generator. Defaults to None.
 
     Returns:
-        A built `keras.Sequential` in `keras.config.floatx()`.
+        A built `keras.Sequential` in `keras.config.floatx()`, or in the mixed dtype policy the
+        user set (`layer_dtype`).
 
     Raises:
         TypeError, ValueError: for sizes that are not positive integers, fewer than two sizes, an
@@ -43,15 +57,16 @@ def dense_model(layer_sizes, activations, seed=None):
     sizes, activations = check_layers(layer_sizes, activations)
     activations = [get_activation(a, f"activations[{i}]").name for i, a in enumerate(activations)]
     seed = check_seed(seed)
-    layers = [keras.Input(shape=(sizes[0],))]
+    dtype = layer_dtype()
+    layers = [keras.Input(shape=(sizes[0],), dtype=None if dtype is None else keras.config.floatx())]
     for i, (units, activation) in enumerate(zip(sizes[1:], activations, strict=True)):
         init = keras.initializers.GlorotUniform(seed=None if seed is None else (seed + i) % 2**31)
-        layers.append(keras.layers.Dense(units, activation=activation, kernel_initializer=init, name=f"dense_{i}"))
+        layers.append(keras.layers.Dense(units, activation=activation, kernel_initializer=init, name=f"dense_{i}", dtype=dtype))
     return keras.Sequential(layers)
 
 
 def xor_model(hidden_units=4, activation="sigmoid", output_activation="sigmoid", seed=None):
-    """The seed's 2-4-1 network for XOR: `Input(2) -> Dense(hidden_units) -> Dense(1)`.
+    """The classic NumPy XOR example's 2-4-1 network: `Input(2) -> Dense(hidden_units) -> Dense(1)`.
 
     Args:
         hidden_units: int >= 1, units of the hidden layer. Defaults to 4.

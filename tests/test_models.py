@@ -117,3 +117,26 @@ def test_dense_model_accepts_none_as_linear():
 def test_docstring_examples_run():
     results = doctest.testmod(kerasbp.models, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert results.attempted > 0 and results.failed == 0, results
+
+
+def test_factories_build_in_floatx_even_after_keras_fixed_its_policy():
+    # Keras fixes its global dtype policy at the first layer built; set_floatx alone afterwards
+    # used to give float32 kernels beside a float64 Input.
+    keras.layers.Dense(1).build((None, 1))
+    keras.config.set_floatx("float64")
+    try:
+        model = xor_model(seed=0)
+        assert [w.dtype for w in model.get_weights()] == ["float64"] * 4
+        assert model.inputs[0].dtype == "float64"
+    finally:
+        keras.config.set_floatx("float32")
+
+
+def test_factories_keep_a_mixed_policy_the_user_set():
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = xor_model(seed=0)
+        assert [w.dtype for w in model.get_weights()] == ["float32"] * 4  # variables in float32
+        assert all(layer.dtype_policy.name == "mixed_float16" for layer in model.layers)
+    finally:
+        keras.config.set_dtype_policy("float32")
