@@ -11,7 +11,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+import keras  # noqa: E402
 import kerasbp as kb  # noqa: E402
+from kerasbp.plotting import plot_gradient_norms  # noqa: E402
 from kerasbp import plotting  # noqa: E402
 from kerasbp.logger import load_gradient_log  # noqa: E402
 from kerasbp.data import least_squares  # noqa: E402
@@ -516,3 +518,22 @@ def test_every_public_name_is_in_the_package_and_its_subject_module():
         for name in names:
             assert getattr(plotting, name) is getattr(module, name)
             assert getattr(kb.plotting, name) is getattr(module, name)
+
+
+def test_plot_gradient_norms_draws_applied_norms_and_the_clip_threshold():
+    X = np.array([[1, 2], [3, 4], [5, 6], [7, 8]], "float32")
+    y = np.array([[10], [20], [30], [40]], "float32")
+    model = kb.compile_model(kb.linear_model(2, seed=0), keras.optimizers.SGD(1e-3, clipnorm=1.0))
+    logger = kb.GradientLogger()
+    kb.train(model, X, y, epochs=5, batch_size=4, callbacks=[logger])
+    fig = plot_gradient_norms(logger, applied=True)
+    ax = fig.axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    kernel = [name for name in lines if name.endswith("kernel")][0]
+    np.testing.assert_array_equal(lines[kernel].get_ydata(), logger.stats[logger.names[0]]["norm"])
+    np.testing.assert_allclose(lines[kernel + " applied"].get_ydata(), logger.stats[logger.names[0]]["applied_norm"])
+    assert np.all(logger.stats[logger.names[0]]["applied_norm"] <= 1.0 + 1e-6)  # clipped to the threshold
+    assert lines["clipnorm 1"].get_ydata()[0] == 1.0
+    with pytest.raises(ValueError, match="applied=True"):
+        plot_gradient_norms(logger, stat="max_abs", applied=True)
+    plt.close(fig)

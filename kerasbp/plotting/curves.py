@@ -108,7 +108,7 @@ def plot_loss_curves(runs, ax=None, log_scale=True, key="loss", xlabel="epoch", 
 # ---------------------------------------------------------------------------- gradients
 
 
-def plot_gradient_norms(log, ax=None, stat="norm", variables=None, log_scale=True, title=None):
+def plot_gradient_norms(log, ax=None, stat="norm", variables=None, log_scale=True, title=None, applied=False):
     """Each variable's gradient statistic (L2 norm by default) against the optimizer step.
 
     One line per variable, coloured by layer: kernels solid, biases dashed. On the log scale a
@@ -130,10 +130,16 @@ def plot_gradient_norms(log, ax=None, stat="norm", variables=None, log_scale=Tru
             `"dense_0/kernel"`). Defaults to None.
         log_scale: bool, a logarithmic y axis. Defaults to True.
         title: str or None for a title naming `stat`. Defaults to None.
+        applied: bool, with `stat="norm"`: also draw, dotted in the same colour, the norm of the
+            gradient the update rule received (`"applied_norm"`: after unscaling, clipping and
+            accumulation), and the `clipnorm` threshold of the optimizer as a horizontal line
+            (`global_clipnorm` is named in the title: it bounds the norm over all variables).
+            Defaults to False.
 
     Returns:
         `matplotlib.figure.Figure`. Each line is labelled `"<layer>/<variable>"`, e.g.
-        `"dense_0/kernel"`, and holds `(log.steps, log.stats[name][stat])`.
+        `"dense_0/kernel"`, and holds `(log.steps, log.stats[name][stat])`; with `applied`, the
+        applied norms are labelled `"<layer>/<variable> applied"`.
 
     Raises:
         TypeError: if `log` is not a GradientLog, or `stat` is not a string.
@@ -147,6 +153,9 @@ def plot_gradient_norms(log, ax=None, stat="norm", variables=None, log_scale=Tru
     log = _check_log(log)
     stat = check_choice("stat", stat, STATS)
     log_scale = check_bool("log_scale", log_scale)
+    applied = check_bool("applied", applied)
+    if applied and stat != "norm":
+        raise ValueError(f'`applied=True` draws applied norms beside `stat="norm"`. Received: stat={stat!r}')
     indices = _select_variables(log, variables)
     fig, ax = _new_axes(ax)
     layers = list(dict.fromkeys(log.layers[j] for j in range(len(log.names))))
@@ -164,18 +173,26 @@ def plot_gradient_norms(log, ax=None, stat="norm", variables=None, log_scale=Tru
             linestyle="-" if kernel else "--",
             label=_short_name(log, j),
         )
+        if applied:
+            values = stats[:, j, STATS.index("applied_norm")]
+            ax.plot(steps, _positive(values) if log_scale else values, color=colors[log.layers[j]], linestyle=":", label=f"{_short_name(log, j)} applied")
+    clipping = getattr(log, "clipping", {}) or {}
+    if applied and clipping.get("clipnorm"):
+        ax.axhline(clipping["clipnorm"], color="0.3", linestyle="-.", linewidth=1, label=f"clipnorm {clipping['clipnorm']:g}")
     if log_scale:
         ax.set_yscale("log")
     ax.set_xlabel("optimizer step")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 2.5, 5, 10]))
     ax.set_ylabel(STAT_LABELS[stat])
-    title = title if title is not None else f"{STAT_LABELS[stat]} per variable"
+    title = title if title is not None else f"{STAT_LABELS[stat]} per variable" + (", loss gradient and applied (dotted)" if applied else "")
+    if applied and clipping.get("global_clipnorm"):
+        title += f"\nglobal_clipnorm {clipping['global_clipnorm']:g} bounds the norm over all variables; clipped at {int(np.sum(log.clipped))} step(s)"
     if stat == "update_ratio":
         infinite = ~np.isfinite(stats[:, indices, column])  # (n_logged, n_drawn)
         if infinite.any():
             title += f"\nnot drawn: {int(infinite.any(axis=1).sum())} step(s) where it is not finite (|w| = 0, e.g. a zero-initialised bias)"
     ax.set_title(title, fontsize="small" if "\n" in title else None)
-    _legend(ax, len(indices), outside=True)
+    _legend(ax, len(ax.get_lines()), outside=True)
     ax.grid(True, which="major", alpha=0.3)
     return fig
 
