@@ -33,7 +33,8 @@ import numpy as np
 import pytest
 
 from kerasbp.reference import optimizers
-from kerasbp.reference.losses import BinaryCrossentropy, binary_crossentropy, binary_crossentropy_gradient, get_loss, mse, mse_gradient
+from kerasbp.reference import get_loss
+from kerasbp.reference.losses import BinaryCrossentropy, binary_crossentropy, binary_crossentropy_gradient, mse, mse_gradient
 
 GRADS = (1.0, 0.25)  # the gradients of steps 1 and 2
 FLOAT32_RTOL = 1e-6
