@@ -106,3 +106,30 @@ def test_a_full_disk_costs_the_log_not_the_results(tmp_path, monkeypatch, capsys
     assert len(lines) == 1
     assert lines[0].startswith(f"error: could not save the gradient log to {str(log)!r}: No space left on device (it needs about ")
     assert not log.exists() and not list(tmp_path.glob(".tmp-*"))
+
+
+KILLED_STREAMING_RUN = """
+import sys
+import kerasbp as kb
+X, y = kb.xor_data()
+model = kb.compile_model(kb.xor_model(seed=0), "sgd", learning_rate=0.5)
+kb.train(model, X, y, epochs=10**7, batch_size=4, callbacks=[kb.GradientLogger(record="full", path=sys.argv[1])])
+"""
+
+
+def test_a_killed_streaming_run_keeps_its_folder_loadable(tmp_path):
+    folder = tmp_path / "grads"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_STREAMING_RUN, str(folder)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _wait_for_chunks(folder / "log.npz", proc, n=2)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert not (folder / "log.npz").exists()
+    with pytest.warns(RuntimeWarning, match=r"recovered \d+ logged steps"):
+        log = load_gradient_log(folder)
+    n = len(log)
+    assert n > 0 and log.record == "full"
+    np.testing.assert_array_equal(log.steps, np.arange(n))
+    grads = log.gradients()
+    assert [g.shape for g in grads] == [(n, 2, 4), (n, 4), (n, 4, 1), (n, 1)]
+    # the rows in the raw files are the gradients whose norms the statistics give
+    np.testing.assert_allclose(np.sqrt((np.asarray(grads[0]) ** 2).sum(axis=(1, 2))), log.stat("norm")[:, 0], rtol=1e-5)

@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerasbp.checks import check_bool, check_choice, check_output_path, check_positive_float, check_positive_int
-from kerasbp.logger import capture
+from kerasbp.logger import capture, sidecar
 from kerasbp.files import atomic_write
 from kerasbp.logger.log import CLIPPING, FOLDER_LOG, STATS, GradientLog, gradient_file
 
@@ -119,6 +119,7 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
         self._writer = None
         self._files = None  # open while training: one raw file per variable
         self._file_names = None
+        self._sidecar = None  # while streaming to `path`: the rest of the log, every few seconds
         self._dtype = np.float32
 
     # ----------------------------------------------------------------- attaching to the model
@@ -197,6 +198,9 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
             kinds = ("grad",) if self.applied_same else ("grad", "applied")
             self._file_names = {kind: [gradient_file(self.path, j, kind) for j in range(len(self.names))] for kind in kinds}
             self._files = {kind: [open(name, mode if os.path.exists(name) else "wb") for name in names] for kind, names in self._file_names.items()}
+            # The rest of the log reaches a sidecar of the folder's log every few seconds, so a
+            # killed run's folder still loads (kerasbp.logger.sidecar).
+            self._sidecar = sidecar.SidecarWriter(os.path.join(self.path, FOLDER_LOG), gradients=False, meta={"grad_dtype": np.dtype(self._dtype).name})
         if self.tensorboard_dir is not None and self._writer is None:
             self._writer = tf.summary.create_file_writer(self.tensorboard_dir)
         self._capture.attach()
@@ -257,6 +261,8 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
             # The folder now holds a whole log: load_gradient_log(path) reads it.
             arrays = self._arrays(gradients=False, grad_dtype=np.dtype(self._dtype).name)
             atomic_write(os.path.join(self.path, FOLDER_LOG), lambda f: np.savez(f, **arrays))
+            self._sidecar.remove()
+            self._sidecar = None
         if self._writer is not None:
             self._writer.flush()
 
@@ -296,7 +302,23 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
         self._append(rows["stats"], epochs=epochs, **columns)
         if self._writer is not None:
             self._write_tensorboard(rows)
+        if self._sidecar is not None:
+            self._flush_sidecar()
         self._check_nonfinite(steps, epochs, rows["losses"], rows["stats"], rows["skipped"])
+
+    def _flush_sidecar(self):
+        """Every few seconds: the raw gradient files to the OS, then the new rows to the sidecar
+        (in that order, so a chunk never counts rows that are not in the files)."""
+        if not self._sidecar.due():
+            return
+        try:
+            for files in self._files.values():
+                for f in files:
+                    f.flush()
+            self._sidecar.flush(self)
+        except OSError as e:  # a full disk costs the sidecar, not the run
+            warnings.warn(f"GradientLogger: could not write the sidecar {self._sidecar.folder!r}: {e}; a killed run would lose its log", RuntimeWarning, stacklevel=2)
+            self._sidecar = None
 
     def _separate_applied(self):
         """Store the applied gradients apart from the loss gradients from now on: until now the

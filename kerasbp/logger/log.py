@@ -606,7 +606,18 @@ def load_gradient_log(path):
     if os.path.isdir(path):
         folder, path = os.fspath(path), os.path.join(path, FOLDER_LOG)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"`path` is a folder without a kerasbp gradient log ({FOLDER_LOG}). Received: path={folder!r}")
+            recovered = sidecar.recover(path)  # a streaming run killed before it wrote the folder's log
+            if recovered is None:
+                raise FileNotFoundError(f"`path` is a folder without a kerasbp gradient log ({FOLDER_LOG}). Received: path={folder!r}")
+            with tempfile.TemporaryDirectory() as scratch:
+                np.savez(os.path.join(scratch, FOLDER_LOG), **recovered)
+                return _read(os.path.join(scratch, FOLDER_LOG), folder)
+    return _read(path, folder)
+
+
+def _read(path, folder):
+    """The log in the `.npz` file `path`; its whole gradients memory-mapped from `folder`'s raw
+    files when it describes a streaming folder (`folder` not None)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"`path` must be an existing .npz gradient log. Received: path={str(path)!r}")
     if not zipfile.is_zipfile(path):

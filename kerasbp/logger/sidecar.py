@@ -40,13 +40,18 @@ class SidecarWriter:
         path: str or path-like, the final log file (`.npz`); its folder must exist.
         every_seconds: float, the least time between two chunks (a chunk is also written by
             `flush(force=True)`). Defaults to 2.0.
+        gradients: bool, put the whole gradients of a `record="full"` log in the chunks (False
+            where they are streamed to raw files anyway). Defaults to True.
+        meta: dict of extra metadata for the chunks (`GradientLog._arrays`), or None.
 
     Attributes:
         rows_written: int, the rows already in chunks.
     """
 
-    def __init__(self, path, every_seconds=2.0):
+    def __init__(self, path, every_seconds=2.0, gradients=True, meta=None):
         self.path = os.fspath(path)
+        self.gradients = gradients
+        self.meta = dict(meta or {})
         self.folder = sidecar_path(path)
         self.every_seconds = float(every_seconds)
         self.rows_written = 0
@@ -55,6 +60,10 @@ class SidecarWriter:
         if os.path.isdir(self.folder):
             shutil.rmtree(self.folder)  # a sidecar of an earlier run of the same path
         os.makedirs(self.folder)
+
+    def due(self):
+        """bool: `every_seconds` have passed since the last chunk."""
+        return time.monotonic() - self._last >= self.every_seconds
 
     def flush(self, log, force=False):
         """Write the rows of `log` (a `GradientLog`) not yet in a chunk, if it is time (or `force`).
@@ -66,9 +75,9 @@ class SidecarWriter:
             OSError: if the chunk cannot be written (e.g. a full disk); the chunks before it stay.
         """
         n = len(log)
-        if n <= self.rows_written or not (force or time.monotonic() - self._last >= self.every_seconds):
+        if n <= self.rows_written or not (force or self.due()):
             return 0
-        arrays = log._arrays(gradients=log.record == "full")
+        arrays = log._arrays(gradients=self.gradients and log.record == "full", **self.meta)
         chunk = {key: (value if NOT_PER_ROW.match(key) else value[self.rows_written : n]) for key, value in arrays.items()}
         name = os.path.join(self.folder, f"chunk-{self._chunks:06d}.npz")
         fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".tmp-")
