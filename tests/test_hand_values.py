@@ -254,6 +254,41 @@ def test_a_state_with_a_slot_missing_is_refused_by_name(class_name, kwargs, fiel
             twin.apply(params, [np.ones(2), np.ones(3)], state._replace(iterations=iterations))
 
 
+@pytest.mark.parametrize(
+    "class_name, kwargs, slots",
+    [
+        ("SGD", {}, {}),
+        ("SGD", {"momentum": 0.5}, {"momentums"}),
+        ("Adam", {}, {"momentums", "velocities"}),
+        ("Adam", {"amsgrad": True}, {"momentums", "velocities", "velocity_hats"}),
+        ("RMSprop", {}, {"velocities"}),
+        ("RMSprop", {"momentum": 0.5, "centered": True}, {"velocities", "momentums", "average_gradients"}),
+    ],
+)
+def test_initial_states_hold_zeros_in_kerass_slots_only(class_name, kwargs, slots):
+    # Keras makes only the slot variables a variant uses (no momentums for SGD without momentum,
+    # no velocity_hats without amsgrad, ...), all zero at the start.
+    params = [np.ones((2, 3), np.float32), np.ones(3, np.float32)]
+    state = getattr(optimizers, class_name)(**kwargs).init(params)
+    assert state.iterations == 0
+    for field in state._fields[1:]:
+        value = getattr(state, field)
+        if field in slots:
+            assert [(a.shape, a.dtype) for a in value] == [((2, 3), np.float32), ((3,), np.float32)], field
+            assert all(not a.any() for a in value), field
+        else:
+            assert value == (), field
+
+
+@pytest.mark.parametrize(
+    "class_name, name, value",
+    [("SGD", "momentum", 1.0), ("Adam", "beta_1", 1.0), ("Adam", "beta_2", -0.1), ("Adam", "epsilon", -1.0), ("RMSprop", "rho", 1.5), ("RMSprop", "momentum", -0.5), ("RMSprop", "epsilon", -1.0)],
+)
+def test_hyperparameters_out_of_range_are_refused_by_name(class_name, name, value):
+    with pytest.raises(ValueError, match=f"`{name}`"):
+        getattr(optimizers, class_name)(**{name: value})
+
+
 @pytest.mark.skipif(np.finfo(np.longdouble).nmant < 63, reason="np.longdouble is float64 here: no wider type to round from")
 def test_beta_powers_are_correctly_rounded_in_float64():
     # TensorFlow's scalar pow rounds correctly; the twin computes beta**t in a wider type and
@@ -312,6 +347,7 @@ def test_losses_by_hand_keep_the_dtype(dtype):
         (mse(y, p), 0.40625),
         # logits 0 and log 3: -log(sigmoid(0)) = log 2 and -log(1 - sigmoid(log 3)) = log 4
         (binary_crossentropy(y, np.array([[0.0], [np.log(3)]], dtype), from_logits=True), 1.5 * np.log(2)),
+        (BinaryCrossentropy(from_logits=True)(y, np.array([[0.0], [np.log(3)]], dtype)), 1.5 * np.log(2)),
     ):
         assert value.dtype == dtype and float(value) == pytest.approx(want, rel=rtol)
     assert BinaryCrossentropy().from_logits is False
@@ -365,3 +401,12 @@ def test_keras_bce_gradient_at_the_clip_bounds(dtype):
             got = float(tape.gradient(loss, prediction).numpy()[0, 0])
             want = hand_bce_gradient(y, float(p), float(low), float(high))
             assert got == pytest.approx(want, rel=4 * float(np.finfo(dtype).eps), abs=0), (y, p)
+
+
+def test_keras_losses_and_optimizers_go_to_their_twins():
+    import keras
+
+    assert get_loss(keras.losses.mean_squared_error) == get_loss("mse")  # a Keras function
+    assert get_loss(keras.losses.BinaryCrossentropy(from_logits=True)) == BinaryCrossentropy(from_logits=True)
+    twin = optimizers.get_optimizer(keras.optimizers.RMSprop(learning_rate=0.125, rho=0.5, centered=True))
+    assert twin == optimizers.RMSprop(learning_rate=0.125, rho=0.5, centered=True)

@@ -236,12 +236,13 @@ def test_a_streamed_folder_loads_with_memory_mapped_gradients(tmp_path, grad_dty
     folder = tmp_path / "streamed"
     folder.mkdir()
     for j, g in enumerate(log.gradients()):
-        with open(gradient_file(folder, j), "wb") as f:
+        assert gradient_file(folder, j) == str(folder / f"grad_{j}.bin")
+        with open(folder / f"grad_{j}.bin", "wb") as f:
             f.write(np.ascontiguousarray(g).tobytes())  # rows of the variable's shape, C order
     np.savez(folder / FOLDER_LOG, **log._arrays(gradients=False, grad_dtype=np.dtype(grad_dtype).name))
     back = load_gradient_log(folder)
     assert_same_log(back, log)
-    assert all(isinstance(g, np.memmap) and g.dtype == grad_dtype for g in back.gradients())
+    assert all(isinstance(g, np.memmap) and g.dtype == grad_dtype and not g.flags.writeable for g in back.gradients())
     with pytest.raises(FileNotFoundError, match="folder without a kerasbp gradient log"):
         load_gradient_log(tmp_path)
     # an empty streamed log: no rows, no files to map
@@ -347,3 +348,19 @@ def test_health_names_the_loss_and_divides_by_zero_norms_quietly():
     assert health.figures["first_nonfinite_variable"] is None
     assert "  NON-FINITE - first at step 6, the loss (gradients finite)" in str(health).splitlines()
     assert health.figures["first_last_ratio"] == pytest.approx(1e-6, rel=1e-12)  # the median skips them
+
+
+def test_vanishing_needs_two_kernels_and_compares_the_first_with_the_last():
+    log, a = health_log()
+    # two kernels: the mid kernel becomes a bias-like 1-D variable
+    two = synthetic_log()
+    two.shapes = [(2, 3), (3,), (6,), (2, 1)]
+    two.stats_array()[:] = a
+    health = two.health()
+    assert health.vanishing and health.figures["last_kernel"] == NAMES[3]
+    assert health.figures["first_last_ratio"] == pytest.approx(1e-6, rel=1e-12)
+    one = synthetic_log()
+    one.shapes = [(2, 3), (3,), (6,), (2,)]
+    one.stats_array()[:] = a
+    health = one.health()
+    assert health.vanishing is False and "first_last_ratio" not in health.figures
