@@ -33,7 +33,7 @@ import numpy as np
 import pytest
 
 from kerasbp.reference import optimizers, rounding
-from kerasbp.reference import get_loss
+from kerasbp.reference import get_loss, get_optimizer
 from kerasbp.reference.losses import BinaryCrossentropy, binary_crossentropy, binary_crossentropy_gradient, mse, mse_gradient
 
 GRADS = (1.0, 0.25)  # the gradients of steps 1 and 2
@@ -408,5 +408,5 @@ def test_keras_losses_and_optimizers_go_to_their_twins():
 
     assert get_loss(keras.losses.mean_squared_error) == get_loss("mse")  # a Keras function
     assert get_loss(keras.losses.BinaryCrossentropy(from_logits=True)) == BinaryCrossentropy(from_logits=True)
-    twin = optimizers.get_optimizer(keras.optimizers.RMSprop(learning_rate=0.125, rho=0.5, centered=True))
+    twin = get_optimizer(keras.optimizers.RMSprop(learning_rate=0.125, rho=0.5, centered=True))
     assert twin == optimizers.RMSprop(learning_rate=0.125, rho=0.5, centered=True)
