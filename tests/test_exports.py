@@ -18,10 +18,12 @@ from kerasbp.logger import STATS, GradientLogger, load_gradient_log
 from test_log import assert_same_log, check_csv_against_log
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def recorded(tmp_path_factory):
     """A log of two fits (so epochs restart and steps go on), every 2nd step, of a relu network
-    with every export switched on."""
+    with every export switched on. Made for each test (2 s): a fixture shared by several tests
+    would credit its calls to the first test alone, and mutation testing would then not run the
+    others against a change in the code the fixture runs."""
     folder = tmp_path_factory.mktemp("recorded")
     rng = np.random.default_rng(3)
     X = rng.normal(size=(22, 3)).astype("float32")
