@@ -12,9 +12,10 @@ The page holds:
 4. the gradient L2 norm of each variable, and its update ratio `|w_after - w_before| / |w_before|`;
 5. when the log has them (later loggers add them; the report looks for them by name and draws
    nothing when they are absent):
-   - applied vs loss gradients: a statistic named `APPLIED_STAT` (`"applied_norm"`, the norm of
+   - applied vs loss gradients: the statistic `APPLIED_STAT` (`"applied_norm"`, the norm of
      the gradient the optimizer's update rule received after loss scaling, accumulation and
-     clipping) among the log's statistics (`kerasbp.logger.log.STATS`);
+     clipping), drawn when it differs from the loss gradient at some step (clipping acted,
+     accumulation or loss-scale skips);
    - gradient noise: a `noise` field, a dict of 1-D arrays `(n_logged,)` (e.g. `b_simple`, `gsnr`);
    - curvature: a `curvature` field, a dict with `steps` and `lambda_max` (1-D arrays over probed
      steps) and optionally `trace` and `stability_threshold` (`2 / learning rate`).
@@ -211,14 +212,20 @@ def _health_section(log, health):
         )
     else:
         items.append(("vanishing", None, "not checked: it needs two or more kernels (variables with 2 or more dimensions), and this log has fewer", ""))
-    items.append(
-        (
-            "exploding",
-            health.exploding,
-            f"largest finite gradient norm {_num(f['max_norm'])} (flagged above {_num(f['exploding_norm'])}, or when a gradient is non-finite)",
-            _figure(_draw_exploding, log, f),
+    if "growth" in f:
+        absolute = f" or above {_num(f['exploding_norm'])}" if f.get("exploding_norm") is not None else ""
+        items.append(
+            (
+                "exploding",
+                health.exploding,
+                f"the global gradient norm peaked at {_num(f['max_norm'])} (step {f['max_norm_step']}), {_num(f['growth'])}x its median "
+                f"{_num(f['early_median_norm'])} over steps {f['early_steps'][0]}-{f['early_steps'][1]} (flagged above "
+                f"{_num(f['exploding_growth'])}x{absolute}; NaN/Inf is the non-finite flag, not this one)",
+                _figure(_draw_exploding, log, f),
+            )
         )
-    )
+    else:
+        items.append(("exploding", None, "not judged: it needs two or more logged steps with a finite gradient", ""))
     if health.nonfinite:
         where = f"variable {f['first_nonfinite_variable']!r}" if f["first_nonfinite_variable"] else "the loss (the gradients were finite)"
         text = f"first non-finite value at step {f['first_nonfinite_step']}, in {where}"
@@ -270,7 +277,8 @@ def _field(log, name):
 def _optional_sections(log):
     """Sections for what later loggers record, each only when the log has it."""
     out = []
-    if APPLIED_STAT in log_module.STATS:
+    differs = APPLIED_STAT in log_module.STATS and (not log.applied_same or bool(np.any(log.clipped)) or bool(np.any(~log.applied)))
+    if differs:  # only where what the update used was not the loss gradient itself
         out.append(
             _section(
                 "Applied vs loss gradients",
@@ -350,18 +358,18 @@ def _draw_vanishing(ax, log, f):
 
 
 def _draw_exploding(ax, log, f):
-    norms = log.stat("norm")
-    finite = np.where(np.isfinite(norms) & (norms > 0), norms, np.nan)
-    with np.errstate(all="ignore"):
-        largest = np.fmax.reduce(finite, axis=1) if finite.shape[1] else np.full(len(finite), np.nan)
-    ax.plot(log.steps, largest, label="largest gradient norm over variables")
-    ax.axhline(f["exploding_norm"], color="tab:red", linestyle=":", label=f"threshold {_num(f['exploding_norm'])}")
+    norms = log.global_norms
+    ax.plot(log.steps, np.where(np.isfinite(norms) & (norms > 0), norms, np.nan), label="global gradient norm")
+    threshold = f["early_median_norm"] * f["exploding_growth"]
+    ax.axhline(threshold, color="tab:red", linestyle=":", label=f"threshold {_num(f['exploding_growth'])}x the early median")
+    if f.get("exploding_norm") is not None:
+        ax.axhline(f["exploding_norm"], color="tab:orange", linestyle=":", label=f"absolute threshold {_num(f['exploding_norm'])}")
     ax.set_yscale("log")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("gradient L2 norm")
     ax.legend(loc="best", fontsize="small")
     ax.grid(True, alpha=0.3)
-    return "Exploding: largest gradient norm per step"
+    return "Exploding: the global gradient norm per step"
 
 
 def _draw_nonfinite(ax, log, f):
