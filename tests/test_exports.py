@@ -109,15 +109,23 @@ def test_tensorboard_scalars_and_histograms_are_the_logged_values(recorded):
     logger, folder = recorded
     events = _tensorboard_events(folder / "tb")
     tags = set(events.Tags()["tensors"])
-    assert tags == {"loss"} | {f"gradient_norm/{n}" for n in logger.names} | {f"gradients/{n}" for n in logger.names}
+    per_variable = {f"{kind}/{n}" for n in logger.names for kind in ("gradient_norm", "gradients", "applied_norm")}
+    assert {"loss", "global_gradient_norm", "loss_scale", "applied"} | per_variable <= tags
+    assert tags <= {"loss", "global_gradient_norm", "loss_scale", "applied", "learning_rate", "clipped"} | per_variable
     steps, losses = _series(events, "loss")
     np.testing.assert_array_equal(steps, logger.steps)
     np.testing.assert_array_equal(losses, logger.losses.astype(np.float32))  # scalars are stored in float32
+    for tag, column in (("global_gradient_norm", logger.global_norms), ("loss_scale", logger.loss_scales), ("applied", logger.applied)):
+        steps, values = _series(events, tag)
+        np.testing.assert_array_equal(steps, logger.steps)
+        np.testing.assert_array_equal(values, np.asarray(column, np.float64).astype(np.float32), err_msg=tag)
     norms = logger.stat("norm")
     for j, (name, grads) in enumerate(zip(logger.names, logger.gradients(), strict=True)):
         steps, values = _series(events, f"gradient_norm/{name}")
         np.testing.assert_array_equal(steps, logger.steps)
         np.testing.assert_array_equal(values, norms[:, j].astype(np.float32))
+        steps, values = _series(events, f"applied_norm/{name}")
+        np.testing.assert_array_equal(values, logger.stat("applied_norm")[:, j].astype(np.float32))
         steps, histograms = _series(events, f"gradients/{name}")
         np.testing.assert_array_equal(steps, logger.steps)
         assert histograms.shape == (len(logger), 30, 3)

@@ -26,6 +26,7 @@ EXPECTED = [
     "02_linear_regression.ipynb",
     "03_where_backprop_happens.ipynb",
     "04_optimizers.ipynb",
+    "05_softmax_and_batchnorm.ipynb",
 ]
 KERNEL_NAME = "kerasbp-test-python"
 CELL_TIMEOUT_S = 120

@@ -53,6 +53,9 @@ DEFINITIONS = {
     "nonfinite": lambda g, w0, w1: np.sum(~np.isfinite(g), axis=1).astype(np.float64),
     "weight_norm": lambda g, w0, w1: np.sqrt(np.sum(w0**2, axis=1)),
     "update_ratio": lambda g, w0, w1: np.sqrt(np.sum((w1 - w0) ** 2, axis=1)) / np.sqrt(np.sum(w0**2, axis=1)),
+    # the norm of what the update rule received: on this plain path (no scaling, clipping or
+    # accumulation) the loss gradient itself (tests/test_optimizer_paths.py checks the others)
+    "applied_norm": lambda g, w0, w1: np.sqrt(np.sum(g**2, axis=1)),
 }
 
 
@@ -61,7 +64,7 @@ def tolerance(stat, g, w0, expected, eps):
     n = g.shape[1]
     if stat in ("min", "max", "max_abs", "nonfinite"):
         return np.zeros(len(g))
-    if stat == "norm":
+    if stat in ("norm", "applied_norm"):
         return (n + 2) * eps * np.abs(expected)
     if stat == "weight_norm":
         return (w0.shape[1] + 2) * eps * np.abs(expected)
