@@ -32,9 +32,8 @@ from math import sqrt
 import numpy as np
 import pytest
 
-from kerasbp.reference import optimizers, rounding
-from kerasbp.reference import get_loss, get_optimizer
-from kerasbp.reference.losses import BinaryCrossentropy, binary_crossentropy, binary_crossentropy_gradient, mse, mse_gradient
+from kerasbp.reference import get_loss, get_optimizer, optimizers, rounding
+from kerasbp.reference.losses import BinaryCrossentropy, MeanSquaredError, binary_crossentropy, binary_crossentropy_gradient, mse, mse_gradient
 
 GRADS = (1.0, 0.25)  # the gradients of steps 1 and 2
 FLOAT32_RTOL = 1e-6
@@ -351,8 +350,14 @@ def test_losses_by_hand_keep_the_dtype(dtype):
     ):
         assert value.dtype == dtype and float(value) == pytest.approx(want, rel=rtol)
     assert BinaryCrossentropy().from_logits is False
-    gradient = mse_gradient(y, p)  # 2 (p - y) / 2
-    assert gradient.dtype == dtype and gradient.ravel().tolist() == [-0.75, 0.5]
+    assert float(MeanSquaredError()(y, p)) == 0.40625
+    for gradient in (mse_gradient(y, p), MeanSquaredError().gradient(y, p)):  # 2 (p - y) / 2
+        assert gradient.dtype == dtype and gradient.ravel().tolist() == [-0.75, 0.5]
+    # dL/dp = ((1 - y) / (1 - p) - y / p) / 2: -1 / 0.25 / 2 and 1 / 0.5 / 2
+    assert BinaryCrossentropy().gradient(y, p).ravel().tolist() == [-2.0, 1.0]
+    # from logits: (sigmoid(z) - y) / 2 = (0.5 - 1) / 2 and (0.75 - 0) / 2
+    logits_gradient = BinaryCrossentropy(from_logits=True).gradient(y, np.array([[0.0], [np.log(3)]], dtype)).ravel()
+    np.testing.assert_allclose(logits_gradient, [-0.25, 0.375], rtol=rtol)
     with pytest.raises(TypeError, match="`from_logits` must be True or False"):
         binary_crossentropy_gradient(y, p, from_logits="yes")
 
