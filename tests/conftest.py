@@ -21,3 +21,22 @@ def float64():
     set_float("float64")
     yield
     set_float("float32")
+
+
+@pytest.fixture
+def count_traces():
+    """`count_traces(model)`: wrap `model.train_step` and return a list that grows by one each
+    time a loop calling it is traced (a traced step runs its Python once)."""
+
+    def wrap(model):
+        traces = []
+        original = model.train_step
+
+        def counting(data):
+            traces.append(1)
+            return original(data)
+
+        model.train_step = counting
+        return traces
+
+    return wrap

@@ -385,22 +385,10 @@ def test_dead_units_combine_over_runs_with_rebuilt_buffers():
     assert logger.health().dead_units == {}  # unit 0 had gradients in the first run, unit 1 in the second
 
 
-def _count_traces(model):
-    traces = []
-    original = model.train_step
-
-    def counting(data):
-        traces.append(1)
-        return original(data)
-
-    model.train_step = counting
-    return traces
-
-
-def test_two_loggers_in_a_row_on_one_model_each_log_their_run_and_trace_once():
+def test_two_loggers_in_a_row_on_one_model_each_log_their_run_and_trace_once(count_traces):
     X, y = xor_data()
     model = compile_model(xor_model(seed=0), "sgd", learning_rate=0.5)
-    traces = _count_traces(model)
+    traces = count_traces(model)
     first = GradientLogger(record="full")
     train(model, X, y, epochs=5, batch_size=4, callbacks=[first])
     first_steps = first.steps.copy()

@@ -9,25 +9,12 @@ from kerasbp import training
 import kerasbp as kb
 
 
-def _count_traces(model):
-    """Wrap `model.train_step` so that each trace of a loop that calls it is counted."""
-    traces = []
-    original = model.train_step
-
-    def counting(data):
-        traces.append(1)
-        return original(data)
-
-    model.train_step = counting
-    return traces
-
-
-def test_later_calls_trace_nothing_new():
+def test_later_calls_trace_nothing_new(count_traces):
     # After one call, a new logger, another epoch count, a learning rate set by assignment and
     # new data of the same shape reuse the traced loop.
     X, y = xor_data()
     model = compile_model(xor_model(seed=0), "sgd", learning_rate=0.5)
-    traces = _count_traces(model)
+    traces = count_traces(model)
     train(model, X, y, epochs=1000, batch_size=4, callbacks=[GradientLogger()])
     assert len(traces) >= 1
     n_traced = len(traces)
