@@ -17,7 +17,7 @@ dL/dW_l = a_{l-1}.T @ delta_l                    # (units_{l-1}, units_l), as th
 dL/db_l = delta_l.sum(axis=0)                    # (units_l,), as the bias
 ```
 
-These are the seed notebook's `d_output` and `d_hidden`, up to the sign and the loss's factor
+These are the classic NumPy XOR example's `d_output` and `d_hidden`, up to the sign and the loss's factor
 `2 / (n * d)` (the notebook uses `targets - output` and no mean). Everything is vectorized over the
 batch, and computed in the dtype of the parameters (float32 or float64; inputs are cast to it).
 
