@@ -25,7 +25,7 @@ import os
 import re
 import sys
 
-from kerasbp.interrupts import Terminated, exit_status, terminate_as_interrupt
+from kerasbp.interrupts import Terminated, exit_status, signals_as_interrupts
 from kerasbp.reference.activations import ACTIVATIONS
 from kerasbp.reference.losses import LOSS_NAMES
 from kerasbp.reference.optimizers import OPTIMIZERS
@@ -453,9 +453,9 @@ def main_report(argv=None):
 def script_main(main):
     """Run a script's command line and exit with its status: `sys.exit(main())`.
 
-    SIGTERM is raised as `kerasbp.interrupts.Terminated` (a `KeyboardInterrupt`) inside, so a
-    run stopped by Ctrl-C or SIGTERM at any moment (importing, tracing, training) keeps its
-    log, says so in one line and exits 130 or 143. TensorFlow's log level needs nothing here:
+    Inside, Ctrl-C and SIGTERM raise `KeyboardInterrupt` and `kerasbp.interrupts.Terminated`
+    (see `kerasbp.interrupts.signals_as_interrupts`), so a run stopped by either at any moment
+    (importing, tracing, training) keeps its log, says so in one line and exits 130 or 143. TensorFlow's log level needs nothing here:
     `import kerasbp` sets `TF_CPP_MIN_LOG_LEVEL=3` (unless it is already set).
 
     Args:
@@ -464,7 +464,7 @@ def script_main(main):
     Raises:
         SystemExit: always, with `main()`'s status.
     """
-    with terminate_as_interrupt():
+    with signals_as_interrupts():
         try:
             status = main()
         except KeyboardInterrupt as e:  # before or after the job's own handling (e.g. importing)

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerasbp.checks import check_positive_int, check_xy
+from kerasbp.interrupts import raise_pending
 from kerasbp.logger import capture
 from kerasbp.logger.callback import GradientLogger
 from kerasbp.native_logs import quiet_native_logs
@@ -274,6 +275,7 @@ def _train(model, X_t, y_t, batch_size, n_full, rest, epochs, epochs_per_call, c
     logs = None
     chunk = 1  # epochs in the next call: grows until a call takes about SECONDS_PER_CALL
     while epoch < epochs and not model.stop_training:
+        raise_pending()  # a Ctrl-C or SIGTERM whose exception TensorFlow swallowed in a __del__
         n_epochs = min(chunk, epochs_per_call, epochs - epoch)
         callback_list.on_epoch_begin(epoch)
         callback_list.on_train_batch_begin(0)

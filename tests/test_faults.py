@@ -1,6 +1,7 @@
 """Stopping and failing safely: Ctrl-C and SIGTERM at any moment, a killed run, a full disk."""
 
 import errno
+import gc
 import os
 import signal
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kerasbp import GradientLogger, cli, compile_model, load_gradient_log, train, xor_data, xor_model
+from kerasbp import GradientLogger, cli, interrupts, compile_model, load_gradient_log, train, xor_data, xor_model
 from kerasbp.logger import sidecar
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +47,11 @@ def _stop(proc, sig, after, log=None):
     time.sleep(after)
     sent = time.monotonic()
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError(f"still running 60 s after {sig!r}; its stderr:\n{proc.communicate()[1]}") from None
     return proc.returncode, time.monotonic() - sent, err
 
 
@@ -133,3 +138,31 @@ def test_a_killed_streaming_run_keeps_its_folder_loadable(tmp_path):
     assert [g.shape for g in grads] == [(n, 2, 4), (n, 4), (n, 4, 1), (n, 1)]
     # the rows in the raw files are the gradients whose norms the statistics give
     np.testing.assert_allclose(np.sqrt((np.asarray(grads[0]) ** 2).sum(axis=(1, 2))), log.stat("norm")[:, 0], rtol=1e-5)
+
+
+class _SignalsInDel:
+    """Sends `sig` to this process from its `__del__`, where Python prints and ignores the
+    handler's exception, as it does inside TensorFlow's many finalizers."""
+
+    def __init__(self, sig):
+        self.sig = sig
+
+    def __del__(self):
+        os.kill(os.getpid(), self.sig)
+        time.sleep(0.05)  # the handler runs here and its exception goes nowhere
+
+
+@pytest.mark.parametrize("sig, raised", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, interrupts.Terminated)])
+def test_an_interrupt_lost_in_a_finalizer_still_stops_training(sig, raised, monkeypatch):
+    X, y = xor_data()
+    model = compile_model(xor_model(seed=0), optimizer="sgd", learning_rate=0.5)
+    lost = []
+    monkeypatch.setattr(sys, "unraisablehook", lost.append)
+    with interrupts.signals_as_interrupts():
+        _SignalsInDel(sig)  # deleted at once
+        gc.collect()
+        assert [type(u.exc_value) for u in lost] == [raised]  # the handler's exception was lost
+        with pytest.raises(raised):
+            train(model, X, y, epochs=3, batch_size=4)
+    assert len(model.history.history.get("loss", [])) == 0  # stopped before its first call
+    interrupts.raise_pending()  # leaving the context forgot the signal: nothing raised
