@@ -44,7 +44,7 @@ COMMON_OPTIONS = {
 class BaseOptimizer:
     """Base of the twin optimizers: `init(params)` and `apply(params, grads, state)`, pure.
 
-    Subclasses set `name`, `state_class` and implement `_init_slots(params)` (a dict of slot
+    Subclasses set `name`, `state_class`, `hyperparameters` and implement `_init_slots(params)` (a dict of slot
     tuples) and `_update(params, grads, state, lr)`, where `lr(dtype)` is this step's learning
     rate in that dtype and `state.iterations` is Keras's `optimizer.iterations`.
 
@@ -57,6 +57,8 @@ class BaseOptimizer:
 
     name = None
     state_class = None
+    #: The names of the optimizer's own constructor arguments (besides `learning_rate`).
+    hyperparameters = ()
 
     def _set_common(self, learning_rate, options):
         if isinstance(learning_rate, Schedule):
@@ -90,7 +92,14 @@ class BaseOptimizer:
     # ------------------------------------------------------------ description
 
     def _own_config(self):
-        return {}
+        """The optimizer's own hyperparameters (the names in `hyperparameters`) and their values."""
+        return {name: getattr(self, name) for name in self.hyperparameters}
+
+    def _set_moments(self, beta_1, beta_2, epsilon):
+        """Check and set the Adam family's `beta_1`, `beta_2` in `[0, 1)` and `epsilon >= 0`."""
+        self.beta_1 = check_range("beta_1", beta_1, 0.0, 1.0)
+        self.beta_2 = check_range("beta_2", beta_2, 0.0, 1.0)
+        self.epsilon = check_range("epsilon", epsilon, 0.0, np.inf)
 
     def get_config(self):
         """The constructor's keyword arguments: the optimizer's own, then common options that are set."""

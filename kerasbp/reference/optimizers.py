@@ -87,14 +87,13 @@ class SGD(BaseOptimizer):
     name = "sgd"
 
     state_class = SGDState
+    hyperparameters = ("momentum", "nesterov")
 
     def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, **options):
         self._set_common(learning_rate, options)
         self.momentum = check_range("momentum", momentum, 0.0, 1.0)
         self.nesterov = check_bool("nesterov", nesterov)
 
-    def _own_config(self):
-        return {"momentum": self.momentum, "nesterov": self.nesterov}
 
     def _init_slots(self, params):
         """A fresh state: iterations 0 and zero velocities (none when `momentum == 0`).
@@ -192,21 +191,13 @@ class Adam(BaseOptimizer):
     name = "adam"
 
     state_class = AdamState
+    hyperparameters = ("beta_1", "beta_2", "epsilon", "amsgrad")
 
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, amsgrad=False, **options):
         self._set_common(learning_rate, options)
-        self.beta_1 = check_range("beta_1", beta_1, 0.0, 1.0)
-        self.beta_2 = check_range("beta_2", beta_2, 0.0, 1.0)
-        self.epsilon = check_range("epsilon", epsilon, 0.0, math.inf)
+        self._set_moments(beta_1, beta_2, epsilon)
         self.amsgrad = check_bool("amsgrad", amsgrad)
 
-    def _own_config(self):
-        return {
-            "beta_1": self.beta_1,
-            "beta_2": self.beta_2,
-            "epsilon": self.epsilon,
-            "amsgrad": self.amsgrad,
-        }
 
     def _init_slots(self, params):
         """A fresh state: iterations 0 and zero moments (`velocity_hats` only with amsgrad).
@@ -339,6 +330,7 @@ class RMSprop(BaseOptimizer):
     name = "rmsprop"
 
     state_class = RMSpropState
+    hyperparameters = ("rho", "momentum", "epsilon", "centered")
 
     def __init__(self, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7, centered=False, **options):
         self._set_common(learning_rate, options)
@@ -347,13 +339,6 @@ class RMSprop(BaseOptimizer):
         self.epsilon = check_range("epsilon", epsilon, 0.0, math.inf)
         self.centered = check_bool("centered", centered)
 
-    def _own_config(self):
-        return {
-            "rho": self.rho,
-            "momentum": self.momentum,
-            "epsilon": self.epsilon,
-            "centered": self.centered,
-        }
 
     def _init_slots(self, params):
         """A fresh state: iterations 0 and zero accumulators.

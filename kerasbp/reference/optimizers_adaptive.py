@@ -48,14 +48,13 @@ class Adagrad(BaseOptimizer):
 
     name = "adagrad"
     state_class = AdagradState
+    hyperparameters = ("initial_accumulator_value", "epsilon")
 
     def __init__(self, learning_rate=0.001, initial_accumulator_value=0.1, epsilon=1e-7, **options):
         self._set_common(learning_rate, options)
         self.initial_accumulator_value = check_range("initial_accumulator_value", initial_accumulator_value, 0.0, np.inf)
         self.epsilon = check_range("epsilon", epsilon, 0.0, np.inf)
 
-    def _own_config(self):
-        return {"initial_accumulator_value": self.initial_accumulator_value, "epsilon": self.epsilon}
 
     def _init_slots(self, params):
         return {"accumulators": _filled(params, self.initial_accumulator_value)}
@@ -85,14 +84,13 @@ class Adadelta(BaseOptimizer):
 
     name = "adadelta"
     state_class = AdadeltaState
+    hyperparameters = ("rho", "epsilon")
 
     def __init__(self, learning_rate=0.001, rho=0.95, epsilon=1e-7, **options):
         self._set_common(learning_rate, options)
         self.rho = check_range("rho", rho, 0.0, 1.0)
         self.epsilon = check_range("epsilon", epsilon, 0.0, np.inf)
 
-    def _own_config(self):
-        return {"rho": self.rho, "epsilon": self.epsilon}
 
     def _init_slots(self, params):
         return {"accumulated_grads": zeros_like_each(params), "accumulated_delta_vars": zeros_like_each(params)}
@@ -128,15 +126,12 @@ class Adamax(BaseOptimizer):
 
     name = "adamax"
     state_class = AdamaxState
+    hyperparameters = ("beta_1", "beta_2", "epsilon")
 
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, **options):
         self._set_common(learning_rate, options)
-        self.beta_1 = check_range("beta_1", beta_1, 0.0, 1.0)
-        self.beta_2 = check_range("beta_2", beta_2, 0.0, 1.0)
-        self.epsilon = check_range("epsilon", epsilon, 0.0, np.inf)
+        self._set_moments(beta_1, beta_2, epsilon)
 
-    def _own_config(self):
-        return {"beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}
 
     def _init_slots(self, params):
         return {"momentums": zeros_like_each(params), "norms": zeros_like_each(params)}
@@ -174,15 +169,12 @@ class Nadam(BaseOptimizer):
 
     name = "nadam"
     state_class = NadamState
+    hyperparameters = ("beta_1", "beta_2", "epsilon")
 
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, **options):
         self._set_common(learning_rate, options)
-        self.beta_1 = check_range("beta_1", beta_1, 0.0, 1.0)
-        self.beta_2 = check_range("beta_2", beta_2, 0.0, 1.0)
-        self.epsilon = check_range("epsilon", epsilon, 0.0, np.inf)
+        self._set_moments(beta_1, beta_2, epsilon)
 
-    def _own_config(self):
-        return {"beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}
 
     def _init_slots(self, params):
         dt = np.asarray(params[0]).dtype if params else np.float32
@@ -236,6 +228,14 @@ class Ftrl(BaseOptimizer):
 
     name = "ftrl"
     state_class = FtrlState
+    hyperparameters = (
+        "learning_rate_power",
+        "initial_accumulator_value",
+        "l1_regularization_strength",
+        "l2_regularization_strength",
+        "l2_shrinkage_regularization_strength",
+        "beta",
+    )
 
     def __init__(
         self,
@@ -258,15 +258,6 @@ class Ftrl(BaseOptimizer):
         )
         self.beta = check_range("beta", beta, 0.0, np.inf)
 
-    def _own_config(self):
-        return {
-            "learning_rate_power": self.learning_rate_power,
-            "initial_accumulator_value": self.initial_accumulator_value,
-            "l1_regularization_strength": self.l1_regularization_strength,
-            "l2_regularization_strength": self.l2_regularization_strength,
-            "l2_shrinkage_regularization_strength": self.l2_shrinkage_regularization_strength,
-            "beta": self.beta,
-        }
 
     def _init_slots(self, params):
         return {"accumulators": _filled(params, self.initial_accumulator_value), "linears": zeros_like_each(params)}

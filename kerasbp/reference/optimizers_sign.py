@@ -33,14 +33,13 @@ class Lion(BaseOptimizer):
 
     name = "lion"
     state_class = LionState
+    hyperparameters = ("beta_1", "beta_2")
 
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.99, **options):
         self._set_common(learning_rate, options)
         self.beta_1 = check_range("beta_1", beta_1, 0.0, 1.0 + 1e-12)
         self.beta_2 = check_range("beta_2", beta_2, 0.0, 1.0 + 1e-12)
 
-    def _own_config(self):
-        return {"beta_1": self.beta_1, "beta_2": self.beta_2}
 
     def _init_slots(self, params):
         return {"momentums": zeros_like_each(params)}
@@ -71,15 +70,12 @@ class Lamb(BaseOptimizer):
 
     name = "lamb"
     state_class = LambState
+    hyperparameters = ("beta_1", "beta_2", "epsilon")
 
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, **options):
         self._set_common(learning_rate, options)
-        self.beta_1 = check_range("beta_1", beta_1, 0.0, 1.0)
-        self.beta_2 = check_range("beta_2", beta_2, 0.0, 1.0)
-        self.epsilon = check_range("epsilon", epsilon, 0.0, np.inf)
+        self._set_moments(beta_1, beta_2, epsilon)
 
-    def _own_config(self):
-        return {"beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}
 
     def _init_slots(self, params):
         return {"momentums": zeros_like_each(params), "velocities": zeros_like_each(params)}
@@ -123,6 +119,7 @@ class Adafactor(BaseOptimizer):
 
     name = "adafactor"
     state_class = AdafactorState
+    hyperparameters = ("beta_2_decay", "epsilon_1", "epsilon_2", "clip_threshold", "relative_step")
 
     def __init__(self, learning_rate=0.001, beta_2_decay=-0.8, epsilon_1=1e-30, epsilon_2=1e-3, clip_threshold=1.0, relative_step=True, **options):
         self._set_common(learning_rate, options)
@@ -132,14 +129,6 @@ class Adafactor(BaseOptimizer):
         self.clip_threshold = check_range("clip_threshold", clip_threshold, 1e-300, np.inf)
         self.relative_step = check_bool("relative_step", relative_step)
 
-    def _own_config(self):
-        return {
-            "beta_2_decay": self.beta_2_decay,
-            "epsilon_1": self.epsilon_1,
-            "epsilon_2": self.epsilon_2,
-            "clip_threshold": self.clip_threshold,
-            "relative_step": self.relative_step,
-        }
 
     def _init_slots(self, params):
         r, c = [], []
