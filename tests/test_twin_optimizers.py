@@ -248,7 +248,7 @@ def test_schedules_match_keras_inside_a_compiled_function(name):
         "InverseTimeDecay": dict(initial_learning_rate=0.05, decay_steps=3, decay_rate=0.5),
         "PiecewiseConstantDecay": dict(boundaries=[3, 6], values=[0.05, 0.02, 0.01]),
         "PolynomialDecay": dict(initial_learning_rate=0.05, decay_steps=7, end_learning_rate=0.001, power=2.0, cycle=True),
-        "CosineDecay": dict(initial_learning_rate=0.0, decay_steps=7, warmup_target=0.05, warmup_steps=3),
+        "CosineDecay": dict(initial_learning_rate=0.0, decay_steps=7, alpha=0.3, warmup_target=0.05, warmup_steps=3),
         "CosineDecayRestarts": dict(initial_learning_rate=0.05, first_decay_steps=3),
     }[name]
     keras_schedule = getattr(keras.optimizers.schedules, name)(**args)

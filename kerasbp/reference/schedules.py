@@ -113,6 +113,14 @@ class PolynomialDecay(Schedule):
         return (lr0 - end) * scalar_power(f32(1) - p, power, "float32") + end
 
 
+def _cosine(completed, one_minus_alpha, alpha, peak):
+    """The cosine factor of both cosine schedules: `(1 - alpha) * 0.5 * peak * (1 + cos(pi * completed)) + alpha`,
+    in Keras's order of float32 operations (TensorFlow's float32 `cos` is not correctly rounded,
+    so the result can be an ulp or two from Keras's)."""
+    cosine = f32(0.5) * peak * (f32(1) + np.cos(f32(math.pi) * completed))
+    return one_minus_alpha * cosine + alpha
+
+
 class CosineDecay(Schedule):
     """Cosine decay from `lr0` (after an optional linear warmup to `warmup_target`) to `alpha * lr0`."""
 
@@ -122,8 +130,8 @@ class CosineDecay(Schedule):
 
     def _decay(self, step, decay_steps, lr0):
         completed = _over(step, self.decay_steps)
-        decayed = f32(0.5) * (f32(1) + np.cos(f32(math.pi) * completed))
-        return ((f32(1) - f32(self.alpha)) * decayed + f32(self.alpha)) * lr0
+        # Keras writes `(1 - self.alpha)` with a Python float: one rounding to float32, not two
+        return _cosine(completed, f32(1 - self.alpha), f32(self.alpha), f32(1)) * lr0
 
     def __call__(self, step):
         lr0 = f32(self.initial_learning_rate)
@@ -154,8 +162,7 @@ class CosineDecayRestarts(Schedule):
             sum_r = _over(f32(1) - scalar_power(t_mul, i_restart, "float32"), f32(1) - t_mul)
             completed = (completed - sum_r) / scalar_power(t_mul, i_restart, "float32")
         m_fac = scalar_power(m_mul, i_restart, "float32")
-        cosine = f32(0.5) * m_fac * (f32(1) + np.cos(f32(math.pi) * completed))
-        return ((f32(1) - alpha) * cosine + alpha) * lr0
+        return _cosine(completed, f32(1) - alpha, alpha, m_fac) * lr0  # here alpha is a float32 tensor
 
 
 #: The schedules by Keras class name (`keras.optimizers.schedules.<name>`).
