@@ -28,22 +28,39 @@ def _start(log, epochs=2_000_000):
     )
 
 
+def _wait_for(proc, ready, what, timeout=180):
+    """Wait until `ready()` is true while `proc` runs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if ready():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no {what} after {timeout} s")
+
+
 def _wait_for_chunks(log, proc, n=1, timeout=180):
     """Wait until the run's sidecar holds `n` chunks: it is training and has logged steps."""
     folder = Path(sidecar.sidecar_path(log))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        if len(list(folder.glob("chunk-*.npz"))) >= n:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"no {n} sidecar chunks after {timeout} s")
+    _wait_for(proc, lambda: len(list(folder.glob("chunk-*.npz"))) >= n, f"{n} sidecar chunks", timeout)
 
 
-def _stop(proc, sig, after, log=None):
-    """Send `sig` `after` seconds after start (or after the first sidecar chunk of `log`);
+#: When each test sends its signal: (what to wait for, then seconds more).
+MOMENTS = {
+    "importing": (None, 2.5),  # TensorFlow is still being imported
+    "tracing": ("sidecar", 0.0),  # the logger has started (its sidecar exists) and the loop is being traced
+    "early": (1, 0.5),  # one sidecar chunk: training
+    "late": (3, 0.5),  # three chunks: several seconds of training
+}
+
+
+def _stop(proc, sig, moment, log):
+    """Send `sig` at `moment` (a key of MOMENTS) of the run logging to `log`;
     return (exit status, seconds to stop, stderr)."""
-    if log is not None:
-        _wait_for_chunks(log, proc)
+    wait, after = MOMENTS[moment]
+    if wait == "sidecar":
+        _wait_for(proc, lambda: os.path.isdir(sidecar.sidecar_path(log)), "sidecar folder")
+    elif wait is not None:
+        _wait_for_chunks(log, proc, n=wait)
     time.sleep(after)
     sent = time.monotonic()
     proc.send_signal(sig)
@@ -56,22 +73,31 @@ def _stop(proc, sig, after, log=None):
 
 
 @pytest.mark.parametrize(
-    "sig, after, training, status",
-    [(signal.SIGINT, 2.5, False, 130), (signal.SIGINT, 0.5, True, 130), (signal.SIGTERM, 0.5, True, 143)],
-    ids=["sigint-starting", "sigint-training", "sigterm-training"],
+    "sig, moment, status",
+    [
+        (signal.SIGINT, "importing", 130),
+        (signal.SIGINT, "tracing", 130),
+        (signal.SIGINT, "early", 130),
+        (signal.SIGINT, "late", 130),
+        (signal.SIGTERM, "early", 143),
+    ],
+    ids=["sigint-importing", "sigint-tracing", "sigint-early", "sigint-late", "sigterm-early"],
 )
-def test_a_signal_stops_the_script_and_keeps_the_log(tmp_path, sig, after, training, status):
+def test_a_signal_stops_the_script_and_keeps_the_log(tmp_path, sig, moment, status):
     log = tmp_path / "run.npz"
     proc = _start(log)
-    code, delay, err = _stop(proc, sig, after, log if training else None)
+    code, delay, err = _stop(proc, sig, moment, log)
     assert code == status, err
     assert err.strip().splitlines()[-1] == f"interrupted ({'SIGTERM' if sig == signal.SIGTERM else 'Ctrl-C'})"
     assert delay < 20  # generous: the delay measured on an idle 2-core machine is in the closing note
-    if training:  # the log holds every step that ran, in order
-        saved = load_gradient_log(log)
-        assert len(saved) > 0
-        np.testing.assert_array_equal(saved.steps, np.arange(len(saved)) * saved.every_n_steps)
-        assert not os.path.exists(sidecar.sidecar_path(log))
+    if moment == "importing":
+        assert not log.exists() and not os.path.exists(sidecar.sidecar_path(log))
+        return
+    # The log holds every step that ran, in order (none when stopped while tracing), and no sidecar.
+    saved = load_gradient_log(log)
+    assert len(saved) > 0 or moment == "tracing"
+    np.testing.assert_array_equal(saved.steps, np.arange(len(saved)) * saved.every_n_steps)
+    assert not os.path.exists(sidecar.sidecar_path(log))
 
 
 def test_a_killed_run_keeps_what_reached_its_sidecar(tmp_path):
