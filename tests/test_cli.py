@@ -231,7 +231,7 @@ def test_script_main_leaves_the_environment_alone(monkeypatch):
     # sets it before TensorFlow is imported, and script_main only exits with main()'s status.
     monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
     with pytest.raises(SystemExit) as exit_info:
-        cli.script_main(lambda: 3)
+        cli.script_main(lambda: 3, fast_exit=False)
     assert exit_info.value.code == 3
     assert "TF_CPP_MIN_LOG_LEVEL" not in os.environ
 
