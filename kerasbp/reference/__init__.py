@@ -19,6 +19,7 @@ Modules:
     schedules        the learning-rate schedules of `keras.optimizers.schedules`
     optimizer_state  the optimizers' state NamedTuples and the checks of `apply`
     rounding         how Keras rounds Python-float hyperparameters (float64 parity)
+    configured       `Configured`: repr, equality and hash from `get_config()`
     from_keras       the twin of a Keras model, optimizer, optimizer state or loss
     gradcheck        `gradient_check`: backprop against central differences
 

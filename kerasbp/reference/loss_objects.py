@@ -31,6 +31,7 @@ import numpy as np
 
 from kerasbp.checks import check_bool, check_positive_float
 from kerasbp.reference.activations import sigmoid, softmax
+from kerasbp.reference.configured import Configured
 from kerasbp.reference.losses import EPSILON, _bce_logits, _bce_probabilities, _float_dtype, align_targets
 
 
@@ -94,7 +95,7 @@ def class_weight_to_sample_weight(y, class_weight, dtype="float32"):
     return np.array([class_weight.get(int(c), 1.0) for c in labels], dtype=dtype)
 
 
-class Loss:
+class Loss(Configured):
     """Base of the twin's losses: `loss(y_true, y_pred, sample_weight)` and `loss.gradient(...)`.
 
     Subclasses define `per_sample(y, p)` (shape `(n,)`) and `per_sample_gradient(y, p)` (shape
@@ -159,16 +160,6 @@ class Loss:
     def get_config(self):
         """The constructor's keyword arguments as a dict, as Keras's `Loss.get_config`."""
         return {"from_logits": self.from_logits} if self.crossentropy else {}
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
-
-    def __eq__(self, other):
-        return type(other) is type(self) and other.get_config() == self.get_config()
-
-    def __hash__(self):
-        return hash((type(self), tuple(self.get_config().items())))
 
 
 class MeanSquaredError(Loss):

@@ -24,6 +24,7 @@ factor is float32-rounded on its way in (`tf.cast` of a Python float).
 import numpy as np
 
 from kerasbp.checks import check_bool, check_positive_float, check_positive_int, check_range
+from kerasbp.reference.configured import Configured
 from kerasbp.reference.optimizer_state import check_iterations, check_params_grads, check_slots, zeros_like_each
 from kerasbp.reference.rounding import as_dtype, via_float32
 from kerasbp.reference.schedules import Schedule
@@ -41,7 +42,7 @@ COMMON_OPTIONS = {
 }
 
 
-class BaseOptimizer:
+class BaseOptimizer(Configured):
     """Base of the twin optimizers: `init(params)` and `apply(params, grads, state)`, pure.
 
     Subclasses set `name`, `state_class`, `hyperparameters` and implement `_init_slots(params)` (a dict of slot
@@ -109,15 +110,6 @@ class BaseOptimizer:
                 config[k] = self.options[k]
         return config
 
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
-
-    def __eq__(self, other):
-        return type(other) is type(self) and other.get_config() == self.get_config()
-
-    def __hash__(self):
-        return hash((type(self), repr(self)))
 
     # ------------------------------------------------------------ state
 

@@ -26,10 +26,11 @@ Example:
 import numpy as np
 
 from kerasbp.checks import check_range
+from kerasbp.reference.configured import Configured
 from kerasbp.reference.rounding import via_float32
 
 
-class Regularizer:
+class Regularizer(Configured):
     """Base of `L1`, `L2`, `L1L2`: `reg(w)` is the penalty, `reg.gradient(w)` its gradient."""
 
     def __init__(self, l1=0.0, l2=0.0):
@@ -64,15 +65,6 @@ class Regularizer:
     def get_config(self):
         """The constructor's keyword arguments, as Keras's `get_config`."""
         return {"l1": self.l1, "l2": self.l2}
-
-    def __repr__(self):
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.get_config().items())})"
-
-    def __eq__(self, other):
-        return type(other) is type(self) and other.get_config() == self.get_config()
-
-    def __hash__(self):
-        return hash((type(self), tuple(self.get_config().items())))
 
 
 class L1(Regularizer):
