@@ -283,10 +283,22 @@ def _copy(model, dtype):
 
     layers = [keras.Input(shape=model.inputs[0].shape[1:])]
     for layer in model.layers:
-        config = layer.get_config()
+        # The activation function itself is shared, not serialized: Keras cannot serialize
+        # e.g. `functools.partial(keras.activations.gelu, approximate=True)`.
+        activation = getattr(layer, "activation", None)
+        if activation is not None:
+            layer.activation = keras.activations.linear
+        try:
+            config = layer.get_config()
+        finally:
+            if activation is not None:
+                layer.activation = activation
         config["dtype"] = dtype
         cls = _recording_dropout() if isinstance(layer, keras.layers.Dropout) else type(layer)
-        layers.append(cls.from_config(config))
+        copied = cls.from_config(config)
+        if activation is not None:
+            copied.activation = activation
+        layers.append(copied)
     copy = keras.Sequential(layers, name=f"{model.name}_copy")
     for src, dst in zip(model.layers, copy.layers, strict=True):
         dst.set_weights([w.astype(dtype) for w in src.get_weights()])
