@@ -29,6 +29,9 @@ the dtype (`TOLERANCES`):
   rounding of `w + update` on each side), divided by the size of Keras's update
   `max |w_after - w_before|`. An update rule is checked against the update it makes, not
   against the weights, which can be a million times larger.
+- moving statistics of BatchNormalization after the step (teacher-forced: the twin's
+  moving-average update from Keras's statistics before the step): as the weights, against the
+  size of Keras's change of them.
 """
 
 import csv
@@ -54,10 +57,11 @@ from kerasbp.reference import OPTIMIZERS, NumpyMLP, get_loss, optimizer_from_ker
 #: (measured up to ~2e-5 between two float32 implementations of the same formula).
 #: float64: everything agrees to ~1e-13 or better, so 1e-10 leaves room only for a real difference.
 TOLERANCES = {
-    "float32": {"loss": 1e-5, "gradient": 1e-4, "weights": 1e-4},
-    "float64": {"loss": 1e-10, "gradient": 1e-10, "weights": 1e-10},
+    "float32": {"loss": 1e-5, "gradient": 1e-4, "weights": 1e-4, "moving": 1e-4},
+    "float64": {"loss": 1e-10, "gradient": 1e-10, "weights": 1e-10, "moving": 1e-10},
 }
-_QUANTITIES = ("loss", "gradient", "weights")
+#: What is compared at each step; "moving" only for models with BatchNormalization.
+_QUANTITIES = ("loss", "gradient", "weights", "moving")
 
 
 def relative_difference(diff, scale):
@@ -89,15 +93,18 @@ class ComparisonReport:
 
     Attributes:
         dtype: str, `"float32"` or `"float64"`.
-        tolerances: dict `{"loss", "gradient", "weights"}` of relative tolerances.
+        tolerances: dict `{"loss", "gradient", "weights", "moving"}` of relative tolerances.
         names: list of str, the trainable variables in `model.trainable_weights` order.
+        moving_names: list of str, the BatchNormalization moving means and variances in
+            `model.non_trainable_weights` order (empty without BatchNormalization).
         steps: int, the number of optimizer steps compared.
         epochs, batch_size: the run's settings.
         keras_losses: float64 array `(steps,)`, each step's batch loss before its update.
         twin_losses: float64 array `(steps,)`, the free-running twin's.
         teacher, free: dicts of arrays for each mode: `"loss_abs"`, `"loss_rel"` of shape
             `(steps,)`, and `"gradient_abs"`, `"gradient_rel"`, `"weights_abs"`, `"weights_rel"`
-            of shape `(steps, n_variables)` (weights after the step).
+            of shape `(steps, n_variables)` (weights after the step), and `"moving_abs"`,
+            `"moving_rel"` of shape `(steps, n_moving)`.
         optimizer: str, the twin optimizer with its hyperparameters, e.g.
             `"Adam(learning_rate=0.05, beta_1=0.9, ...)"`, for display.
         optimizer_name: str, the Keras optimizer class, e.g. `"Adam"` (`"SGD"`, `"Adam"` or
@@ -107,11 +114,12 @@ class ComparisonReport:
             Inf; the steps before it are compared, and the report is not ok.
     """
 
-    def __init__(self, diverged_at, dtype, names, keras_losses, twin_losses, teacher, free, epochs, batch_size, optimizer, loss, optimizer_name):
+    def __init__(self, diverged_at, dtype, names, keras_losses, twin_losses, teacher, free, epochs, batch_size, optimizer, loss, optimizer_name, moving_names=()):
         self.diverged_at = diverged_at
         self.dtype = dtype
         self.tolerances = dict(TOLERANCES[dtype])
         self.names = names
+        self.moving_names = list(moving_names)
         self.keras_losses, self.twin_losses = keras_losses, twin_losses
         self.teacher, self.free = teacher, free
         self.steps = len(keras_losses)
@@ -119,10 +127,14 @@ class ComparisonReport:
         self.optimizer, self.loss = optimizer, loss
         self.optimizer_name = optimizer_name
 
+    @property
+    def _quantities(self):
+        return _QUANTITIES if self.moving_names else _QUANTITIES[:-1]
+
     def _worst(self, mode):
         # weights_rel is the difference beyond 2 ulps, relative to the update (module docstring)
         data = getattr(self, mode)
-        return {q: float(np.max(data[f"{q}_rel"])) if self.steps else 0.0 for q in _QUANTITIES}
+        return {q: float(np.max(data[f"{q}_rel"])) if self.steps else 0.0 for q in self._quantities}
 
     def failures(self, mode="teacher"):
         """Every `(step, variable, quantity, abs, rel)` over tolerance in `mode`, in step order."""
@@ -130,8 +142,8 @@ class ComparisonReport:
         for k in range(self.steps):
             if data["loss_rel"][k] > self.tolerances["loss"]:
                 out.append((k, None, "loss", float(data["loss_abs"][k]), float(data["loss_rel"][k])))
-            for q in ("gradient", "weights"):
-                for j, name in enumerate(self.names):
+            for q, names in (("gradient", self.names), ("weights", self.names), ("moving", self.moving_names)):
+                for j, name in enumerate(names):
                     if data[f"{q}_rel"][k, j] > self.tolerances[q]:
                         out.append((k, name, q, float(data[f"{q}_abs"][k, j]), float(data[f"{q}_rel"][k, j])))
         return out
@@ -156,8 +168,9 @@ class ComparisonReport:
             f"{self.optimizer}, {self.loss}",
             f"{'worst relative difference':28}{'teacher-forced':>16}{'free-running':>15}{'tolerance':>11}",
         ]
-        for q in _QUANTITIES:
-            lines.append(f"{q:28}{teacher[q]:16.2e}{free[q]:15.2e}{self.tolerances[q]:11.0e}")
+        for q in self._quantities:
+            label = "moving statistics" if q == "moving" else q
+            lines.append(f"{label:28}{teacher[q]:16.2e}{free[q]:15.2e}{self.tolerances[q]:11.0e}")
         first = self.first_failure
         if self.diverged_at is not None:
             lines.append(
@@ -198,6 +211,7 @@ class ComparisonReport:
             "loss": self.loss,
             "tolerances": self.tolerances,
             "names": self.names,
+            "moving_names": self.moving_names,
             "worst": {"teacher": self._worst("teacher"), "free": self._worst("free")},
             "first_failure": None if first is None else dict(zip(("step", "variable", "quantity", "abs", "rel"), first, strict=True)),
             "keras_losses": self.keras_losses.tolist(),
@@ -205,7 +219,11 @@ class ComparisonReport:
         }
 
     def to_csv(self, path):
-        """Write one row per step, mode and variable with every difference (atomically)."""
+        """Write one row per step, mode and variable with every difference (atomically).
+
+        A BatchNormalization moving statistic has rows of its own, its differences in the
+        `weights_*` columns and the loss and gradient columns empty.
+        """
 
         def write(f):
             text = io.TextIOWrapper(f, encoding="utf-8", newline="")
@@ -216,6 +234,8 @@ class ComparisonReport:
                 for k in range(self.steps):
                     for j, name in enumerate(self.names):
                         w.writerow([k, mode, name, d["loss_abs"][k], d["loss_rel"][k], d["gradient_abs"][k, j], d["gradient_rel"][k, j], d["weights_abs"][k, j], d["weights_rel"][k, j]])
+                    for j, name in enumerate(self.moving_names):
+                        w.writerow([k, mode, name, "", "", "", "", d["moving_abs"][k, j], d["moving_rel"][k, j]])
             text.flush()
             text.detach()
 
@@ -435,8 +455,10 @@ def compare(model, X, y, epochs=1, batch_size=None, loss=None, dtype=None, sampl
         logger.set_model(copy)
         logger.set_params({"steps": len(batches), "epochs": epochs})
         keras_before, keras_w, keras_g, twin_losses, scales, slacks = [], [], [], [], [], []
+        keras_moving_before, keras_moving = [], []
         diverged_at, free_ok = None, True
-        modes = {m: {"loss": [], "gradient": [], "weights": []} for m in ("teacher", "free")}
+        modes = {m: {"loss": [], "gradient": [], "weights": [], "moving": []} for m in ("teacher", "free")}
+        moving_variables = [v for v in copy.non_trainable_weights if "seed_generator" not in v.path]
         dropouts = [layer for layer in copy.layers if isinstance(layer, keras.layers.Dropout)]
         # Build the copy and its optimizer before reading state: one step of the train function
         # would do it, but then we would not see the state before the first step.
@@ -452,7 +474,7 @@ def compare(model, X, y, epochs=1, batch_size=None, loss=None, dtype=None, sampl
                         xb, yb = X[batch], y[batch]
                         sw = None if sample_weight is None else sample_weight[batch]
                         before = [np.array(v.numpy()) for v in copy.trainable_weights]
-                        moving = [np.array(v.numpy()) for v in copy.non_trainable_weights if "seed_generator" not in v.path]
+                        moving = [np.array(v.numpy()) for v in moving_variables]
                         state = state_from_keras(keras_optimizer, twin_optimizer)
                         # Keras's step, its applied gradient captured by the logger
                         logger.on_train_batch_begin(i)
@@ -472,6 +494,8 @@ def compare(model, X, y, epochs=1, batch_size=None, loss=None, dtype=None, sampl
                             teacher.set_non_trainable(moving)
                         t_result = teacher.backward(xb, yb, twin_loss, sample_weight=sw, dropout_masks=masks)
                         t_loss, t_grads = t_result.loss, t_result.grads
+                        teacher._update_moving()
+                        t_moving = teacher.non_trainable
                         scales.append(_term_sizes(teacher, t_result))
                         # the rounding of O(1) probabilities and targets before they cancel in p - y
                         slacks.append(16 * float(np.finfo(dtype).eps) * max(1.0, float(np.max(np.abs(yb)))) / len(xb))
@@ -480,20 +504,25 @@ def compare(model, X, y, epochs=1, batch_size=None, loss=None, dtype=None, sampl
                         if free_ok:
                             f_loss, _, f_grads = free.backward(xb, yb, twin_loss, sample_weight=sw, dropout_masks=masks)
                             free._update_moving()
+                            f_moving = free.non_trainable
                             f_params, free_state = twin_optimizer.apply(free.params, f_grads, free_state)
                             free_ok = all(np.isfinite(p).all() for p in f_params)
                             if free_ok:
                                 free.set_params(f_params)
                         if not free_ok:  # the twin alone diverged: nothing left to compare
                             f_loss, f_grads, f_params = np.nan, [np.full(np.shape(g), np.nan) for g in t_grads], [np.full(np.shape(p), np.nan) for p in t_params]
+                            f_moving = [np.full(np.shape(m), np.nan) for m in t_moving]
                         keras_before.append(before)
                         keras_w.append(after)
                         keras_g.append(keras_grads)
+                        keras_moving_before.append(moving)
+                        keras_moving.append([np.array(v.numpy()) for v in moving_variables])
                         twin_losses.append(float(f_loss))
-                        for mode, (l, g, w) in (("teacher", (t_loss, t_grads, t_params)), ("free", (f_loss, f_grads, f_params))):
+                        for mode, (l, g, w, m) in (("teacher", (t_loss, t_grads, t_params, t_moving)), ("free", (f_loss, f_grads, f_params, f_moving))):
                             modes[mode]["loss"].append(float(l))
                             modes[mode]["gradient"].append(g)
                             modes[mode]["weights"].append(w)
+                            modes[mode]["moving"].append(m)
                     if diverged_at is not None:
                         break
             finally:
@@ -506,9 +535,7 @@ def compare(model, X, y, epochs=1, batch_size=None, loss=None, dtype=None, sampl
         out["loss_abs"] = loss_abs
         out["loss_rel"] = np.array([relative_difference(a, abs(k)) for a, k in zip(loss_abs, keras_losses, strict=True)])
         steps, n_vars = len(keras_losses), len(logger.names)
-        for q in ("gradient", "weights"):
-            out[f"{q}_abs"] = np.zeros((steps, n_vars))
-            out[f"{q}_rel"] = np.zeros((steps, n_vars))
+        out["gradient_abs"], out["gradient_rel"] = np.zeros((steps, n_vars)), np.zeros((steps, n_vars))
         for k in range(steps):
             for j in range(n_vars):
                 kg, tg = np.asarray(keras_g[k][j], np.float64), np.asarray(d["gradient"][k][j], np.float64)
@@ -516,12 +543,8 @@ def compare(model, X, y, epochs=1, batch_size=None, loss=None, dtype=None, sampl
                 # differences in float's subnormal range are rounding, whatever their relative size
                 slack = 1024 * np.finfo(dtype).tiny + slacks[k]
                 out["gradient_rel"][k, j] = relative_difference(max(0.0, a - slack), max(np.max(np.abs(kg)), scales[k][j]))
-                w0, kw = keras_before[k][j], keras_w[k][j]
-                tw = np.asarray(d["weights"][k][j], np.float64)
-                out["weights_abs"][k, j] = a = np.max(np.abs(kw.astype(np.float64) - tw))
-                ulps = 2 * float(np.spacing(np.max(np.abs(np.concatenate([w0.ravel(), kw.ravel()])))))
-                update = np.max(np.abs(kw.astype(np.float64) - w0))
-                out["weights_rel"][k, j] = relative_difference(max(0.0, a - ulps), update)
+        out["weights_abs"], out["weights_rel"] = _changed_differences(keras_before, keras_w, d["weights"], n_vars)
+        out["moving_abs"], out["moving_rel"] = _changed_differences(keras_moving_before, keras_moving, d["moving"], len(moving_variables))
         results[mode] = out
     return ComparisonReport(
         diverged_at,
@@ -536,4 +559,20 @@ def compare(model, X, y, epochs=1, batch_size=None, loss=None, dtype=None, sampl
         repr(twin_optimizer),
         type(twin_loss).__name__,
         OPTIMIZERS[twin_optimizer.name].keras_class,
+        moving_names=[v.path for v in moving_variables],
     )
+
+
+def _changed_differences(before, keras_after, twin_after, n_vars):
+    """`(abs, rel)`, each `(steps, n_vars)`: per step and variable, `max |Keras - twin|` after
+    the step, and what is left of it beyond 2 ulps of the values (the rounding of `w + change`
+    on each side) relative to the size of Keras's change `max |after - before|`."""
+    steps = len(keras_after)
+    out_abs, out_rel = np.zeros((steps, n_vars)), np.zeros((steps, n_vars))
+    for k in range(steps):
+        for j in range(n_vars):
+            w0, kw = before[k][j], np.asarray(keras_after[k][j], np.float64)
+            out_abs[k, j] = a = np.max(np.abs(kw - np.asarray(twin_after[k][j], np.float64)))
+            ulps = 2 * float(np.spacing(np.max(np.abs(np.concatenate([np.ravel(w0), kw.ravel()])))))
+            out_rel[k, j] = relative_difference(max(0.0, a - ulps), np.max(np.abs(kw - w0)))
+    return out_abs, out_rel

@@ -120,6 +120,30 @@ def test_dense_batchnorm_dropout_softmax_on_spirals_with_regularizers_and_weight
         _check(kb.compare(model, X_s, np.eye(3)[y_s], epochs=1, batch_size=16, sample_weight=np.linspace(0.1, 2, len(X_s))))
 
 
+def test_moving_statistics_are_compared_and_a_wrong_momentum_is_caught(monkeypatch):
+    X_s, y_s = kb.spiral_data(n_per_class=16)
+    with floatx("float64"):
+        model = _spiral_model()
+        report = kb.compare(model, X_s, y_s, epochs=1, batch_size=16)
+        _check(report)
+        assert [name.split("/")[-1] for name in report.moving_names] == ["moving_mean", "moving_variance"]
+        assert report.teacher["moving_rel"].shape == (report.steps, 2)
+        assert "moving statistics" in report.summary()
+        # A twin whose moving average uses the wrong momentum: its gradients and weights still agree.
+        layers = kb.reference.layers
+
+        class WrongMomentum(layers.BatchNormalization):
+            def __init__(self, *args, momentum=0.99, **kwargs):
+                super().__init__(*args, momentum=0.9, **kwargs)
+
+        monkeypatch.setattr(kb.reference.from_keras, "BatchNormalization", WrongMomentum)
+        wrong = kb.compare(model, X_s, y_s, epochs=1, batch_size=16)
+    assert not wrong.ok
+    step, name, quantity, _, rel = wrong.first_failure
+    assert (step, quantity, name.split("/")[-1]) == (0, "moving", "moving_mean") and rel > 1
+    assert max(wrong.teacher["gradient_rel"].max(), wrong.teacher["weights_rel"].max()) <= 1e-10
+
+
 def test_float32_within_the_stated_tolerance():
     # float32: losses within 1e-5, gradients 1e-4 of the batch terms, updates 1e-4 (TOLERANCES)
     X_s, y_s = kb.spiral_data(n_per_class=16)
