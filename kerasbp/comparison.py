@@ -29,6 +29,11 @@ the dtype (`TOLERANCES`):
   rounding of `w + update` on each side), divided by the size of Keras's update
   `max |w_after - w_before|`. An update rule is checked against the update it makes, not
   against the weights, which can be a million times larger.
+- learning rate, with a schedule: `|diff|` between the twin's schedule and the rate Keras used
+  at the step, over the largest rate Keras used in the run (a rate near the end of a cosine
+  decay keeps the absolute rounding error of `1 + cos`, not a relative one). Teacher-forced, the twin's update rule then runs at
+  Keras's rate, so that a schedule's last-ulp differences (TensorFlow's float32 `cos` is not
+  correctly rounded) do not count as update-rule differences;
 - moving statistics of BatchNormalization after the step (teacher-forced: the twin's
   moving-average update from Keras's statistics before the step): as the weights, against the
   size of Keras's change of them.
@@ -50,18 +55,23 @@ from kerasbp.logger import GradientLogger
 from kerasbp.models import keras_loss
 from kerasbp.precision import floatx
 from kerasbp.reference import OPTIMIZERS, NumpyMLP, get_loss, optimizer_from_keras, state_from_keras
+from kerasbp.reference.schedules import Schedule
 
 #: Relative tolerances of the teacher-forced comparison, by dtype. float32: losses agree to about
 #: 1e-7 of their size and updates to a few ulps of theirs; gradients carry float32 rounding
 #: amplified by cancellation in the batch sums and by `a * (1 - a)` for saturated sigmoids
 #: (measured up to ~2e-5 between two float32 implementations of the same formula).
 #: float64: everything agrees to ~1e-13 or better, so 1e-10 leaves room only for a real difference.
+#: Keras's schedules compute in float32 whatever the dtype, so their tolerance is 4 float32 ulps
+#: of the largest rate in both (measured: up to 1.5e-7 for the cosine schedules, whose float32
+#: `cos` in TensorFlow is not correctly rounded; exact for the others).
 TOLERANCES = {
-    "float32": {"loss": 1e-5, "gradient": 1e-4, "weights": 1e-4, "moving": 1e-4},
-    "float64": {"loss": 1e-10, "gradient": 1e-10, "weights": 1e-10, "moving": 1e-10},
+    "float32": {"loss": 1e-5, "learning_rate": 4.8e-7, "gradient": 1e-4, "weights": 1e-4, "moving": 1e-4},
+    "float64": {"loss": 1e-10, "learning_rate": 4.8e-7, "gradient": 1e-10, "weights": 1e-10, "moving": 1e-10},
 }
-#: What is compared at each step; "moving" only for models with BatchNormalization.
-_QUANTITIES = ("loss", "gradient", "weights", "moving")
+#: What is compared at each step; "learning_rate" only with a schedule, "moving" only for
+#: models with BatchNormalization.
+_QUANTITIES = ("loss", "learning_rate", "gradient", "weights", "moving")
 
 
 def relative_difference(diff, scale):
@@ -93,7 +103,8 @@ class ComparisonReport:
 
     Attributes:
         dtype: str, `"float32"` or `"float64"`.
-        tolerances: dict `{"loss", "gradient", "weights", "moving"}` of relative tolerances.
+        tolerances: dict `{"loss", "learning_rate", "gradient", "weights", "moving"}` of relative
+            tolerances.
         names: list of str, the trainable variables in `model.trainable_weights` order.
         moving_names: list of str, the BatchNormalization moving means and variances in
             `model.non_trainable_weights` order (empty without BatchNormalization).
@@ -101,7 +112,8 @@ class ComparisonReport:
         epochs, batch_size: the run's settings.
         keras_losses: float64 array `(steps,)`, each step's batch loss before its update.
         twin_losses: float64 array `(steps,)`, the free-running twin's.
-        teacher, free: dicts of arrays for each mode: `"loss_abs"`, `"loss_rel"` of shape
+        teacher, free: dicts of arrays for each mode: `"loss_abs"`, `"loss_rel"`,
+            `"learning_rate_abs"`, `"learning_rate_rel"` (zeros without a schedule) of shape
             `(steps,)`, and `"gradient_abs"`, `"gradient_rel"`, `"weights_abs"`, `"weights_rel"`
             of shape `(steps, n_variables)` (weights after the step), and `"moving_abs"`,
             `"moving_rel"` of shape `(steps, n_moving)`.
@@ -114,12 +126,13 @@ class ComparisonReport:
             Inf; the steps before it are compared, and the report is not ok.
     """
 
-    def __init__(self, diverged_at, dtype, names, keras_losses, twin_losses, teacher, free, epochs, batch_size, optimizer, loss, optimizer_name, moving_names=()):
+    def __init__(self, diverged_at, dtype, names, keras_losses, twin_losses, teacher, free, epochs, batch_size, optimizer, loss, optimizer_name, moving_names=(), scheduled=False):
         self.diverged_at = diverged_at
         self.dtype = dtype
         self.tolerances = dict(TOLERANCES[dtype])
         self.names = names
         self.moving_names = list(moving_names)
+        self.scheduled = bool(scheduled)
         self.keras_losses, self.twin_losses = keras_losses, twin_losses
         self.teacher, self.free = teacher, free
         self.steps = len(keras_losses)
@@ -129,7 +142,10 @@ class ComparisonReport:
 
     @property
     def _quantities(self):
-        return _QUANTITIES if self.moving_names else _QUANTITIES[:-1]
+        skip = {"learning_rate"} if not self.scheduled else set()
+        if not self.moving_names:
+            skip.add("moving")
+        return tuple(q for q in _QUANTITIES if q not in skip)
 
     def _worst(self, mode):
         # weights_rel is the difference beyond 2 ulps, relative to the update (module docstring)
@@ -140,8 +156,9 @@ class ComparisonReport:
         """Every `(step, variable, quantity, abs, rel)` over tolerance in `mode`, in step order."""
         data, out = getattr(self, mode), []
         for k in range(self.steps):
-            if data["loss_rel"][k] > self.tolerances["loss"]:
-                out.append((k, None, "loss", float(data["loss_abs"][k]), float(data["loss_rel"][k])))
+            for q in ("loss", "learning_rate"):
+                if data[f"{q}_rel"][k] > self.tolerances[q]:
+                    out.append((k, None, q, float(data[f"{q}_abs"][k]), float(data[f"{q}_rel"][k])))
             for q, names in (("gradient", self.names), ("weights", self.names), ("moving", self.moving_names)):
                 for j, name in enumerate(names):
                     if data[f"{q}_rel"][k, j] > self.tolerances[q]:
@@ -169,7 +186,7 @@ class ComparisonReport:
             f"{'worst relative difference':28}{'teacher-forced':>16}{'free-running':>15}{'tolerance':>11}",
         ]
         for q in self._quantities:
-            label = "moving statistics" if q == "moving" else q
+            label = {"moving": "moving statistics", "learning_rate": "learning rate"}.get(q, q)
             lines.append(f"{label:28}{teacher[q]:16.2e}{free[q]:15.2e}{self.tolerances[q]:11.0e}")
         first = self.first_failure
         if self.diverged_at is not None:
@@ -181,7 +198,7 @@ class ComparisonReport:
             lines.append("OK: every step agrees (teacher-forced)")
         elif first is not None:
             step, name, q, a, r = first
-            where = f"variable {name!r}" if name else "the loss"
+            where = f"variable {name!r}" if name else ("the schedule" if q == "learning_rate" else "the loss")
             lines.append(f"NOT OK: first difference at step {step}, {where}, {q}: |diff| {a:.3g}, relative {r:.3g} > {self.tolerances[q]:g}")
         over_free = self.failures("free")
         if over_free and first is None:
@@ -335,9 +352,9 @@ class _ApplyRecorder:
     def __init__(self, model, optimizer):
         import tensorflow as tf
 
-        self.model, self.losses, self._grads = model, [], None
+        self.model, self.losses, self.learning_rates, self._grads = model, [], [], None
         self.names = [v.path for v in model.trainable_variables]
-        self._tf = tf
+        self._lr = tf.Variable(0.0, dtype=tf.float64, trainable=False)
         original = optimizer.apply
 
         def apply(grads, trainable_variables=None):
@@ -345,6 +362,7 @@ class _ApplyRecorder:
                 self._grads = [tf.Variable(tf.zeros_like(g), trainable=False) for g in grads]
             for var, g in zip(self._grads, grads, strict=True):
                 var.assign(g)
+            self._lr.assign(tf.cast(optimizer._get_current_learning_rate(), tf.float64))  # as apply computes it
             return original(grads, trainable_variables)
 
         optimizer.apply = apply
@@ -367,6 +385,7 @@ class _ApplyRecorder:
 
     def on_train_batch_end(self, i):
         self.losses.append(float(self.model.get_metrics_result()["loss"]))
+        self.learning_rates.append(float(self._lr.numpy()))
 
     def last_gradients(self):
         return [np.array(g.numpy()) for g in self._grads]
@@ -455,7 +474,8 @@ def compare(model, X, y, epochs=1, batch_size=None, loss=None, dtype=None, sampl
         logger.set_model(copy)
         logger.set_params({"steps": len(batches), "epochs": epochs})
         keras_before, keras_w, keras_g, twin_losses, scales, slacks = [], [], [], [], [], []
-        keras_moving_before, keras_moving = [], []
+        keras_moving_before, keras_moving, lr_pairs = [], [], []
+        scheduled = isinstance(twin_optimizer.learning_rate, Schedule)
         diverged_at, free_ok = None, True
         modes = {m: {"loss": [], "gradient": [], "weights": [], "moving": []} for m in ("teacher", "free")}
         moving_variables = [v for v in copy.non_trainable_weights if "seed_generator" not in v.path]
@@ -499,7 +519,10 @@ def compare(model, X, y, epochs=1, batch_size=None, loss=None, dtype=None, sampl
                         scales.append(_term_sizes(teacher, t_result))
                         # the rounding of O(1) probabilities and targets before they cancel in p - y
                         slacks.append(16 * float(np.finfo(dtype).eps) * max(1.0, float(np.max(np.abs(yb)))) / len(xb))
-                        t_params, _ = twin_optimizer.apply(before, keras_grads, state)
+                        keras_lr = float(logger.learning_rates[-1])
+                        if scheduled:
+                            lr_pairs.append((keras_lr, float(twin_optimizer.learning_rate_at(state.iterations, "float32"))))
+                        t_params, _ = _apply_at(twin_optimizer, before, keras_grads, state, keras_lr if scheduled else None)
                         # free-running: the twin's step from its own weights and state
                         if free_ok:
                             f_loss, _, f_grads = free.backward(xb, yb, twin_loss, sample_weight=sw, dropout_masks=masks)
@@ -534,6 +557,11 @@ def compare(model, X, y, epochs=1, batch_size=None, loss=None, dtype=None, sampl
         loss_abs = np.abs(np.array(d["loss"]) - keras_losses)
         out["loss_abs"] = loss_abs
         out["loss_rel"] = np.array([relative_difference(a, abs(k)) for a, k in zip(loss_abs, keras_losses, strict=True)])
+        # no rate where the step did not update (a gradient accumulation micro-step)
+        lr_abs = np.array([abs(k - t) if math.isfinite(k) else 0.0 for k, t in lr_pairs] if lr_pairs else np.zeros(len(keras_losses)))
+        largest = max((abs(k) for k, _ in lr_pairs if math.isfinite(k)), default=0.0)
+        out["learning_rate_abs"] = lr_abs
+        out["learning_rate_rel"] = np.array([relative_difference(a, largest) for a in lr_abs])
         steps, n_vars = len(keras_losses), len(logger.names)
         out["gradient_abs"], out["gradient_rel"] = np.zeros((steps, n_vars)), np.zeros((steps, n_vars))
         for k in range(steps):
@@ -560,7 +588,31 @@ def compare(model, X, y, epochs=1, batch_size=None, loss=None, dtype=None, sampl
         type(twin_loss).__name__,
         OPTIMIZERS[twin_optimizer.name].keras_class,
         moving_names=[v.path for v in moving_variables],
+        scheduled=scheduled,
     )
+
+
+def _apply_at(optimizer, params, grads, state, learning_rate):
+    """`optimizer.apply(params, grads, state)` at the given learning rate of this step (a float),
+    in place of the optimizer's schedule, or at its own where `learning_rate` is None or NaN."""
+    if learning_rate is None or not math.isfinite(learning_rate):
+        return optimizer.apply(params, grads, state)
+    schedule = optimizer.learning_rate
+    optimizer.learning_rate = _Constant(learning_rate)
+    try:
+        return optimizer.apply(params, grads, state)
+    finally:
+        optimizer.learning_rate = schedule
+
+
+class _Constant(Schedule):
+    """A schedule that is `value` (a float32 number) at every step."""
+
+    def __init__(self, value):
+        self.value = np.float32(value)
+
+    def __call__(self, step):
+        return self.value
 
 
 def _changed_differences(before, keras_after, twin_after, n_vars):

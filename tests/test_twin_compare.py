@@ -13,7 +13,9 @@ import pytest
 
 import kerasbp as kb
 from kerasbp.precision import floatx
+from kerasbp.comparison import TOLERANCES
 from kerasbp.reference import OPTIMIZERS
+from kerasbp.reference import schedules as twin_schedules
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(24, 3))
@@ -144,6 +146,31 @@ def test_moving_statistics_are_compared_and_a_wrong_momentum_is_caught(monkeypat
     assert max(wrong.teacher["gradient_rel"].max(), wrong.teacher["weights_rel"].max()) <= 1e-10
 
 
+@pytest.mark.parametrize("name", ["CosineDecay", "CosineDecayRestarts"])
+def test_cosine_schedules_float64_and_a_wrong_schedule_is_caught(name, monkeypatch):
+    # TensorFlow's float32 cos is not correctly rounded: the rates differ by an ulp or two, which
+    # the learning-rate row judges; teacher-forced, the update rule runs at Keras's own rate.
+    schedule = getattr(keras.optimizers.schedules, name)(0.1, 7)
+    with floatx("float64"):
+        model = kb.compile_model(kb.xor_model(seed=0), keras.optimizers.Adam(schedule), loss="binary_crossentropy")
+        report = kb.compare(model, *kb.xor_data(), epochs=40, batch_size=4)
+        _check(report)
+        assert 0 < report._worst("teacher")["learning_rate"] <= TOLERANCES["float64"]["learning_rate"]
+        assert report._worst("teacher")["weights"] <= 1e-12
+
+        twin_class = twin_schedules.SCHEDULES[name]
+
+        class OffByOnePerMille(twin_class):
+            def __call__(self, step):
+                return super().__call__(step) * np.float32(1.001)
+
+        monkeypatch.setitem(twin_schedules.SCHEDULES, name, OffByOnePerMille)
+        wrong = kb.compare(model, *kb.xor_data(), epochs=2, batch_size=4)
+    step, variable, quantity, _, rel = wrong.first_failure
+    assert (step, variable, quantity) == (0, None, "learning_rate") and rel == pytest.approx(1e-3, rel=1e-3)
+    assert "the schedule" in wrong.summary()
+
+
 def test_float32_within_the_stated_tolerance():
     # float32: losses within 1e-5, gradients 1e-4 of the batch terms, updates 1e-4 (TOLERANCES)
     X_s, y_s = kb.spiral_data(n_per_class=16)
@@ -203,3 +230,12 @@ def test_spirals_200_steps_float64():
     X_s, y_s = kb.spiral_data(n_per_class=32)
     with floatx("float64"):
         _check(kb.compare(_spiral_model(keras.optimizers.AdamW(0.01)), X_s, y_s, epochs=34, batch_size=16))
+
+
+def test_gradient_accumulation_with_a_cosine_schedule_float64():
+    schedule = keras.optimizers.schedules.CosineDecay(0.1, 20)
+    with floatx("float64"):
+        model = kb.compile_model(kb.xor_model(seed=0), keras.optimizers.Adam(schedule, gradient_accumulation_steps=2), loss="binary_crossentropy")
+        report = kb.compare(model, *kb.xor_data(), epochs=20, batch_size=2)
+    _check(report)
+    assert report.scheduled and report._worst("teacher")["weights"] <= 1e-12
