@@ -190,3 +190,31 @@ def test_refuses_an_uncompiled_model_and_wrong_data_width():
     model = linear()
     with pytest.raises(ValueError, match="features"):
         model.fit(X_LIN, Y_LIN, epochs=1, verbose=0, callbacks=[kb.HessianProbe(data=(np.hstack([X_LIN, X_LIN]), Y_LIN))])
+
+
+# ---------------------------------------------------------------- plot_curvature
+
+
+def test_plot_curvature_draws_lambda_max_and_the_threshold():
+    import matplotlib.pyplot as plt
+    from types import SimpleNamespace
+
+    from kerasbp.plotting import plot_curvature
+
+    probe = SimpleNamespace(steps=np.array([0, 10, 20]), lambda_max=np.array([1.0, 5.0, 30.0]), stability_threshold=np.full(3, 20.0), trace=np.array([2.0, 9.0, 40.0]))
+    fig = plot_curvature(probe, trace=True)
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    assert set(lines) == {"lambda_max", "2 / learning rate", "trace"}
+    np.testing.assert_array_equal(lines["lambda_max"].get_ydata(), [1.0, 5.0, 30.0])
+    np.testing.assert_array_equal(lines["2 / learning rate"].get_xdata(), [0, 10, 20])
+    assert "1 of 3 probed steps above 2 / lr" in fig.axes[0].get_title()
+    assert fig.axes[0].get_yscale() == "log"
+    fig, ax = plt.subplots()
+    assert plot_curvature(probe, ax=ax, log_scale=False) is fig and ax.get_yscale() == "linear"
+    plt.close("all")
+    with pytest.raises(TypeError, match="`probe` must be a kerasbp.HessianProbe"):
+        plot_curvature(np.ones(3))
+    with pytest.raises(ValueError, match="holds no measurements"):
+        plot_curvature(kb.HessianProbe())
+    with pytest.raises(TypeError, match="`ax` must be a matplotlib Axes"):
+        plot_curvature(probe, ax="left")
