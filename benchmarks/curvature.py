@@ -11,6 +11,10 @@ target: at most 1.3x plain `fit`); the same without the trace (`n_probes=0`). Af
 run each (tracing), the variants run in turn, round after round, and each ratio is the median
 over rounds of the variant's time over plain `fit`'s in the same round (the method of
 `benchmarks/run.py`), which cancels the slow drifts of a shared machine's speed.
+
+A probe every 100 steps adds a few percent, less than the noise of whole runs on a shared machine,
+so a second figure measures one probe's cost directly: `fit` with a probe at every step against
+plain `fit` on 20 steps, in paired rounds; the cost of a probe every 100 steps follows from it.
 """
 
 import argparse
@@ -73,6 +77,35 @@ def bench_probe(n_samples, epochs, repeats, every_n_steps=100, n_iterations=20):
     return out
 
 
+def bench_probe_cost(n_steps, repeats, n_iterations=20):
+    """The cost of one probe, from `fit` with a probe at every step against plain `fit` over the same
+    `n_steps` steps (paired rounds): the per-step difference is one probe's cost, far above the
+    machine's noise, and `1 + (ratio - 1) / 100` is the cost of a probe every 100 steps it implies."""
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(128 * n_steps, 784)).astype("float32")
+    y = rng.integers(0, 10, size=(128 * n_steps, 1))
+    runs = {}
+    for name, probe in (("fit", None), ("fit_probe_every_step", kb.HessianProbe(every_n_steps=1, n_iterations=n_iterations))):
+        model = wide_model()
+        callbacks = [probe] if probe else []
+        runs[name] = lambda model=model, callbacks=callbacks: model.fit(X, y, epochs=1, batch_size=128, callbacks=callbacks, verbose=0)
+        runs[name]()  # warm-up: tracing
+    times = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    ratio = statistics.median(a / b for a, b in zip(times["fit_probe_every_step"], times["fit"], strict=True))
+    step = statistics.median(times["fit"]) / n_steps
+    return {
+        "step_ms": 1e3 * step,
+        "probe_ms": 1e3 * (ratio - 1) * step,
+        "ratio_probe_every_step": ratio,
+        "implied_ratio_every_100": 1 + (ratio - 1) / 100,
+    }
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check that it runs")
@@ -87,6 +120,11 @@ def main(argv=None):
     print(f"784-256-256-10, batch 128, {r['steps_per_run']} steps per run, a probe every {every} steps ({r['probed_steps_per_run']} per run), 20 iterations")
     for name in ("fit", "fit_probe_every_100", "fit_probe_every_100_no_trace"):
         print(f"  {name:32s} {r[name]['seconds']:7.2f} s   x{r[name]['ratio_to_fit']:.3f} (median of paired ratios {['%.3f' % v for v in r[name]['ratios']]})")
+    cost = result["probe_cost"] = bench_probe_cost(5 if args.quick else 20, repeats)
+    print(
+        f"  one probe (20 iterations, 10 Hutchinson probes): {cost['probe_ms']:.0f} ms = {cost['probe_ms'] / cost['step_ms']:.1f} train steps "
+        f"of {cost['step_ms']:.1f} ms; implied cost of a probe every 100 steps: x{cost['implied_ratio_every_100']:.3f}"
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

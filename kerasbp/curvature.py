@@ -238,8 +238,10 @@ class HessianProbe(keras.callbacks.Callback):
     Raises:
         TypeError, ValueError: for bad arguments, naming the argument, what was expected and what
             was received.
-        RuntimeError: at the start of training on a backend other than TensorFlow, or for a model
-            that is not compiled.
+        RuntimeError: at the start of training on a backend other than TensorFlow, for a model
+            that is not compiled, or one under a distribution strategy.
+        ValueError: at the start of training, for a model without trainable weights or fixed
+            `data` whose width is not the model's input width.
 
     Example:
         >>> import kerasbp as kb
@@ -304,6 +306,13 @@ class HessianProbe(keras.callbacks.Callback):
         model = self.model
         if getattr(model, "optimizer", None) is None or not getattr(model, "compiled", False):
             raise RuntimeError("HessianProbe needs a compiled model: call model.compile(...) before fit")
+        if not model.trainable_weights:
+            raise ValueError("HessianProbe needs a model with trainable weights. Received a model with none")
+        if getattr(model, "_distribute_strategy", None) is not None:
+            raise RuntimeError(
+                "HessianProbe does not support distribution strategies yet. Received a model compiled under "
+                f"{type(model._distribute_strategy).__name__}"
+            )
         if self.data is not None and model.inputs and model.inputs[0].shape[-1] not in (None, *self.data[0].shape[1:2]):
             raise ValueError(f"`data`'s X has {self.data[0].shape[1:]} features, but the model expects {tuple(model.inputs[0].shape[1:])}")
         steps_per_call = int(self.params.get("steps_per_call") or getattr(model, "steps_per_execution", 1) or 1)

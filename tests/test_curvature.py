@@ -218,3 +218,30 @@ def test_plot_curvature_draws_lambda_max_and_the_threshold():
         plot_curvature(kb.HessianProbe())
     with pytest.raises(TypeError, match="`ax` must be a matplotlib Axes"):
         plot_curvature(probe, ax="left")
+
+
+def test_curvature_benchmark_quick_run(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "curvature.py"
+    out = tmp_path / "curvature.json"
+    proc = subprocess.run([sys.executable, str(script), "--quick", "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(out.read_text())
+    assert r["overhead"]["fit"]["ratio_to_fit"] == 1.0
+    assert r["overhead"]["probed_steps_per_run"] == 2  # 20 steps, a probe every 10
+    assert r["probe_cost"]["probe_ms"] > 0 and r["probe_cost"]["implied_ratio_every_100"] > 1
+    assert "implied cost of a probe every 100 steps" in proc.stdout
+
+
+def test_refuses_a_distribution_strategy():
+    import tensorflow as tf
+
+    with tf.distribute.MirroredStrategy(["/cpu:0"]).scope():
+        model = linear()
+    with pytest.raises(RuntimeError, match="does not support distribution strategies yet. Received a model compiled under MirroredStrategy"):
+        model.fit(X_LIN, Y_LIN, epochs=1, verbose=0, callbacks=[kb.HessianProbe()])
+    assert "train_step" not in model.__dict__
