@@ -157,6 +157,8 @@ class _ProbeState:
 
     def install(self):
         model = self.model
+        if model.__dict__.get("train_step") is self.train_step:
+            return  # still installed (an interrupted fit): wrapping it again would recurse
         self.prior = model.__dict__.get("train_step", _MISSING)
         self.original = model.train_step
         object.__setattr__(model, "train_step", self.train_step)  # no Keras tracking of a function
@@ -319,11 +321,17 @@ class HessianProbe(keras.callbacks.Callback):
         self._rows_per_call = steps_per_call // self.every_n_steps + 1
         capacity = max(MIN_ROWS, self._rows_per_call)
         state = self._state
-        if state is None or state.model is not model or state.capacity < self._rows_per_call:
+        if state is not None:
+            self._collect()  # what an interrupted fit left in the buffer
+            self._next_step = max(self._next_step, int(state.counter.numpy()))
+            if state.model is not model or state.capacity < self._rows_per_call:
+                state.uninstall()  # left installed by an interrupted fit
+                state = None
+        if state is None:
             state = self._state = _ProbeState(self, model, capacity)
+            self._read = 0
         start = max(self._next_step, int(model.optimizer.iterations.numpy()))
         state.counter.assign(start)
-        self._read = int(state.count.numpy())
         self._unread_calls = 0
         state.install()
 

@@ -245,3 +245,38 @@ def test_refuses_a_distribution_strategy():
     with pytest.raises(RuntimeError, match="does not support distribution strategies yet. Received a model compiled under MirroredStrategy"):
         model.fit(X_LIN, Y_LIN, epochs=1, verbose=0, callbacks=[kb.HessianProbe()])
     assert "train_step" not in model.__dict__
+
+
+class StopAt(keras.callbacks.Callback):
+    def __init__(self, batch):
+        super().__init__()
+        self.batch = batch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == self.batch:
+            raise RuntimeError("interrupted")
+
+
+def test_an_interrupted_fit_keeps_its_measurements_and_detach_cleans_up(float64):
+    model = linear()
+    probe = kb.HessianProbe(every_n_steps=2, n_iterations=3, n_probes=0)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        model.fit(X_LIN, Y_LIN, batch_size=10, epochs=1, verbose=0, callbacks=[probe, StopAt(4)])  # steps 0..4 ran
+    assert model.__dict__.get("train_step") is not None  # Keras calls no on_train_end after an exception
+    model.fit(X_LIN, Y_LIN, batch_size=10, epochs=1, verbose=0, callbacks=[probe])  # steps 5..14, no double wrapping
+    assert probe.steps.tolist() == [0, 2, 4, 6, 8, 10, 12, 14]
+    with pytest.raises(RuntimeError, match="interrupted"):
+        model.fit(X_LIN, Y_LIN, batch_size=10, epochs=1, verbose=0, callbacks=[probe, StopAt(1)])  # steps 15, 16
+    probe.detach()
+    assert probe.steps.tolist()[-1] == 16 and "train_step" not in model.__dict__
+    model.fit(X_LIN, Y_LIN, batch_size=10, epochs=1, verbose=0)  # no probe left in the train function
+    assert probe.steps.tolist()[-1] == 16 and int(probe._state.count.numpy()) == 9
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import kerasbp.curvature
+
+    results = doctest.testmod(kerasbp.curvature, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert results.attempted > 0 and results.failed == 0, results

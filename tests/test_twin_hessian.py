@@ -193,3 +193,12 @@ def test_bad_input_is_refused_by_name():
     probabilities = NumpyMLP.from_sizes([3, 3], ["linear"], seed=0, dtype="float64")
     with pytest.raises(ValueError, match="does not support CategoricalCrossentropy\\(from_logits=False\\) on probabilities"):
         probabilities.hessian(X6, np.eye(3)[np.arange(6) % 3], "categorical_crossentropy")
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import kerasbp.reference.curvature
+
+    results = doctest.testmod(kerasbp.reference.curvature, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert results.attempted > 0 and results.failed == 0, results
