@@ -280,3 +280,22 @@ def test_docstring_examples_run():
 
     results = doctest.testmod(kerasbp.curvature, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert results.attempted > 0 and results.failed == 0, results
+
+
+def test_a_gradient_logger_beside_the_probe_logs_what_it_logs_alone():
+    # A relu network: the logger also hooks the relu layers' call to track dead units, and the
+    # probe's forward passes must not reach its records.
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 3)).astype("float32")
+    y = rng.normal(size=(40, 2)).astype("float32")
+    logs = []
+    for callbacks in ([], [kb.HessianProbe(every_n_steps=2, n_iterations=3, n_probes=2)]):
+        model = kb.compile_model(kb.dense_model([3, 6, 6, 2], ["relu", "relu", "linear"], seed=4), "adam", learning_rate=0.05)
+        logger = kb.GradientLogger(record="full")
+        model.fit(X, y, batch_size=8, epochs=3, shuffle=False, verbose=0, callbacks=[*callbacks, logger])
+        logs.append(logger)
+    np.testing.assert_array_equal(logs[0].losses, logs[1].losses)
+    np.testing.assert_array_equal(logs[0].stats_array(), logs[1].stats_array())
+    for a, b in zip(logs[0].gradients(), logs[1].gradients(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert logs[0].health().dead_units == logs[1].health().dead_units
