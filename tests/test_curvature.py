@@ -299,3 +299,29 @@ def test_a_gradient_logger_beside_the_probe_logs_what_it_logs_alone():
     for a, b in zip(logs[0].gradients(), logs[1].gradients(), strict=True):
         np.testing.assert_array_equal(a, b)
     assert logs[0].health().dead_units == logs[1].health().dead_units
+
+
+@pytest.mark.parametrize(
+    "activations, loss",
+    [(["tanh", "softmax"], "categorical_crossentropy"), (["sigmoid", "sigmoid"], "binary_crossentropy"), (["silu", "linear"], "mse")],
+    ids=["tanh-softmax-cce", "sigmoid-bce", "silu-mse"],
+)
+def test_twin_hessian_equals_tensorflows_jacobian_of_the_gradient(float64, activations, loss):
+    # Reverse-over-reverse in TensorFlow: an independent check of the twin's R-operator from Keras's side.
+    import tensorflow as tf
+
+    rng = np.random.default_rng(2)
+    d = 1 if loss == "binary_crossentropy" else 3
+    X = rng.normal(size=(7, 3))
+    y = np.eye(d)[np.arange(7) % d] if loss == "categorical_crossentropy" else rng.random((7, d)).round()
+    model = kb.compile_model(kb.dense_model([3, 4, d], activations, seed=5), "sgd", loss=loss)
+    weights = model.trainable_variables
+    with tf.GradientTape() as outer:
+        with tf.GradientTape() as inner:
+            value = model.compute_loss(X, y, model(X, training=True))
+        grads = inner.gradient(value, weights)
+        flat = tf.concat([tf.reshape(g, [-1]) for g in grads], axis=0)
+    blocks = outer.jacobian(flat, weights)  # per variable: (n_params, *shape)
+    H_tf = tf.concat([tf.reshape(b, [flat.shape[0], -1]) for b in blocks], axis=1).numpy()
+    H = NumpyMLP.from_keras(model).hessian(X, y, loss)
+    np.testing.assert_allclose(H, H_tf, rtol=0, atol=1e-12 * np.abs(H_tf).max())
