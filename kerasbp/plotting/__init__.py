@@ -21,6 +21,11 @@ Every name below is importable from `kerasbp.plotting`; the modules group them b
 - `plot_loss_surface`: the MSE of `y = w x + b` over `(w, b)`, with optimizer paths and the
   least-squares optimum; `weights_to_path` turns `GradientLog.weights()` into such a path.
 
+`kerasbp.plotting.curvature`, the Hessian over training:
+
+- `plot_curvature`: a `HessianProbe`'s largest eigenvalue per probed step against the stability
+  threshold `2 / learning_rate`.
+
 `kerasbp.plotting.twin`, Keras beside its NumPy twin:
 
 - `plot_twin_comparison`: Keras's loss curve beside its NumPy twin's, and their difference.
@@ -33,12 +38,14 @@ Example:
     ['sgd', 'adam']
 """
 
+from kerasbp.plotting.curvature import plot_curvature
 from kerasbp.plotting.curves import plot_gradient_norms, plot_gradient_profile, plot_loss_curves
 from kerasbp.plotting.surfaces import plot_decision_boundary, plot_loss_surface, weights_to_path
 from kerasbp.plotting.twin import plot_comparison, plot_twin_comparison
 
 __all__ = [
     "plot_comparison",
+    "plot_curvature",
     "plot_decision_boundary",
     "plot_gradient_norms",
     "plot_gradient_profile",
