@@ -21,27 +21,15 @@ import argparse
 import json
 import platform
 import statistics
-import time
 
 import kerasbp.native_logs  # noqa: F401  (first: TensorFlow starts without its native log lines)
 import kerasbp as kb
-import keras
-import numpy as np
-
-
-def wide_model():
-    model = keras.Sequential(
-        [keras.Input((784,)), keras.layers.Dense(256, activation="relu"), keras.layers.Dense(256, activation="relu"), keras.layers.Dense(10)]
-    )
-    model.compile(keras.optimizers.SGD(0.01), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    return model
+from paired import paired_ratios, paired_rounds, summary, wide_data, wide_model
 
 
 def bench_probe(n_samples, epochs, repeats, every_n_steps=100, n_iterations=20):
     """Seconds per run and paired ratios to plain `fit` (see the module docstring)."""
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(n_samples, 784)).astype("float32")
-    y = rng.integers(0, 10, size=(n_samples, 1))
+    X, y = wide_data(n_samples)
     variants = {
         "fit": None,
         "fit_probe_every_100": lambda: kb.HessianProbe(every_n_steps=every_n_steps, n_iterations=n_iterations),
@@ -53,22 +41,11 @@ def bench_probe(n_samples, epochs, repeats, every_n_steps=100, n_iterations=20):
         callbacks = [make()] if make else []
         probes[name] = callbacks
         runs[name] = lambda model=model, callbacks=callbacks: model.fit(X, y, epochs=epochs, batch_size=128, callbacks=callbacks, verbose=0)
-        runs[name]()  # warm-up: tracing
-    times = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
+    times = paired_rounds(runs, repeats)
     steps = epochs * -(-n_samples // 128)
-    out = {
-        name: {
-            "seconds": statistics.median(t),
-            "ratio_to_fit": statistics.median(a / b for a, b in zip(t, times["fit"], strict=True)),
-            "ratios": [a / b for a, b in zip(t, times["fit"], strict=True)],
-        }
-        for name, t in times.items()
-    }
+    out = summary(times, "fit")
+    for name, ratios in paired_ratios(times, "fit").items():
+        out[name]["ratios"] = ratios
     probe = probes["fit_probe_every_100"][0]
     out["probed_steps_per_run"] = int(len(probe.steps) // (repeats + 1))
     out["steps_per_run"] = steps
@@ -81,21 +58,13 @@ def bench_probe_cost(n_steps, repeats, n_iterations=20):
     """The cost of one probe, from `fit` with a probe at every step against plain `fit` over the same
     `n_steps` steps (paired rounds): the per-step difference is one probe's cost, far above the
     machine's noise, and `1 + (ratio - 1) / 100` is the cost of a probe every 100 steps it implies."""
-    rng = np.random.default_rng(1)
-    X = rng.normal(size=(128 * n_steps, 784)).astype("float32")
-    y = rng.integers(0, 10, size=(128 * n_steps, 1))
+    X, y = wide_data(128 * n_steps, seed=1)
     runs = {}
     for name, probe in (("fit", None), ("fit_probe_every_step", kb.HessianProbe(every_n_steps=1, n_iterations=n_iterations))):
         model = wide_model()
         callbacks = [probe] if probe else []
         runs[name] = lambda model=model, callbacks=callbacks: model.fit(X, y, epochs=1, batch_size=128, callbacks=callbacks, verbose=0)
-        runs[name]()  # warm-up: tracing
-    times = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
+    times = paired_rounds(runs, repeats)
     ratio = statistics.median(a / b for a, b in zip(times["fit_probe_every_step"], times["fit"], strict=True))
     step = statistics.median(times["fit"]) / n_steps
     return {
