@@ -16,9 +16,10 @@ The page holds:
      the gradient the optimizer's update rule received after loss scaling, accumulation and
      clipping), drawn when it differs from the loss gradient at some step (clipping acted,
      accumulation or loss-scale skips);
-   - gradient noise: a `noise` field, a dict of 1-D arrays `(n_logged,)` (e.g. `b_simple`, `gsnr`);
-   - curvature: a `curvature` field, a dict with `steps` and `lambda_max` (1-D arrays over probed
-     steps) and optionally `trace` and `stability_threshold` (`2 / learning rate`).
+   - gradient noise: a `noise` field, a dict of 1-D arrays `(n_logged,)` (e.g. `b_simple`, `gsnr`).
+
+Curvature is not in a gradient log: `kerasbp.HessianProbe` keeps it, and
+`kerasbp.plotting.plot_curvature` draws it.
 
 Reading a log and writing the page need NumPy and matplotlib only, not TensorFlow.
 
@@ -289,15 +290,6 @@ def _optional_sections(log):
     noise = _field(log, "noise")
     if isinstance(noise, dict) and any(np.size(v) for v in noise.values()):
         out.append(_section("Gradient noise", _p("Per logged step, from per-example gradients."), _figure(_draw_noise, log, noise)))
-    curvature = _field(log, "curvature")
-    if isinstance(curvature, dict) and np.size(curvature.get("lambda_max", [])):
-        out.append(
-            _section(
-                "Curvature",
-                _p("The largest eigenvalue of the loss's Hessian at the probed steps; above 2 / learning rate, plain gradient descent diverges."),
-                _figure(_draw_curvature, curvature),
-            )
-        )
     return out
 
 
@@ -419,22 +411,6 @@ def _draw_noise(ax, log, noise):
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, fontsize="small")
     ax.grid(True, alpha=0.3)
     return "Gradient noise statistics"
-
-
-def _draw_curvature(ax, curvature):
-    lam = np.asarray(curvature["lambda_max"], dtype=np.float64).reshape(-1)
-    steps = np.asarray(curvature.get("steps", np.arange(len(lam)))).reshape(-1)
-    ax.plot(steps, lam, marker="o", label="largest Hessian eigenvalue")
-    if curvature.get("stability_threshold") is not None:
-        threshold = np.broadcast_to(np.asarray(curvature["stability_threshold"], dtype=np.float64), lam.shape)
-        ax.plot(steps, threshold, color="tab:red", linestyle=":", label="2 / learning rate")
-    if curvature.get("trace") is not None:
-        ax.plot(steps, np.asarray(curvature["trace"], dtype=np.float64).reshape(-1), marker=".", linestyle="--", label="trace")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("curvature")
-    ax.legend(loc="best", fontsize="small")
-    ax.grid(True, alpha=0.3)
-    return "Curvature at the probed steps"
 
 
 # ---------------------------------------------------------------------------- HTML

@@ -94,7 +94,7 @@ def test_script_writes_a_self_contained_page_of_a_xor_log(logs, tmp_path):
     page = Page(out.read_text(encoding="utf-8"))
     assert page.external == [] and "script" not in page.tags and "link" not in page.tags  # nothing to fetch
     h2 = [text for tag, text in page.headings if tag == "h2"]
-    assert h2 == ["Summary", "Health", "Loss", "Gradients per layer"]  # no noise or curvature in this log
+    assert h2 == ["Summary", "Health", "Loss", "Gradients per layer"]  # no applied-gradient or noise section in this log
     h3 = [text for tag, text in page.headings if tag == "h3"]
     assert h3 == ["vanishing: ok", "exploding: ok", "non-finite: ok", "dead relu units: not applicable"]
     text = " ".join(page.text)
@@ -137,7 +137,7 @@ def test_page_of_a_diverged_log_names_the_step_and_needs_no_tensorflow(logs, tmp
 
 
 class LogWithExtras(log_module.GradientLog):
-    """A log with the fields later loggers add: applied gradients, noise, curvature."""
+    """A log with the fields later loggers add: applied gradients and noise."""
 
     def stat(self, name):
         if name == report.APPLIED_STAT:
@@ -152,13 +152,12 @@ def test_optional_sections_only_when_the_log_has_them(logs, monkeypatch):
     log.__dict__.update(plain.__dict__)
     n = len(log)
     log.noise = {"b_simple": np.linspace(1, 3, n), "gsnr": np.full(n, 0.2)}
-    log.curvature = {"steps": np.array([0, 20, 40]), "lambda_max": np.array([1.0, 3.0, 2.0]), "stability_threshold": 40.0}
     log._chunks["clipped"] = [np.arange(n) % 2 == 0]  # clipping acted: the applied norms differ
     log._cache.clear()
     page = Page(report.report_html(log))
     h2 = [t for tag, t in page.headings if tag == "h2"]
-    assert h2[-3:] == ["Applied vs loss gradients", "Gradient noise", "Curvature"]
-    assert [alt for alt, _ in page.pngs()][-3:] == ["Applied vs loss gradient norms", "Gradient noise statistics", "Curvature at the probed steps"]
+    assert h2[-2:] == ["Applied vs loss gradients", "Gradient noise"]
+    assert [alt for alt, _ in page.pngs()][-2:] == ["Applied vs loss gradient norms", "Gradient noise statistics"]
 
 
 def test_bad_input_exits_2_naming_the_argument(logs, tmp_path, capsys):
