@@ -1,0 +1,353 @@
+"""Per-example gradient statistics inside the compiled train step, for `GradientLogger(per_example=True)`.
+
+A Dense layer computes `z = a @ W + b` for each example `a_i` (a row of its input `A`,
+`(batch, n_in)`); backpropagation hands it the output delta `D = dL/dz` (`(batch, n_out)`).
+The batch loss is the mean of the examples' own losses `l_i` (as Keras weighs them: sample and
+class weights included), so `d_i` carries a factor `1/B`, and example i's own gradient is (the
+closed form of BackPACK, Dangel et al. 2020, with no `(batch, parameters)` tensor)::
+
+    g_i(W) = B * outer(a_i, d_i)          # (n_in, n_out)
+    g_i(b) = B * d_i                      # (n_out,)
+    |g_i(W)|^2 = B^2 |a_i|^2 |d_i|^2
+    g_i . g = B a_i^T G_W d_i + B d_i . g_b
+    sum_i g_i(W)^2 = B^2 (A*A)^T (D*D)    # elementwise squares, for the GSNR
+
+where `G_W`, `g_b` are the batch gradient (their mean). Weight penalties (`kernel_regularizer`,
+`bias_regularizer`) are not per example: their gradient `r` is added to every example's
+gradient (each example's loss carries the whole penalty, so the mean is still the batch
+gradient), `r = G_W - A^T D`; `activity_regularizer` flows through `D` like the loss.
+
+`DenseTaps` records `A` where the layer is called (a hook on `call`) and `D` where it is
+differentiated (its activation is replaced, during `fit` only, by `activation(tap(z))` where
+`tap` is an identity whose gradient function keeps `dz`), both in the train step being traced;
+the capture's `apply` hook then computes the statistics in the same graph (`noise_row`). The
+Dropout mask is the one the step used: `A` and `D` come from the step's own forward and
+backward pass. Everything is restored after `fit`.
+
+References:
+    McCandlish, Kaplan, Amodei et al. 2018, "An Empirical Model of Large-Batch Training" (the
+    gradient noise scale B_simple); Schneider, Dangel, Hennig 2021, "Cockpit: A Practical
+    Debugging Tool for the Training of Deep Neural Networks" (norm, inner-product and
+    orthogonality tests, GSNR); Dangel, Kunstner, Hennig 2020, "BackPACK: Packing more into
+    backprop" (per-example quantities of Dense layers from inputs and deltas).
+"""
+
+import kerasbp.native_logs  # noqa: F401  (first: TensorFlow starts without its native log lines)
+import keras
+import tensorflow as tf
+
+from kerasbp.logger.log import NOISE_COLUMNS
+
+
+def _in_this_graph(tensor):
+    if tf.executing_eagerly():
+        return not hasattr(tensor, "graph") or isinstance(tensor, tf.Variable)
+    return getattr(tensor, "graph", None) is tf.compat.v1.get_default_graph()
+
+
+def _layers(model):
+    return list(model._flatten_layers(include_self=False))
+
+
+def check_model(model):
+    """Refuse what per-example gradients cannot be computed for, naming it.
+
+    Args:
+        model: a built, compiled `keras.Model` (TensorFlow backend).
+
+    Returns:
+        list of `(layer, kernel_index, bias_index or None)` for the Dense layers with trainable
+        weights, indices into `model.trainable_weights`.
+
+    Raises:
+        ValueError: for a `BatchNormalization` layer in training mode (it couples the examples
+            of a batch: per-example gradients are not defined); a trainable variable of a layer
+            that is not `keras.layers.Dense` (no closed form is implemented; the vectorized
+            fallback is not either); a Dense layer with LoRA or quantization; a loss whose
+            reduction is not `"sum_over_batch_size"` (then the batch gradient is not the mean
+            of the examples' gradients); a model under a `tf.distribute` strategy.
+    """
+    for layer in _layers(model):
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable:
+            raise ValueError(
+                f"GradientLogger(per_example=True) cannot compute per-example gradients through BatchNormalization layer "
+                f"{layer.name!r}: in training mode it normalizes with the batch's statistics, which couples the examples, so "
+                "an example's own gradient is not defined. Freeze it (layer.trainable = False: Keras then uses its moving "
+                "statistics) or use per_example=False"
+            )
+    owner = {}
+    for layer in _layers(model):
+        for v in layer.trainable_weights:
+            owner.setdefault(id(v), layer)
+    index = {id(v): j for j, v in enumerate(model.trainable_weights)}
+    dense = []
+    for j, v in enumerate(model.trainable_weights):
+        layer = owner.get(id(v))
+        if layer is None or type(layer) is not keras.layers.Dense:
+            what = "the model itself" if layer is None else f"layer {layer.name!r} ({type(layer).__name__})"
+            raise ValueError(
+                "GradientLogger(per_example=True) supports models whose trainable layers are all keras.layers.Dense "
+                f"(per-example gradients in closed form). Received a trainable variable {v.path!r} of {what}. Freeze that "
+                "layer or use per_example=False"
+            )
+    for layer in _layers(model):
+        if type(layer) is not keras.layers.Dense or not layer.trainable_weights:
+            continue
+        if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
+            raise ValueError(
+                f"GradientLogger(per_example=True) does not support LoRA or quantized Dense layers. Received: layer {layer.name!r}"
+            )
+        if not layer.kernel.trainable:
+            raise ValueError(f"GradientLogger(per_example=True) needs the kernel of Dense layer {layer.name!r} trainable when its bias is")
+        bias = layer.bias if layer.bias is not None and layer.bias.trainable else None
+        dense.append((layer, index[id(layer.kernel)], None if bias is None else index[id(bias)]))
+    losses = model.loss if isinstance(model.loss, (list, tuple)) else list(model.loss.values()) if isinstance(model.loss, dict) else [model.loss]
+    for loss in losses:
+        reduction = getattr(loss, "reduction", "sum_over_batch_size")
+        if isinstance(loss, keras.losses.Loss) and reduction != "sum_over_batch_size":
+            raise ValueError(
+                "GradientLogger(per_example=True) needs losses with reduction='sum_over_batch_size' (the batch gradient is then "
+                f"the mean of the examples' own gradients). Received: {type(loss).__name__} with reduction={reduction!r}"
+            )
+    if getattr(model, "_distribute_strategy", None) is not None:
+        raise ValueError("GradientLogger(per_example=True) does not support a tf.distribute strategy yet. Received a model built under one")
+    return dense
+
+
+class DenseTaps:
+    """The hooks that record each Dense layer's inputs and output deltas in the traced train step.
+
+    Args:
+        model: the model (see `check_model`, which is called here).
+
+    Attributes:
+        dense: list of `(layer, kernel_index, bias_index or None)`.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.dense = check_model(model)
+        self._pending = {}  # layer position -> list of {"a": tensor, "d": [tensors]}
+        self._stack = []  # the records of the Dense calls running now
+
+    def hooks(self, hooks):
+        """`hooks` (the capture's list of `(object, attribute, replacement)`) with, per Dense layer,
+        a hook on `call` (wrapping the capture's own hook on it, if any) and one on `activation`."""
+        hooks = list(hooks)
+        for k, (layer, _, _) in enumerate(self.dense):
+            at = next((i for i, (obj, name, _) in enumerate(hooks) if obj is layer and name == "call"), None)
+            inner = layer.call if at is None else hooks[at][2]
+            entry = (layer, "call", self._call_hook(inner, k, layer))
+            if at is None:
+                hooks.append(entry)
+            else:
+                hooks[at] = entry
+            hooks.append((layer, "activation", self._activation_hook(layer.activation)))
+        return hooks
+
+    def _call_hook(self, call, k, layer):
+        def hooked_call(inputs, *args, **kwargs):
+            record = None
+            training = kwargs.get("training", args[0] if args else None)
+            keep = tf.is_tensor(inputs) and not isinstance(inputs, keras.KerasTensor) and training is not False
+            if keep and tf.executing_eagerly() and not self.model.run_eagerly:
+                keep = False  # an eager call outside the train step (a callback's prediction)
+            if keep:
+                if inputs.shape.rank != 2:
+                    raise ValueError(
+                        "GradientLogger(per_example=True) supports Dense layers on 2-D inputs (batch, features). Received: "
+                        f"layer {layer.name!r} called on an input of shape {tuple(inputs.shape)}"
+                    )
+                record = {"a": inputs, "d": []}
+            self._stack.append(record)
+            try:
+                outputs = call(inputs, *args, **kwargs)
+            finally:
+                self._stack.pop()
+            if record is not None:
+                kept = self._pending.setdefault(k, [])
+                kept[:] = [r for r in kept if _in_this_graph(r["a"])] + [record]
+            return outputs
+
+        return hooked_call
+
+    def _activation_hook(self, activation):
+        def tapped(z):
+            record = self._stack[-1] if self._stack else None
+            if record is None:
+                return activation(z)
+
+            @tf.custom_gradient
+            def tap(z):
+                def grad(dz):
+                    record["d"].append(dz)  # (batch, units): this step's output delta
+                    return dz
+
+                return tf.identity(z), grad
+
+            return activation(tap(z))
+
+        tapped.__name__ = getattr(activation, "__name__", "activation")
+        return tapped
+
+    def take(self):
+        """The records of the step being traced: list per Dense layer of `(A, D)` or None (not
+        called, or not differentiated: its gradient is None).
+
+        Raises:
+            ValueError: for a Dense layer called more than once in the step (a shared layer) or
+                differentiated more than once.
+        """
+        pending, self._pending = self._pending, {}
+        out = []
+        for k, (layer, _, _) in enumerate(self.dense):
+            records = [r for r in pending.get(k, []) if _in_this_graph(r["a"])]
+            if len(records) > 1:
+                raise ValueError(
+                    f"GradientLogger(per_example=True) does not support a Dense layer called more than once per train step "
+                    f"(a shared layer). Received: layer {layer.name!r} called {len(records)} times"
+                )
+            if not records or not records[0]["d"]:
+                out.append(None)
+                continue
+            if len(records[0]["d"]) > 1:
+                raise ValueError(
+                    f"GradientLogger(per_example=True) needs one gradient computation per train step. Received: layer {layer.name!r} "
+                    f"differentiated {len(records[0]['d'])} times"
+                )
+            out.append((records[0]["a"], records[0]["d"][0]))
+        return out
+
+    def statistics(self, taken, grads, scale, dtype):
+        """The per-example statistics of one step from its records and batch gradient.
+
+        Args:
+            taken: the result of `take()`.
+            grads: dict `{variable index: gradient tensor}` as handed to the optimizer (still
+                multiplied by the loss scale).
+            scale: None or the loss scale (scalar) that multiplies `grads` and the deltas.
+            dtype: the dtype to compute in.
+
+        Returns:
+            `(row, norms)`: float64 `(len(NOISE_COLUMNS),)` and `dtype` `(batch,)`, the
+            per-example gradient norms `|g_i|` over all variables of the Dense layers.
+        """
+        s = None if scale is None else tf.cast(scale, dtype)
+        batch = None
+        sq = p = None  # (batch,): |g_i|^2, and the parts of g_i . g that vary with i
+        p_shift = gg = tf.zeros((), dtype)  # the part of g_i . g common to all i; |g|^2
+        ratio_sum = count = tf.zeros((), dtype)  # GSNR summed over parameters with variance > 0
+        for (layer, jk, jb), rec in zip(self.dense, taken, strict=True):
+            if rec is None or grads.get(jk) is None:
+                continue
+            a, d = tf.cast(rec[0], dtype), tf.cast(rec[1], dtype)  # (B, n_in), (B, n_out)
+            if s is not None:
+                d = d / s
+            if batch is None:
+                batch = tf.cast(tf.shape(a)[0], dtype)
+                sq = tf.zeros(tf.shape(a)[:1], dtype)
+                p = tf.zeros(tf.shape(a)[:1], dtype)
+            B = batch
+            g_w = tf.cast(tf.convert_to_tensor(grads[jk]), dtype)
+            if s is not None:
+                g_w = g_w / s
+            a2, d2 = a * a, d * d
+            d2_sum = tf.reduce_sum(d2, axis=1)  # (B,)
+            sq += B * B * tf.reduce_sum(a2, axis=1) * d2_sum
+            p += B * tf.reduce_sum(tf.matmul(a, g_w) * d, axis=1)  # B a_i^T G d_i
+            m2_w = B * tf.matmul(a2, d2, transpose_a=True)  # (n_in, n_out): mean_i g_i^2
+            parts = [(g_w, m2_w)]
+            penalised = layer.kernel_regularizer is not None
+            if penalised:
+                r_w = g_w - tf.matmul(a, d, transpose_a=True)  # the penalty's gradient (n_in, n_out)
+                sq += 2 * B * tf.reduce_sum(tf.matmul(a, r_w) * d, axis=1) + tf.reduce_sum(r_w * r_w)
+                p_shift += tf.reduce_sum(r_w * g_w)
+                parts[0] = (g_w, m2_w + 2 * r_w * (g_w - r_w) + r_w * r_w)
+            if jb is not None and grads.get(jb) is not None:
+                g_b = tf.cast(tf.convert_to_tensor(grads[jb]), dtype)
+                if s is not None:
+                    g_b = g_b / s
+                sq += B * B * d2_sum
+                p += B * tf.linalg.matvec(d, g_b)
+                m2_b = B * tf.reduce_sum(d2, axis=0)
+                if layer.bias_regularizer is not None:
+                    r_b = g_b - tf.reduce_sum(d, axis=0)
+                    sq += 2 * B * tf.linalg.matvec(d, r_b) + tf.reduce_sum(r_b * r_b)
+                    p_shift += tf.reduce_sum(r_b * g_b)
+                    m2_b = m2_b + 2 * r_b * (g_b - r_b) + r_b * r_b
+                parts.append((g_b, m2_b))
+            for g, m2 in parts:
+                g2 = g * g
+                var = m2 - g2  # per parameter: mean_i g_i^2 - g^2
+                has = var > 0
+                ratio_sum += tf.reduce_sum(tf.where(has, g2 / tf.where(has, var, tf.ones_like(var)), tf.zeros_like(var)))
+                count += tf.reduce_sum(tf.cast(has, dtype))
+                gg += tf.reduce_sum(g2)
+        if batch is None:
+            return tf.fill([len(NOISE_COLUMNS)], tf.constant(float("nan"), tf.float64)), tf.zeros([0], dtype)
+        p = p + p_shift
+        row = noise_row(batch, tf.reduce_sum(sq), tf.reduce_sum(p * p), gg, ratio_sum / count)
+        return row, tf.sqrt(sq)
+
+
+def noise_row(B, sum_sq, sum_p2, gg, gsnr):
+    """The noise statistics of one step from the sums over its examples.
+
+    Args:
+        B: scalar, the batch size.
+        sum_sq: scalar, `sum_i |g_i|^2`.
+        sum_p2: scalar, `sum_i (g_i . g)^2`.
+        gg: scalar, `|g|^2`, g the batch gradient (the mean of the g_i).
+        gsnr: scalar, the mean GSNR.
+
+    Returns:
+        float64 tensor `(len(NOISE_COLUMNS),)` in the order of `NOISE_COLUMNS`::
+
+            norm_test          = sqrt((sum_i |g_i|^2 - B |g|^2) / ((B - 1) B |g|^2))
+            inner_product_test = sqrt((sum_i p_i^2 - B |g|^4) / ((B - 1) B |g|^4))
+            orthogonality_test = sqrt((sum_i |g_i|^2 - sum_i p_i^2 / |g|^2) / ((B - 1) B |g|^2))
+            S                  = (sum_i |g_i|^2 / B - |g|^2) / (1 - 1/B)       # trace_sigma
+            |G|^2              = (B |g|^2 - sum_i |g_i|^2 / B) / (B - 1)        # grad_sq
+            b_simple           = S / |G|^2
+
+        The square roots take negative rounding residues as 0. Every entry is NaN when `B == 1`.
+    """
+    nan = tf.constant(float("nan"), gg.dtype)
+    one = B > 1
+    Bm1 = tf.where(one, B - 1, tf.ones_like(B))
+
+    def root(x):
+        return tf.sqrt(tf.maximum(x, 0))
+
+    norm_test = root((sum_sq - B * gg) / (Bm1 * B * gg))
+    inner = root((sum_p2 - B * gg * gg) / (Bm1 * B * gg * gg))
+    orth = root((sum_sq - sum_p2 / gg) / (Bm1 * B * gg))
+    trace = (sum_sq / B - gg) / (1 - 1 / tf.where(one, B, 2 * tf.ones_like(B)))
+    grad_sq = (B * gg - sum_sq / B) / Bm1
+    by_name = {
+        "norm_test": norm_test,
+        "inner_product_test": inner,
+        "orthogonality_test": orth,
+        "gsnr": gsnr,
+        "b_simple": trace / grad_sq,
+        "trace_sigma": trace,
+        "grad_sq": grad_sq,
+    }
+    row = tf.stack([by_name[name] for name in NOISE_COLUMNS])
+    return tf.cast(tf.where(one, row, nan), tf.float64)
+
+
+def write(buffers, slot, row, norms):
+    """Write one step's noise row and per-example norms into `buffers` at `slot` (the norms'
+    buffer grows, NaN-padded, when a batch is wider than any before)."""
+    buffers.noise.scatter_nd_update([[slot]], row[None])
+    v = buffers.norms
+    B, W = tf.shape(norms)[0], tf.shape(v)[1]
+
+    def grow():
+        v.assign(tf.pad(tf.convert_to_tensor(v), [[0, 0], [0, B - W]], constant_values=float("nan")))
+        return tf.constant(True)
+
+    tf.cond(B > W, grow, lambda: tf.constant(False))
+    width = tf.shape(v)[1]
+    v.scatter_nd_update([[slot]], tf.pad(tf.cast(norms, v.dtype), [[0, width - B]], constant_values=float("nan"))[None])
