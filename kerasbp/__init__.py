@@ -30,6 +30,7 @@ _EXPORTS = {
     "GradientLogger": "kerasbp.logger",
     "Health": "kerasbp.logger",
     "load_gradient_log": "kerasbp.logger",
+    "plot_gradient_noise": "kerasbp.plotting",
     "compare": "kerasbp.comparison",
     "ComparisonReport": "kerasbp.comparison",
     "explain_backprop": "kerasbp.backprop",

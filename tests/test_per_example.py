@@ -426,3 +426,41 @@ def test_a_shared_dense_layer_is_refused():
     X, y = data(8, 4, "mse")
     with pytest.raises(ValueError, match="layer 'shared' called 2 times"):
         _fit(model, X, y)
+
+
+# ---------------------------------------------------------------- the figure
+
+
+def test_plot_gradient_noise_draws_every_statistic(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from kerasbp.plotting import plot_gradient_noise
+
+    X, y = data(23, 4, "mse", seed=12)
+    model = compile_model(mlp("mse"), "sgd", learning_rate=0.05)
+    logger = GradientLogger(per_example=True)
+    model.fit(X, y, epochs=2, batch_size=6, shuffle=False, callbacks=[logger], verbose=0)
+    logger.to_npz(tmp_path / "log.npz")
+    fig = plot_gradient_noise(load_gradient_log(tmp_path / "log.npz"))
+    lines = fig.axes[0].get_lines()
+    labels = [line.get_label() for line in lines]
+    assert labels[:5] == ["norm test", "inner-product test", "orthogonality test", "mean GSNR", "B_simple (noise scale per step)"]
+    for line, name in zip(lines, NOISE, strict=False):
+        x, v = line.get_data()
+        np.testing.assert_array_equal(x, logger.steps)
+        expected = logger.noise[name]
+        np.testing.assert_array_equal(v, np.where(expected > 0, expected, np.nan))
+    assert labels[5] == f"noise scale {logger.noise_scale():.3g} (run)" and labels[6] == "batch size 6"
+    assert fig.axes[0].get_yscale() == "log"
+    plt.close(fig)
+    _, ax = plt.subplots()
+    assert plot_gradient_noise(logger, ax=ax) is ax.figure
+    plt.close(ax.figure)
+    plain = GradientLogger()
+    model.fit(X, y, epochs=1, batch_size=6, callbacks=[plain], verbose=0)
+    with pytest.raises(ValueError, match="per_example=True"):
+        plot_gradient_noise(plain)
+    with pytest.raises(TypeError, match="GradientLog"):
+        plot_gradient_noise(logger.noise)
+    with pytest.raises(TypeError, match="Axes"):
+        plot_gradient_noise(logger, ax="axes")
