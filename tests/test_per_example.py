@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 import keras
+import tensorflow as tf
 from kerasbp import GradientLogger, NumpyMLP, compile_model, dense_model, load_gradient_log
 from kerasbp.logger import sidecar
 from kerasbp.logger.log import NOISE
@@ -163,6 +164,9 @@ def test_norms_and_statistics_equal_brute_force(loss, dtype, request):
     # 23 samples in batches of 6: three of 6 and a partial one of 5, over 2 epochs = 8 steps.
     X, y = data(23, 4, loss, dtype=dtype)
     model = compile_model(mlp(loss), "sgd", learning_rate=0.1, loss=loss)
+    kernel, bias = model.layers[0].get_weights()
+    bias[0] = -50.0  # a dead relu unit: its parameters' per-example variance is zero, left out of the GSNR
+    model.layers[0].set_weights([kernel, bias])
     logger = GradientLogger(per_example=True, snapshots=True, record="full")
     model.fit(X, y, epochs=2, batch_size=6, shuffle=False, callbacks=[logger], verbose=0)
     assert logger.steps.tolist() == list(range(8))
@@ -284,6 +288,66 @@ def test_mixed_precision_deltas_are_unscaled():
         np.testing.assert_allclose(logger.noise["norm_test"][r], d["norm_test"], rtol=3e-2)
 
 
+# ---------------------------------------------------------------- the vectorized fallback
+
+
+def keras_per_example_gradients(model, weights, X, y):
+    """float64 `(B, P)` by brute force in Keras itself (eager): each example's own loss and gradient."""
+    model.set_weights(weights)
+    rows = []
+    for i in range(len(X)):
+        with tf.GradientTape() as tape:
+            out = model(X[i : i + 1], training=True)
+            loss = model.compute_loss(X[i : i + 1], y[i : i + 1], out)
+        rows.append(np.concatenate([np.ravel(tf.convert_to_tensor(g).numpy()) for g in tape.gradient(loss, model.trainable_weights)]))
+    return np.array(rows)
+
+
+def conv_model():
+    return keras.Sequential(
+        [
+            keras.Input((6, 3)),
+            keras.layers.Conv1D(4, 3, activation="tanh", kernel_regularizer=keras.regularizers.L2(0.05)),
+            keras.layers.LayerNormalization(),
+            keras.layers.Flatten(),
+            keras.layers.Dense(3, activation="relu"),
+            keras.layers.Dense(2),
+        ]
+    )
+
+
+def embedding_model():
+    return keras.Sequential([keras.Input((5,), dtype="int32"), keras.layers.Embedding(7, 3), keras.layers.Flatten(), keras.layers.Dense(2)])
+
+
+@pytest.mark.parametrize("make", [conv_model, embedding_model], ids=["conv1d-layernorm-l2", "embedding"])
+def test_other_layers_take_the_vectorized_fallback(make, float64):
+    # Conv1D (tanh, with an L2 penalty), LayerNormalization and Embedding: per-example gradients
+    # by tf.vectorized_map at the step's weights, against Keras's own gradient of each example's
+    # loss (eager, one example at a time): 1e-10 relative.
+    rng = np.random.default_rng(13)
+    if make is embedding_model:
+        X = rng.integers(0, 7, size=(14, 5)).astype("int32")
+    else:
+        X = rng.normal(size=(14, 6, 3))
+    y = rng.normal(size=(14, 2))
+    model = make()
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    logger = GradientLogger(per_example=True, snapshots=True, record="full")
+    model.fit(X, y, epochs=1, batch_size=4, shuffle=False, callbacks=[logger], verbose=0)  # batches 4, 4, 4, 2
+    norms = logger.per_example_norms()
+    for r, rows in enumerate(batches(14, 4)):
+        G = keras_per_example_gradients(model, [w[r] for w in logger.weights()], X[rows], y[rows])
+        expected = definitions(G)
+        B = len(G)
+        np.testing.assert_allclose(norms[r, :B], expected["norms"], rtol=1e-10)
+        assert np.isnan(norms[r, B:]).all()
+        for name in NOISE:
+            np.testing.assert_allclose(logger.noise[name][r], expected[name], rtol=1e-10, err_msg=f"{name}, step {r}")
+        logged = np.concatenate([np.ravel(g[r]) for g in logger.gradients()])
+        np.testing.assert_allclose(G.mean(axis=0), logged, rtol=1e-10, atol=1e-12)
+
+
 # ---------------------------------------------------------------- the model is left as it was
 
 
@@ -392,12 +456,26 @@ def test_batch_normalization_in_training_mode_is_refused():
     _fit(model, X, y)
 
 
-def test_a_trainable_layer_that_is_not_dense_is_refused():
-    X = np.zeros((8, 6, 3), "float32")
+def test_recurrent_layers_and_layers_with_random_numbers_are_refused():
+    X = np.zeros((8, 5, 3), "float32")
     y = np.zeros((8, 2), "float32")
-    model = keras.Sequential([keras.Input((6, 3)), keras.layers.Conv1D(2, 3, name="conv"), keras.layers.Flatten(), keras.layers.Dense(2)])
+    model = keras.Sequential([keras.Input((5, 3)), keras.layers.LSTM(4, name="rnn"), keras.layers.Dense(2)])
     model.compile("sgd", "mse")
-    with pytest.raises(ValueError, match=r"Dense.*layer 'conv' \(Conv1D\)"):
+    with pytest.raises(ValueError, match=r"recurrent layers.*layer 'rnn' \(LSTM\)"):
+        _fit(model, X, y)
+
+    class NoisyScale(keras.layers.Layer):  # a weight and random numbers: the fallback cannot replay them
+        def build(self, shape):
+            self.w = self.add_weight(shape=shape[-1:], initializer="ones")
+            self.noise = keras.random.SeedGenerator(0)
+
+        def call(self, x):
+            return x * self.w + keras.random.normal(keras.ops.shape(x), seed=self.noise)
+
+    model = keras.Sequential([keras.Input((4,)), NoisyScale(name="noisy"), keras.layers.Dense(2)])
+    model.compile("sgd", "mse")
+    X, y = data(8, 4, "mse")
+    with pytest.raises(ValueError, match=r"random numbers of layer 'noisy' \(NoisyScale: it holds a SeedGenerator, 'noise'\)"):
         _fit(model, X, y)
 
 

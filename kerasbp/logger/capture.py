@@ -276,7 +276,7 @@ class TensorFlowCapture:
         self.buffers = DeviceBuffers(
             variables, capacity, keep_full, not self.applied_same, dtype, tracked, snapshot_variables(optimizer) if snapshots else None, per_example
         )
-        self.taps = per_example_module.DenseTaps(model) if per_example else None
+        self.taps = per_example_module.PerExampleTaps(model) if per_example else None
         self.counter = _step_counter(optimizer, leaf)
         self.missing = []
         self._warned = set()
@@ -590,6 +590,8 @@ class TensorFlowCapture:
             step = self.counter.assign_add(1) - 1  # this train step's number
             log_now = None if every_n == 1 else tf.equal(tf.math.floormod(step, every_n), 0)
             scale = loss_scale()
+            # Before the update: the per-example fallback recomputes layers at the step's weights.
+            noise = None if taken is None else per_example_module.step_statistics(self.taps, taken, by_index, scale, dtype, log_now)
 
             def weight_squares():
                 return tf.stack([_sum_squares(v.value, dtype) for v in model_vars])
@@ -681,8 +683,8 @@ class TensorFlowCapture:
                         tf.cast(clipped, tf.float64),
                     ]
                 )
-                if taken is not None:
-                    per_example_module.write(buf, slot, *self.taps.statistics(taken, by_index, scale, dtype))
+                if noise is not None:
+                    per_example_module.write(buf, slot, *noise)
                 buf.rows.scatter_nd_update([[slot]], row[None])
                 buf.stats.scatter_nd_update([[slot]], rows[None])
                 buf.count.assign_add(1)

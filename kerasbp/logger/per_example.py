@@ -17,7 +17,17 @@ where `G_W`, `g_b` are the batch gradient (their mean). Weight penalties (`kerne
 gradient (each example's loss carries the whole penalty, so the mean is still the batch
 gradient), `r = G_W - A^T D`; `activity_regularizer` flows through `D` like the loss.
 
-`DenseTaps` records `A` where the layer is called (a hook on `call`) and `D` where it is
+Any other layer with trainable variables takes the vectorized fallback: its input `x` and the
+gradient `dL/dout` of its output are recorded in the same way (a hook on `call` passes the output
+through the tap), and example i's gradient is `B` times the vector-Jacobian product of the
+layer's `call` on `x_i` alone with `dL/dout_i`, for all examples at once with
+`tf.vectorized_map` (pfor): a `(batch, parameters)` tensor for that layer only. The recomputed
+call must be the one of the step, so layers that draw random numbers (a `SeedGenerator`:
+dropout inside an RNN, noise layers with weights) are refused by name, as are calls with
+tensor arguments besides the input (masks, initial states) and outputs that carry logits for
+the loss (`_keras_logits`: a sigmoid or softmax output layer that is not Dense).
+
+`PerExampleTaps` records `A` where the layer is called (a hook on `call`) and `D` where it is
 differentiated (its activation is replaced, during `fit` only, by `activation(tap(z))` where
 `tap` is an identity whose gradient function keeps `dz`), both in the train step being traced;
 the capture's `apply` hook then computes the statistics in the same graph (`noise_row`). The
@@ -56,14 +66,17 @@ def check_model(model):
         model: a built, compiled `keras.Model` (TensorFlow backend).
 
     Returns:
-        list of `(layer, kernel_index, bias_index or None)` for the Dense layers with trainable
-        weights, indices into `model.trainable_weights`.
+        `(dense, generic)`: a list of `(layer, kernel_index, bias_index or None)` for the Dense
+        layers with trainable weights, and a list of `(layer, [variable indices])` for the other
+        layers that own trainable variables (the vectorized fallback); indices into
+        `model.trainable_weights`.
 
     Raises:
         ValueError: for a `BatchNormalization` layer in training mode (it couples the examples
-            of a batch: per-example gradients are not defined); a trainable variable of a layer
-            that is not `keras.layers.Dense` (no closed form is implemented; the vectorized
-            fallback is not either); a Dense layer with LoRA or quantization; a loss whose
+            of a batch: per-example gradients are not defined); a recurrent layer (`keras.layers.RNN`); a trainable variable outside
+            the model's layers; a layer other than Dense that draws random numbers (the
+            fallback cannot replay them), runs in mixed precision, or holds variables beside
+            sublayers that hold some; a Dense layer with LoRA or quantization; a loss whose
             reduction is not `"sum_over_batch_size"` (then the batch gradient is not the mean
             of the examples' gradients); a model under a `tf.distribute` strategy.
     """
@@ -75,23 +88,46 @@ def check_model(model):
                 "an example's own gradient is not defined. Freeze it (layer.trainable = False: Keras then uses its moving "
                 "statistics) or use per_example=False"
             )
-    owner = {}
     for layer in _layers(model):
-        for v in layer.trainable_weights:
-            owner.setdefault(id(v), layer)
-    index = {id(v): j for j, v in enumerate(model.trainable_weights)}
-    dense = []
-    for j, v in enumerate(model.trainable_weights):
-        layer = owner.get(id(v))
-        if layer is None or type(layer) is not keras.layers.Dense:
-            what = "the model itself" if layer is None else f"layer {layer.name!r} ({type(layer).__name__})"
+        if isinstance(layer, keras.layers.RNN) and layer.trainable_weights:
             raise ValueError(
-                "GradientLogger(per_example=True) supports models whose trainable layers are all keras.layers.Dense "
-                f"(per-example gradients in closed form). Received a trainable variable {v.path!r} of {what}. Freeze that "
-                "layer or use per_example=False"
+                f"GradientLogger(per_example=True) does not support recurrent layers: the cell of layer {layer.name!r} "
+                f"({type(layer).__name__}) runs once per time step inside a loop. Use per_example=False"
             )
-    for layer in _layers(model):
-        if type(layer) is not keras.layers.Dense or not layer.trainable_weights:
+    owner = {}
+    for layer in _layers(model):  # parents before children: the innermost layer owns a variable
+        for v in layer.trainable_weights:
+            owner[id(v)] = layer
+    index = {id(v): j for j, v in enumerate(model.trainable_weights)}
+    dense, generic = [], []
+    for j, v in enumerate(model.trainable_weights):
+        if id(v) not in owner:
+            raise ValueError(
+                "GradientLogger(per_example=True) computes per-example gradients layer by layer. Received a trainable "
+                f"variable {v.path!r} of the model itself, outside its layers. Use per_example=False"
+            )
+    owners = list({id(layer): layer for layer in owner.values()}.values())
+    for layer in owners:
+        if type(layer) is not keras.layers.Dense:
+            seeded = [name for name, value in vars(layer).items() if isinstance(value, keras.random.SeedGenerator)]
+            if seeded:
+                raise ValueError(
+                    f"GradientLogger(per_example=True) cannot replay the random numbers of layer {layer.name!r} "
+                    f"({type(layer).__name__}: it holds a SeedGenerator, {seeded[0]!r}) in its per-example fallback, which "
+                    "recomputes the layer per example. Use per_example=False"
+                )
+            inner = [other.name for other in layer._flatten_layers(include_self=False) if any(o is other for o in owners)]
+            if inner:
+                raise ValueError(
+                    f"GradientLogger(per_example=True) cannot recompute layer {layer.name!r} ({type(layer).__name__}) per example: "
+                    f"it holds trainable variables of its own and layers that do too ({inner}). Use per_example=False"
+                )
+            if layer.compute_dtype != layer.variable_dtype:
+                raise ValueError(
+                    f"GradientLogger(per_example=True) supports mixed precision in Dense layers only. Received: layer {layer.name!r} "
+                    f"({type(layer).__name__}) with dtype policy {layer.dtype_policy.name!r}"
+                )
+            generic.append((layer, [index[id(v)] for v in layer.trainable_weights]))
             continue
         if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
             raise ValueError(
@@ -111,24 +147,26 @@ def check_model(model):
             )
     if getattr(model, "_distribute_strategy", None) is not None:
         raise ValueError("GradientLogger(per_example=True) does not support a tf.distribute strategy yet. Received a model built under one")
-    return dense
+    return dense, generic
 
 
-class DenseTaps:
-    """The hooks that record each Dense layer's inputs and output deltas in the traced train step.
+class PerExampleTaps:
+    """The hooks that record each layer's inputs and output deltas in the traced train step.
 
     Args:
         model: the model (see `check_model`, which is called here).
 
     Attributes:
-        dense: list of `(layer, kernel_index, bias_index or None)`.
+        dense: list of `(layer, kernel_index, bias_index or None)`: closed form.
+        generic: list of `(layer, [variable indices])`: the vectorized fallback.
     """
 
     def __init__(self, model):
         self.model = model
-        self.dense = check_model(model)
-        self._pending = {}  # layer position -> list of {"a": tensor, "d": [tensors]}
+        self.dense, self.generic = check_model(model)
+        self._pending = {}  # layer position (Dense first, then generic) -> list of records
         self._stack = []  # the records of the Dense calls running now
+        self._calls = {}  # generic layer position -> its own (unhooked) call
 
     def hooks(self, hooks):
         """`hooks` (the capture's list of `(object, attribute, replacement)`) with, per Dense layer,
@@ -143,16 +181,61 @@ class DenseTaps:
             else:
                 hooks[at] = entry
             hooks.append((layer, "activation", self._activation_hook(layer.activation)))
+        for k, (layer, _) in enumerate(self.generic, start=len(self.dense)):
+            at = next((i for i, (obj, name, _) in enumerate(hooks) if obj is layer and name == "call"), None)
+            inner = layer.call if at is None else hooks[at][2]
+            self._calls[k] = layer.call
+            entry = (layer, "call", self._generic_hook(inner, k, layer))
+            if at is None:
+                hooks.append(entry)
+            else:
+                hooks[at] = entry
         return hooks
+
+    def _keep(self, inputs, args, kwargs):
+        """Whether a call belongs to the step being traced (a training call on tensors)."""
+        training = kwargs.get("training", None)
+        keep = tf.is_tensor(inputs) and not isinstance(inputs, keras.KerasTensor) and training is not False
+        return keep and not (tf.executing_eagerly() and not self.model.run_eagerly)
+
+    def _generic_hook(self, call, k, layer):
+        def hooked_call(inputs, *args, **kwargs):
+            outputs = call(inputs, *args, **kwargs)
+            if not self._keep(inputs, args, kwargs):
+                return outputs
+            extra = [a for a in (*args, *kwargs.values()) if tf.is_tensor(a)]
+            if extra or not tf.is_tensor(outputs) or hasattr(outputs, "_keras_logits"):
+                why = (
+                    "it was called with tensor arguments besides its input (a mask or a state)"
+                    if extra
+                    else "its output carries the logits of a sigmoid or softmax for the loss"
+                    if tf.is_tensor(outputs)
+                    else "its output is not one tensor"
+                )
+                raise ValueError(
+                    f"GradientLogger(per_example=True) cannot recompute layer {layer.name!r} ({type(layer).__name__}) per example: "
+                    f"{why}. Use per_example=False"
+                )
+            record = {"a": inputs, "d": [], "kwargs": {key: v for key, v in kwargs.items() if key != "mask"}}
+
+            @tf.custom_gradient
+            def tap(y):
+                def grad(dy):
+                    record["d"].append(dy)  # (batch, ...): dL/doutput of this step
+                    return dy
+
+                return tf.identity(y), grad
+
+            kept = self._pending.setdefault(k, [])
+            kept[:] = [r for r in kept if _in_this_graph(r["a"])] + [record]
+            return tap(outputs)
+
+        return hooked_call
 
     def _call_hook(self, call, k, layer):
         def hooked_call(inputs, *args, **kwargs):
             record = None
-            training = kwargs.get("training", args[0] if args else None)
-            keep = tf.is_tensor(inputs) and not isinstance(inputs, keras.KerasTensor) and training is not False
-            if keep and tf.executing_eagerly() and not self.model.run_eagerly:
-                keep = False  # an eager call outside the train step (a callback's prediction)
-            if keep:
+            if self._keep(inputs, args, kwargs):
                 if inputs.shape.rank != 2:
                     raise ValueError(
                         "GradientLogger(per_example=True) supports Dense layers on 2-D inputs (batch, features). Received: "
@@ -191,20 +274,21 @@ class DenseTaps:
         return tapped
 
     def take(self):
-        """The records of the step being traced: list per Dense layer of `(A, D)` or None (not
-        called, or not differentiated: its gradient is None).
+        """The records of the step being traced: list per layer (Dense, then the others) of
+        `(input, output delta, call kwargs)` or None (not called, or not differentiated: its
+        gradient is None).
 
         Raises:
-            ValueError: for a Dense layer called more than once in the step (a shared layer) or
+            ValueError: for a layer called more than once in the step (a shared layer) or
                 differentiated more than once.
         """
         pending, self._pending = self._pending, {}
         out = []
-        for k, (layer, _, _) in enumerate(self.dense):
+        for k, layer in enumerate([entry[0] for entry in self.dense + self.generic]):
             records = [r for r in pending.get(k, []) if _in_this_graph(r["a"])]
             if len(records) > 1:
                 raise ValueError(
-                    f"GradientLogger(per_example=True) does not support a Dense layer called more than once per train step "
+                    f"GradientLogger(per_example=True) does not support a layer called more than once per train step "
                     f"(a shared layer). Received: layer {layer.name!r} called {len(records)} times"
                 )
             if not records or not records[0]["d"]:
@@ -215,7 +299,7 @@ class DenseTaps:
                     f"GradientLogger(per_example=True) needs one gradient computation per train step. Received: layer {layer.name!r} "
                     f"differentiated {len(records[0]['d'])} times"
                 )
-            out.append((records[0]["a"], records[0]["d"][0]))
+            out.append((records[0]["a"], records[0]["d"][0], records[0].get("kwargs", {})))
         return out
 
     def statistics(self, taken, grads, scale, dtype):
@@ -237,9 +321,10 @@ class DenseTaps:
         sq = p = None  # (batch,): |g_i|^2, and the parts of g_i . g that vary with i
         p_shift = gg = tf.zeros((), dtype)  # the part of g_i . g common to all i; |g|^2
         ratio_sum = count = tf.zeros((), dtype)  # GSNR summed over parameters with variance > 0
-        for (layer, jk, jb), rec in zip(self.dense, taken, strict=True):
-            if rec is None or grads.get(jk) is None:
+        for (layer, jk, jb), rec in zip(self.dense, taken[: len(self.dense)], strict=True):
+            if grads.get(jk) is None:
                 continue
+            _check_seen(layer, rec)
             a, d = tf.cast(rec[0], dtype), tf.cast(rec[1], dtype)  # (B, n_in), (B, n_out)
             if s is not None:
                 d = d / s
@@ -283,11 +368,61 @@ class DenseTaps:
                 ratio_sum += tf.reduce_sum(tf.where(has, g2 / tf.where(has, var, tf.ones_like(var)), tf.zeros_like(var)))
                 count += tf.reduce_sum(tf.cast(has, dtype))
                 gg += tf.reduce_sum(g2)
+        for k, ((layer, js), rec) in enumerate(zip(self.generic, taken[len(self.dense) :], strict=True), start=len(self.dense)):
+            if all(grads.get(j) is None for j in js):
+                continue
+            _check_seen(layer, rec)
+            g_rows = self._vectorized(k, layer, rec, s, dtype)  # (B, P_layer)
+            if batch is None:
+                batch = tf.cast(tf.shape(g_rows)[0], dtype)
+                sq = tf.zeros(tf.shape(g_rows)[:1], dtype)
+                p = tf.zeros(tf.shape(g_rows)[:1], dtype)
+            g = tf.concat([tf.reshape(tf.cast(tf.convert_to_tensor(grads[j]), dtype), [-1]) for j in js], axis=0)  # (P_layer,)
+            if s is not None:
+                g = g / s
+            if any(value is not None for name, value in vars(layer).items() if name.endswith("_regularizer") and name != "activity_regularizer"):
+                g_rows = g_rows + (g - tf.reduce_mean(g_rows, axis=0))  # the penalty's gradient, to every example
+            sq += tf.reduce_sum(g_rows * g_rows, axis=1)
+            p += tf.linalg.matvec(g_rows, g)
+            g2 = g * g
+            var = tf.reduce_mean(g_rows * g_rows, axis=0) - g2
+            has = var > 0
+            ratio_sum += tf.reduce_sum(tf.where(has, g2 / tf.where(has, var, tf.ones_like(var)), tf.zeros_like(var)))
+            count += tf.reduce_sum(tf.cast(has, dtype))
+            gg += tf.reduce_sum(g2)
         if batch is None:
             return tf.fill([len(NOISE_COLUMNS)], tf.constant(float("nan"), tf.float64)), tf.zeros([0], dtype)
         p = p + p_shift
         row = noise_row(batch, tf.reduce_sum(sq), tf.reduce_sum(p * p), gg, ratio_sum / count)
         return row, tf.sqrt(sq)
+
+
+    def _vectorized(self, k, layer, rec, s, dtype):
+        """`(B, P)`: each example's gradient of the layer's variables (flattened, in
+        `layer.trainable_weights` order), `B` times the vector-Jacobian product of its own call
+        with its output delta, by `tf.vectorized_map`."""
+        x, dy, kwargs = rec
+        call, variables = self._calls[k], list(layer.trainable_weights)
+        B = tf.cast(tf.shape(x)[0], dtype)
+
+        def one(pair):
+            xi, di = pair
+            with tf.GradientTape() as tape:
+                out = call(xi[None], **kwargs)
+            grads = tape.gradient(out, variables, output_gradients=tf.cast(di[None], out.dtype))
+            return tf.concat([tf.reshape(tf.cast(tf.convert_to_tensor(g), dtype), [-1]) for g in grads], axis=0)
+
+        rows = tf.vectorized_map(one, (x, dy))  # (B, P)
+        return B * (rows if s is None else rows / s)
+
+
+def _check_seen(layer, record):
+    if record is None:
+        raise ValueError(
+            f"GradientLogger(per_example=True) did not see layer {layer.name!r} ({type(layer).__name__}) called and differentiated "
+            "in the train step, yet it has a gradient: it runs inside a loop (an RNN cell) or outside the model's call. "
+            "Use per_example=False"
+        )
 
 
 def noise_row(B, sum_sq, sum_p2, gg, gsnr):
@@ -335,6 +470,23 @@ def noise_row(B, sum_sq, sum_p2, gg, gsnr):
     }
     row = tf.stack([by_name[name] for name in NOISE_COLUMNS])
     return tf.cast(tf.where(one, row, nan), tf.float64)
+
+
+def step_statistics(taps, taken, grads, scale, dtype, log_now):
+    """`taps.statistics(...)` (see `PerExampleTaps.statistics`) at the logged steps only: under
+    `tf.cond(log_now, ...)` unless every step is logged (`log_now` None). Call it before the
+    optimizer's update, so that the fallback's recomputed layers see the step's weights.
+
+    Returns:
+        `(row, norms)`; at steps not logged a NaN row and no norms.
+    """
+
+    def compute():
+        return taps.statistics(taken, grads, scale, dtype)
+
+    if log_now is None:
+        return compute()
+    return tf.cond(log_now, compute, lambda: (tf.fill([len(NOISE_COLUMNS)], tf.constant(float("nan"), tf.float64)), tf.zeros([0], dtype)))
 
 
 def write(buffers, slot, row, norms):
