@@ -5,6 +5,8 @@ sample weight), at the weights the logged step started from (`snapshots=True`), 
 float64. The statistics are computed below from those per-example gradients with the textbook
 formulas (Schneider et al. 2021, Cockpit; McCandlish et al. 2018), written independently of the
 logger's closed form (`kerasbp/logger/per_example.py`), which never forms a per-example gradient.
+Layers the twin lacks (Conv1D, LayerNormalization, Embedding: the logger's vectorized fallback)
+are checked the same way against Keras's own gradient of each example's loss, one at a time.
 
 Tolerances (relative, on every logged step, batches of 6 and a last one of 5):
 
@@ -175,7 +177,7 @@ def test_norms_and_statistics_equal_brute_force(loss, dtype, request):
     check_against_brute_force(logger, model, X, y, loss, 6, dtype)
 
 
-def test_sample_weights_and_class_weights_weigh_each_example(float64):
+def test_sample_weights_weigh_each_example(float64):
     # Example i's own loss as Keras weighs it: w_i * l_i; their mean is still the batch gradient.
     X, y = data(14, 4, "binary_crossentropy", seed=1, dtype="float64")
     w = np.random.default_rng(2).uniform(0.2, 3.0, size=14)
@@ -506,6 +508,15 @@ def test_a_shared_dense_layer_is_refused():
         _fit(model, X, y)
 
 
+def test_lora_dense_layers_are_refused():
+    X, y = data(8, 4, "mse")
+    model = mlp("mse")
+    model.layers[0].enable_lora(2)
+    model.compile("sgd", "mse")
+    with pytest.raises(ValueError, match="LoRA or quantized Dense layers. Received: layer 'dense_0'"):
+        _fit(model, X, y)
+
+
 # ---------------------------------------------------------------- the figure
 
 
@@ -542,3 +553,4 @@ def test_plot_gradient_noise_draws_every_statistic(tmp_path):
         plot_gradient_noise(logger.noise)
     with pytest.raises(TypeError, match="Axes"):
         plot_gradient_noise(logger, ax="axes")
+

@@ -143,6 +143,8 @@ class GradientLog:
             every applied step (no clipping or accumulation), so it is stored once.
         clipping: dict `{"clipnorm", "global_clipnorm", "clipvalue"}` of the optimizer's clipping
             thresholds (None where unset; all None in logs saved before it was recorded).
+        per_example: bool, recorded with `GradientLogger(per_example=True)`: `noise`,
+            `noise_scale()` and `per_example_norms()` hold the per-example statistics.
     """
 
     def __init__(self):
