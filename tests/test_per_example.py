@@ -568,3 +568,26 @@ def test_plot_gradient_noise_draws_every_statistic(tmp_path):
     with pytest.raises(TypeError, match="Axes"):
         plot_gradient_noise(logger, ax="axes")
 
+
+
+# ---------------------------------------------------------------- the benchmark
+
+
+def test_benchmark_quick_run_writes_its_figures(tmp_path):
+    # speed is measured by the script, never asserted here
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "per_example.py"), "--quick", "--json", str(out)], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(out.read_text())["per_example"]
+    assert set(r) == {"fit", "fit_logger_stats_every_step", "fit_logger_per_example_every_step"}
+    assert r["fit"]["ratio_to_fit"] == r["fit"]["cpu_ratio_to_fit"] == 1.0
+    assert all(v["seconds"] > 0 and v["cpu_seconds"] > 0 for v in r.values())
+    assert "x fit" in proc.stdout
