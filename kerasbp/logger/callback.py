@@ -83,14 +83,16 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
             example's gradient norm (`per_example_norms()`). Example i's gradient is that of
             its own loss as Keras weighs it (sample and class weights included), so their mean
             is the logged batch gradient; weight penalties (`kernel_regularizer`,
-            `bias_regularizer`) are added whole to every example's gradient. Dense layers only,
-            in closed form from their inputs and output deltas (BackPACK's method: no batch x
-            parameters tensor); Dropout's masks are the step's own. Refused (`ValueError`
-            naming the layer or loss): a trainable layer other than `keras.layers.Dense`, a
-            `BatchNormalization` in training mode (it couples the examples), LoRA or quantized
-            Dense layers, a Dense layer on inputs that are not 2-D or called twice per step,
-            a loss reduction other than `"sum_over_batch_size"`, a `tf.distribute` strategy.
-            Defaults to False.
+            `bias_regularizer`) are added whole to every example's gradient. Dense layers in
+            closed form from their inputs and output deltas (BackPACK's method: no batch x
+            parameters tensor), other trainable layers (Conv, LayerNormalization, Embedding,
+            ...) by `tf.vectorized_map` of each example's vector-Jacobian product at the step's
+            weights; Dropout's masks are the step's own. Refused (`ValueError` naming the layer
+            or loss): `BatchNormalization` in training mode (it couples the examples),
+            recurrent layers, layers other than Dense that draw random numbers or run in mixed
+            precision, LoRA or quantized Dense layers, Dense layers on inputs that are not 2-D,
+            a layer called twice per step, a loss reduction other than
+            `"sum_over_batch_size"`, a `tf.distribute` strategy. Defaults to False.
 
     Raises:
         TypeError, ValueError: for bad arguments.

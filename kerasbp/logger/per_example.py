@@ -22,15 +22,17 @@ gradient `dL/dout` of its output are recorded in the same way (a hook on `call` 
 through the tap), and example i's gradient is `B` times the vector-Jacobian product of the
 layer's `call` on `x_i` alone with `dL/dout_i`, for all examples at once with
 `tf.vectorized_map` (pfor): a `(batch, parameters)` tensor for that layer only. The recomputed
-call must be the one of the step, so layers that draw random numbers (a `SeedGenerator`:
-dropout inside an RNN, noise layers with weights) are refused by name, as are calls with
-tensor arguments besides the input (masks, initial states) and outputs that carry logits for
-the loss (`_keras_logits`: a sigmoid or softmax output layer that is not Dense).
+call must be the one of the step, at the step's weights (so the statistics are computed before
+the optimizer's update), and layers that draw random numbers (a `SeedGenerator`) are refused by
+name, as are recurrent layers (their cells run inside a loop), calls with tensor arguments
+besides the input (masks) and outputs that carry logits for the loss (`_keras_logits`: a
+sigmoid or softmax output layer that is not Dense).
 
 `PerExampleTaps` records `A` where the layer is called (a hook on `call`) and `D` where it is
 differentiated (its activation is replaced, during `fit` only, by `activation(tap(z))` where
 `tap` is an identity whose gradient function keeps `dz`), both in the train step being traced;
-the capture's `apply` hook then computes the statistics in the same graph (`noise_row`). The
+the capture's `apply` hook then computes the statistics in the same graph (`step_statistics`,
+`noise_row`) and writes them with the step's row (`write`). The
 Dropout mask is the one the step used: `A` and `D` come from the step's own forward and
 backward pass. Everything is restored after `fit`.
 
