@@ -522,6 +522,13 @@ def test_a_shared_dense_layer_is_refused():
         _fit(model, X, y)
 
 
+def test_xla_is_refused():
+    X, y = data(8, 4, "mse")
+    model = compile_model(mlp("mse"), "sgd", jit_compile=True)
+    with pytest.raises(ValueError, match="does not support XLA.*jit_compile=True.*Compile with jit_compile=False"):
+        _fit(model, X, y)
+
+
 def test_lora_dense_layers_are_refused():
     X, y = data(8, 4, "mse")
     model = mlp("mse")

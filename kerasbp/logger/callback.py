@@ -92,7 +92,8 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
             recurrent layers, layers other than Dense that draw random numbers or run in mixed
             precision, LoRA or quantized Dense layers, Dense layers on inputs that are not 2-D,
             a layer called twice per step, a loss reduction other than
-            `"sum_over_batch_size"`, a `tf.distribute` strategy. Defaults to False.
+            `"sum_over_batch_size"`, XLA (`jit_compile=True`), a `tf.distribute` strategy.
+            Defaults to False.
 
     Raises:
         TypeError, ValueError: for bad arguments.

@@ -78,7 +78,8 @@ def check_model(model):
             of a batch: per-example gradients are not defined); a recurrent layer (`keras.layers.RNN`); a trainable variable outside
             the model's layers; a layer other than Dense that draws random numbers (the
             fallback cannot replay them), runs in mixed precision, or holds variables beside
-            sublayers that hold some; a Dense layer with LoRA or quantization; a loss whose
+            sublayers that hold some; a Dense layer with LoRA or quantization; a model compiled
+            with `jit_compile=True` (XLA); a loss whose
             reduction is not `"sum_over_batch_size"` (then the batch gradient is not the mean
             of the examples' gradients); a model under a `tf.distribute` strategy.
     """
@@ -147,6 +148,12 @@ def check_model(model):
                 "GradientLogger(per_example=True) needs losses with reduction='sum_over_batch_size' (the batch gradient is then "
                 f"the mean of the examples' own gradients). Received: {type(loss).__name__} with reduction={reduction!r}"
             )
+    if getattr(model, "jit_compile", False) is True:
+        raise ValueError(
+            "GradientLogger(per_example=True) does not support XLA yet: its buffer of per-example norms grows with the widest "
+            "batch, which a compiled XLA step cannot do. Received: a model compiled with jit_compile=True (Keras's "
+            "jit_compile='auto' picks it on a GPU). Compile with jit_compile=False"
+        )
     if getattr(model, "_distribute_strategy", None) is not None:
         raise ValueError("GradientLogger(per_example=True) does not support a tf.distribute strategy yet. Received a model built under one")
     return dense, generic
