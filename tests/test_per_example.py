@@ -594,7 +594,7 @@ def test_benchmark_quick_run_writes_its_figures(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     r = json.loads(out.read_text())["per_example"]
-    assert set(r) == {"fit", "fit_logger_stats_every_step", "fit_logger_per_example_every_step"}
+    assert set(r) == {"fit", "fit_logger_stats_every_step", "fit_logger_per_example_every_step", "fit_logger_per_example_every_10"}
     assert r["fit"]["ratio_to_fit"] == r["fit"]["cpu_ratio_to_fit"] == 1.0
     assert all(v["seconds"] > 0 and v["cpu_seconds"] > 0 for v in r.values())
     assert "x fit" in proc.stdout
