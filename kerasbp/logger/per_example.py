@@ -75,13 +75,13 @@ def check_model(model):
 
     Raises:
         ValueError: for a `BatchNormalization` layer in training mode (it couples the examples
-            of a batch: per-example gradients are not defined); a recurrent layer (`keras.layers.RNN`); a trainable variable outside
-            the model's layers; a layer other than Dense that draws random numbers (the
-            fallback cannot replay them), runs in mixed precision, or holds variables beside
-            sublayers that hold some; a Dense layer with LoRA or quantization; a model compiled
-            with `jit_compile=True` (XLA); a loss whose
-            reduction is not `"sum_over_batch_size"` (then the batch gradient is not the mean
-            of the examples' gradients); a model under a `tf.distribute` strategy.
+            of a batch: per-example gradients are not defined); a recurrent layer
+            (`keras.layers.RNN`); a trainable variable outside the model's layers; a layer
+            other than Dense that draws random numbers (the fallback cannot replay them), runs
+            in mixed precision, or holds variables beside sublayers that hold some; a Dense
+            layer with LoRA or quantization; a model compiled with `jit_compile=True` (XLA); a
+            loss whose reduction is not `"sum_over_batch_size"` (then the batch gradient is not
+            the mean of the examples' gradients); a model under a `tf.distribute` strategy.
     """
     for layer in _layers(model):
         if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable:
