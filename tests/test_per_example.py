@@ -398,6 +398,21 @@ def test_the_model_is_restored_after_fit(tmp_path):
     logged.fit(X, y, epochs=1, batch_size=4, verbose=0)  # on without the logger: no taps left
 
 
+def test_the_model_saved_during_fit_is_the_model(tmp_path):
+    # While the taps are installed the layers' configs are unchanged: a checkpoint saved
+    # mid-fit loads with the activations it had.
+    X, y = data(12, 4, "mse", seed=14)
+    model = compile_model(mlp("mse"), "sgd", learning_rate=0.05)
+    config = model.get_config()
+    seen = []
+    spy = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: seen.append(model.get_config()))
+    checkpoint = keras.callbacks.ModelCheckpoint(tmp_path / "mid.keras", save_freq=1)
+    model.fit(X, y, epochs=1, batch_size=4, callbacks=[GradientLogger(per_example=True), spy, checkpoint], verbose=0)
+    assert len(seen) == 3 and all(c == config for c in seen)
+    back = keras.saving.load_model(tmp_path / "mid.keras")
+    assert [layer.activation.__name__ for layer in back.layers] == ["relu", "tanh", "sigmoid", "linear"]
+
+
 # ---------------------------------------------------------------- saved and loaded
 
 
