@@ -32,6 +32,7 @@ _EXPORTS = {
     "Health": "kerasbp.logger",
     "load_gradient_log": "kerasbp.logger",
     "HessianProbe": "kerasbp.curvature",
+    "plot_gradient_noise": "kerasbp.plotting",
     "compare": "kerasbp.comparison",
     "ComparisonReport": "kerasbp.comparison",
     "explain_backprop": "kerasbp.backprop",

@@ -15,6 +15,11 @@ Every name below is importable from `kerasbp.plotting`; the modules group them b
   on a log scale, so vanishing and exploding gradients show at a glance.
 - `plot_gradient_profile`: a typical gradient norm per layer depth, for one or several logs.
 
+`kerasbp.plotting.noise`, gradient noise:
+
+- `plot_gradient_noise`: the per-example statistics of a `GradientLogger(per_example=True)` per
+  step (norm, inner-product and orthogonality tests, mean GSNR, B_simple) and the noise scale.
+
 `kerasbp.plotting.surfaces`, figures over a plane:
 
 - `plot_decision_boundary`: what a 2-input classifier predicts over the plane, with the points.
@@ -40,6 +45,7 @@ Example:
 
 from kerasbp.plotting.curvature import plot_curvature
 from kerasbp.plotting.curves import plot_gradient_norms, plot_gradient_profile, plot_loss_curves
+from kerasbp.plotting.noise import plot_gradient_noise
 from kerasbp.plotting.surfaces import plot_decision_boundary, plot_loss_surface, weights_to_path
 from kerasbp.plotting.twin import plot_comparison, plot_twin_comparison
 
@@ -47,6 +53,7 @@ __all__ = [
     "plot_comparison",
     "plot_curvature",
     "plot_decision_boundary",
+    "plot_gradient_noise",
     "plot_gradient_norms",
     "plot_gradient_profile",
     "plot_loss_curves",
