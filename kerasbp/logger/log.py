@@ -19,7 +19,7 @@ import numpy as np
 
 from kerasbp.checks import check_choice, check_positive_float
 from kerasbp.files import atomic_write
-from kerasbp.logger import sidecar
+from kerasbp.logger import gns, sidecar
 
 #: The statistics recorded per variable per logged step, in this order.
 STATS = ("norm", "mean", "std", "min", "max", "max_abs", "nonfinite", "weight_norm", "update_ratio", "applied_norm")
@@ -41,6 +41,10 @@ COLUMNS = {
 #: The optimizer's clipping settings a log records (`GradientLog.clipping`).
 CLIPPING = ("clipnorm", "global_clipnorm", "clipvalue")
 
+#: The statistics recorded per replica with `GradientLogger(per_replica=True)` (those of `STATS`
+#: that describe the gradient alone; `kerasbp.logger.replicas` computes them).
+REPLICA_STATS = ("norm", "mean", "std", "min", "max", "max_abs", "nonfinite")
+
 #: Columns of `GradientLog.to_csv` with one value per row, before the variable's own.
 CSV_ROW_COLUMNS = ("step", "epoch", "iterations", "loss", "applied", "skipped", "clipped", "learning_rate", "loss_scale", "global_norm")
 
@@ -59,9 +63,12 @@ class Health:
         skipped: int, steps that a `LossScaleOptimizer` skipped (gradient overflow), which is
             how dynamic loss scaling works, not a fault.
         figures: dict of the numbers behind each flag.
+        notes: list of str, facts that are no flag but change how to read the log (e.g. that
+            clipping acted per replica under a `tf.distribute` strategy).
     """
 
     def __init__(self, vanishing, exploding, nonfinite, dead_units, figures, skipped=0):
+        self.notes = []  # facts that are no flag (clipping per replica under a strategy)
         self.vanishing = vanishing
         self.exploding = exploding
         self.nonfinite = nonfinite
@@ -109,6 +116,7 @@ class Health:
                 lines.append(f"  DEAD UNITS in {name!r}: {len(units)} of {f['units'][name]} (units {units})")
         else:
             lines.append("  dead relu units: none")
+        lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)
 
     __repr__ = __str__
@@ -134,6 +142,12 @@ class GradientLog:
             every applied step (no clipping or accumulation), so it is stored once.
         clipping: dict `{"clipnorm", "global_clipnorm", "clipvalue"}` of the optimizer's clipping
             thresholds (None where unset; all None in logs saved before it was recorded).
+        strategy: str, the class name of the `tf.distribute` strategy it was recorded under, or None.
+        n_replicas: int, that strategy's replicas in sync (1 without one).
+        per_replica: bool, each replica's gradient was recorded too (`replica_stat`,
+            `replica_gradients`).
+        notes: list of str, facts about how the gradients were applied that a reader needs
+            (e.g. clipping per replica under a strategy); `health()` prints them.
     """
 
     def __init__(self):
@@ -143,6 +157,13 @@ class GradientLog:
         self.optimizer_variable_names = []
         self.applied_same = True
         self.clipping = dict.fromkeys(CLIPPING)
+        self.strategy = None
+        self.n_replicas = 1
+        self.per_replica = False
+        self.notes = []
+        self._noise = {}  # name -> list of 1-D float64 chunks, one value per logged row
+        self._replica_stats = []  # chunks (n, n_replicas, n_variables, len(REPLICA_STATS))
+        self._replica_grads = None  # list per variable of chunks (n, n_replicas, *shape)
         self._chunks = {key: [] for key in (*COLUMNS, "stats")}
         self._cache = {}
         self._grads = None  # list per variable of chunks (n, *shape), or None
@@ -238,6 +259,109 @@ class GradientLog:
         has = ~np.isnan(self.stat("nonfinite"))  # variables whose gradient existed
         with np.errstate(invalid="ignore", over="ignore"):
             return np.sqrt(np.where(has, norms * norms, 0.0).sum(axis=1))
+
+    def _append_noise(self, **values):
+        """Append per-row values to `noise` (each a 1-D array with one value per appended row)."""
+        for key, value in values.items():
+            self._noise.setdefault(key, []).append(np.asarray(value, np.float64))
+        self._cache.clear()
+
+    @property
+    def noise(self):
+        """dict `{name: 1-D float64 array (n_logged,)}` of per-step gradient-noise estimates.
+
+        Under a `tf.distribute` strategy with more than one replica it holds, from the replicas'
+        gradients (McCandlish et al. 2018, two batch sizes: the replica batch and the global
+        batch; `kerasbp.logger.gns.from_replicas`): `"b_simple_replicas"` (the per-step ratio
+        `S / |G|^2`), `"trace_replicas"` (`S`, the estimate of `tr(Sigma)`) and `"g2_replicas"`
+        (the estimate of `|G|^2`). NaN at steps whose replicas had unequal batches. Average them
+        as the paper does with `noise_scale()`. Empty without estimates.
+        """
+        self._sync()
+        if "noise" not in self._cache:
+            self._cache["noise"] = {key: np.concatenate(chunks) for key, chunks in self._noise.items() if chunks}
+        return dict(self._cache["noise"])
+
+    def noise_scale(self, source="replicas"):
+        """The simple noise scale `B_simple` over all logged steps, as McCandlish et al. (2018)
+        average it: the mean of `S` over the mean of `|G|^2` (not the mean of the per-step ratios).
+
+        Args:
+            source: str, the estimates to use: `noise[f"trace_{source}"]` and
+                `noise[f"g2_{source}"]`. Defaults to `"replicas"`.
+
+        Returns:
+            float, in examples; NaN when no step has finite estimates.
+
+        Raises:
+            ValueError: if the log holds no such estimates (e.g. recorded without a strategy of
+                more than one replica).
+        """
+        noise = self.noise
+        if f"trace_{source}" not in noise or f"g2_{source}" not in noise:
+            raise ValueError(
+                f"noise_scale(source={source!r}) needs the noise estimates 'trace_{source}' and 'g2_{source}'; this log holds "
+                f"{sorted(noise)}. Replica estimates need training under a tf.distribute strategy with 2 or more replicas"
+            )
+        return gns.ratio_of_means(noise[f"trace_{source}"], noise[f"g2_{source}"])
+
+    def replica_stats_array(self):
+        """float64 array `(n_logged, n_replicas, n_variables, len(REPLICA_STATS))`, with `per_replica=True`.
+
+        Raises:
+            ValueError: if the log was recorded without `per_replica=True`.
+        """
+        self._need_replicas("replica_stats_array()")
+        self._sync()
+        if "replica_stats" not in self._cache:
+            chunks = self._replica_stats
+            empty = (0, self.n_replicas, len(self.names), len(REPLICA_STATS))
+            self._cache["replica_stats"] = np.concatenate(chunks) if chunks else np.zeros(empty)
+        return self._cache["replica_stats"]
+
+    def replica_stat(self, name):
+        """One statistic of each replica's gradient: float64 array `(n_logged, n_replicas, n_variables)`.
+
+        The replica's gradient is the one the optimizer's `apply` received in that replica (its
+        slice's mean-loss gradient times `1 / n_replicas`, before clipping), so the replicas'
+        gradients add up to `gradients()`.
+
+        Args:
+            name: str, one of `REPLICA_STATS`.
+
+        Raises:
+            ValueError: for another name, or a log recorded without `per_replica=True`.
+        """
+        name = check_choice("name", name, REPLICA_STATS)
+        return self.replica_stats_array()[:, :, :, REPLICA_STATS.index(name)]
+
+    def replica_gradients(self):
+        """Each replica's whole gradient, with `per_replica=True` and `record="full"`.
+
+        Returns:
+            list, in `model.trainable_weights` order, of float arrays `(n_logged, n_replicas,
+            *variable.shape)`: what each replica's `apply` received (unscaled), before
+            clipping; summed over axis 1 they give `gradients()`.
+
+        Raises:
+            ValueError: if the log was recorded without `per_replica=True` or `record="full"`.
+        """
+        self._need_replicas("replica_gradients()")
+        self._need_full("replica_gradients()")
+        self._sync()
+        return [self._replica_array(j) for j in range(len(self.names))]
+
+    def _replica_array(self, j):
+        key = ("replica", j)
+        if key not in self._cache:
+            chunks = self._replica_grads[j] if self._replica_grads is not None else []
+            empty = np.zeros((0, self.n_replicas, *self.shapes[j]), np.float32)
+            self._cache[key] = chunks[0] if len(chunks) == 1 else np.concatenate(chunks) if chunks else empty
+        return self._cache[key]
+
+    def _need_replicas(self, what):
+        if not self.per_replica:
+            raise ValueError(f"{what} needs GradientLogger(per_replica=True). This log was recorded without it")
 
     def stats_array(self):
         """float64 array `(n_logged, n_variables, len(STATS))` of all statistics."""
@@ -457,12 +581,21 @@ class GradientLog:
             "stats": list(STATS),
             "applied_same": bool(self.applied_same),
             "clipping": self.clipping,
+            "strategy": self.strategy,
+            "n_replicas": int(self.n_replicas),
+            "per_replica": bool(self.per_replica),
+            "notes": list(self.notes),
         }
         arrays = {key: self._column(key) for key in COLUMNS}
         arrays |= {"stats": self.stats_array(), "meta": np.array(json.dumps(meta))}
         for j, alive in enumerate(self._alive or []):
             if alive is not None:
                 arrays[f"alive_{j}"] = alive
+        arrays.update({f"noise_{key}": value for key, value in self.noise.items()})
+        if self.per_replica:
+            arrays["replica_stats"] = self.replica_stats_array()
+            if gradients:
+                arrays.update({f"replica_grad_{j}": np.asarray(g) for j, g in enumerate(self.replica_gradients())})
         if gradients:
             arrays.update({f"grad_{j}": np.asarray(g) for j, g in enumerate(self.gradients())})
             if not self.applied_same:
@@ -540,7 +673,9 @@ class GradientLog:
                 if never:
                     dead[self.names[j]] = never
         figures["units"] = units
-        return Health(vanishing, exploding, nonfinite, dead, figures, skipped=figures["n_skipped"])
+        health = Health(vanishing, exploding, nonfinite, dead, figures, skipped=figures["n_skipped"])
+        health.notes = list(self.notes)
+        return health
 
     def _exploding(self, figures, growth_limit, norm_limit):
         """Judge exploding gradients from the global norms; fill in the figures."""
@@ -632,6 +767,13 @@ def _read(path, folder):
         log.record, log.every_n_steps = meta["record"], meta["every_n_steps"]
         log.applied_same = bool(meta.get("applied_same", True))
         log.clipping = dict.fromkeys(CLIPPING) | meta.get("clipping", {})
+        log.strategy, log.n_replicas = meta.get("strategy"), int(meta.get("n_replicas", 1))
+        log.per_replica, log.notes = bool(meta.get("per_replica", False)), list(meta.get("notes", []))
+        log._noise = {key[len("noise_") :]: [data[key]] for key in data.files if key.startswith("noise_")}
+        if log.per_replica:
+            log._replica_stats = [data["replica_stats"]]
+            if log.record == "full" and folder is None:
+                log._replica_grads = [[data[f"replica_grad_{j}"]] for j in range(len(log.names))]
         steps = data["steps"]
         columns = {key: data[key] if key in data else default(steps) for key, (_, default) in COLUMNS.items()}
         saved = data["stats"]  # (n, n_variables, len(saved names)): map by name
@@ -659,4 +801,9 @@ def _read(path, folder):
         log._grads = mapped("grad")
         if not log.applied_same:
             log._applied_grads = mapped("applied")
+        if log.per_replica and log.record == "full":
+            log._replica_grads = [
+                [np.memmap(gradient_file(folder, j, "replica"), dtype=dtype, mode="r", shape=(n, log.n_replicas, *shape))] if n else []
+                for j, shape in enumerate(log.shapes)
+            ]
     return log
