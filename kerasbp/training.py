@@ -151,7 +151,7 @@ def train(
     strategy = replicas.strategy_of(model)
     if strategy is not None:
         raise ValueError(
-            f"kerasbp.train does not support tf.distribute strategies: the model trains under {type(strategy).__name__} "
+            f"kerasbp.train does not support tf.distribute strategies: the model trains under {replicas.strategy_name(strategy)} "
             f"({strategy.num_replicas_in_sync} replicas), and train's compiled loop calls train_step without strategy.run, so it "
             "would neither split batches over the replicas nor all-reduce their gradients. Use model.fit (GradientLogger "
             "records it under MirroredStrategy)"

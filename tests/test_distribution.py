@@ -60,6 +60,51 @@ def test_mirrored_strategy_on_two_devices(check, mirrored_results):
     assert results[check] == "ok", results[check]
 
 
+def _free_ports(n):
+    import socket
+
+    sockets = [socket.socket() for _ in range(n)]
+    for sock in sockets:
+        sock.bind(("localhost", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def test_multi_worker_plain_keras_fails_and_the_logger_refuses_writing_nothing(tmp_path):
+    # Two worker processes on localhost ports (TF_CONFIG), bounded in time and killed after.
+    # Plain Keras 3.15.1 fit fails in both before the first step; GradientLogger refuses the
+    # strategy by name in both, before any worker writes a file. When a Keras release trains
+    # here, this test fails and multi-worker support can be built (README, "Distributed training").
+    root = os.path.dirname(HERE)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    ports = [str(p) for p in _free_ports(2)]
+    script = os.path.join(HERE, "multiworker_checks.py")
+    workers = [
+        subprocess.Popen([sys.executable, script, str(task), *ports, str(tmp_path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for task in (0, 1)
+    ]
+    reports = []
+    try:
+        for worker in workers:
+            out, err = worker.communicate(timeout=TIMEOUT_S)
+            lines = [line for line in out.splitlines() if line.startswith("{")]
+            assert lines, f"worker gave no report (exit {worker.returncode}):\n{err[-3000:]}"
+            reports.append(json.loads(lines[-1]))
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+    assert [r["task"] for r in reports] == [0, 1] and all(r["replicas"] == 2 for r in reports)
+    for r in reports:
+        assert r["fit_error"] is not None and "PerReplica" in r["fit_error"], r["fit_error"]
+        assert "MultiWorkerMirroredStrategy" in r["logger_error"], r["logger_error"]
+        assert not r["wrote"]
+    assert os.listdir(tmp_path) == []
+
+
 # ----------------------------------------------------------------- the noise scale, by hand
 def test_two_batch_estimates_known_values():
     # B_small = 2, B_big = 4, |G_small|^2 = 3, |G_big|^2 = 2:

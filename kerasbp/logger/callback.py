@@ -169,7 +169,7 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
                 f"this GradientLogger holds rows recorded with {self.n_replicas} replicas; the model now trains with "
                 f"{n_replicas}. Use a new logger"
             )
-        self.strategy = None if strategy is None else type(strategy).__name__
+        self.strategy = replicas.strategy_name(strategy)
         self.n_replicas = n_replicas
         next_step = int(self.steps[-1]) + 1 if had_rows else 0
         self._describe(model)

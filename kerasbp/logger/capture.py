@@ -503,7 +503,7 @@ class TensorFlowCapture:
         n_replicas, per_replica = self.n_replicas, self.per_replica
         if self.strategy is not None and (self.loss_scaling or leaf.gradient_accumulation_steps):
             raise ValueError(
-                f"GradientLogger under tf.distribute.{type(self.strategy).__name__} does not support "
+                f"GradientLogger under tf.distribute.{replicas.strategy_name(self.strategy)} does not support "
                 f"{'a LossScaleOptimizer (mixed_float16)' if self.loss_scaling else 'gradient_accumulation_steps'} yet. "
                 f"Received: optimizer={type(optimizer).__name__}"
             )

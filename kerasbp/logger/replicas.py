@@ -40,6 +40,16 @@ def strategy_of(model):
     return strategy
 
 
+def strategy_name(strategy):
+    """The public name of `strategy`'s class (`tf.distribute.MultiWorkerMirroredStrategy` is a
+    `CollectiveAllReduceStrategy` underneath), or None."""
+    if strategy is None:
+        return None
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return "MultiWorkerMirroredStrategy"
+    return type(strategy).__name__
+
+
 def multi_worker(strategy):
     """Whether `strategy` spans several worker processes (a `MultiWorkerMirroredStrategy` with a
     cluster in `TF_CONFIG`)."""
@@ -65,13 +75,14 @@ def check_strategy(strategy):
     """
     if strategy is None:
         return 1
-    name = type(strategy).__name__
+    name = strategy_name(strategy)
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         if multi_worker(strategy):
             raise ValueError(
                 "GradientLogger does not support tf.distribute.MultiWorkerMirroredStrategy over several workers: plain "
-                "Keras 3.15 model.fit itself fails there before the first step (ValueError on a PerReplica input in "
-                "Trainer._maybe_symbolic_build). Train on one machine's devices with tf.distribute.MirroredStrategy. "
+                "Keras 3.15 model.fit itself fails there before the first step (a ValueError on a PerReplica input in "
+                "Trainer._maybe_symbolic_build, then one in reduce_per_replica), so nothing is recorded and no worker "
+                "writes a file. Train on one machine's devices with tf.distribute.MirroredStrategy. "
                 f"Received: strategy={name} with {strategy.num_replicas_in_sync} replicas"
             )
         return strategy.num_replicas_in_sync
