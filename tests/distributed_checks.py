@@ -236,6 +236,19 @@ def check_refusals():
         raise AssertionError("a LossScaleOptimizer under MirroredStrategy was not refused")
 
 
+def check_jobs_with_devices_train_as_on_one_device():
+    # run_linear(devices=2) trains with model.fit under MirroredStrategy; batches of 10 split
+    # 5/5, so each step applies the batch's gradient, as on one device: the same coefficients
+    # (float32 rounding apart) and a noise scale.
+    from kerasbp.jobs import run_linear
+
+    one, two = run_linear(epochs=3), run_linear(epochs=3, devices=2)
+    assert one["devices"] == 1 and one["noise_scale"] is None
+    assert two["devices"] == 2 and np.isfinite(two["noise_scale"]), two["noise_scale"]
+    np.testing.assert_allclose(two["coefficients"], one["coefficients"], rtol=1e-5)
+    assert abs(two["intercept"] - one["intercept"]) <= 1e-5 * abs(one["intercept"])
+
+
 CHECKS = {name[len("check_") :]: f for name, f in sorted(globals().items()) if name.startswith("check_")}
 
 

@@ -30,6 +30,7 @@ CHECKS = [
     "global_clipnorm_sums_the_replicas_clipped_gradients",
     "stats_mode_uneven_batch_and_every_n_steps",
     "refusals",
+    "jobs_with_devices_train_as_on_one_device",
 ]
 
 
@@ -207,6 +208,19 @@ def test_clipping_note_only_with_replicas_and_clipping():
     assert replicas.clipping_note({"clipnorm": None, "global_clipnorm": None, "clipvalue": None}, 4) is None
     note = replicas.clipping_note({"clipnorm": None, "global_clipnorm": 1.0, "clipvalue": None}, 4)
     assert "global_clipnorm=1" in note and "before the all-reduce" in note and "4x the threshold" in note
+
+
+@pytest.mark.parametrize("devices, message", [("0", "--devices must be a positive integer"), ("2", "--devices must be at most the 1 logical CPU")])
+def test_devices_bad_input_names_the_flag(devices, message, capsys):
+    # This process runs TensorFlow on one logical CPU device (started here if no test did before):
+    # 2 cannot be made any more.
+    import tensorflow as tf
+
+    from kerasbp.cli import main_xor
+
+    assert len(tf.config.list_logical_devices("CPU")) == 1
+    assert main_xor(["--devices", devices, "--epochs", "1"]) == 2
+    assert message in capsys.readouterr().err
 
 
 def test_no_strategy_is_one_replica():

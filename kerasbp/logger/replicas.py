@@ -160,3 +160,41 @@ def clipping_note(clipping, n_replicas):
         f"gradient's norm can reach {n_replicas}x the threshold; JAX's keras.distribution clips after the reduction). "
         "The logged applied gradients are that sum; `clipped` is True where any replica was clipped"
     )
+
+
+def local_strategy(devices):
+    """A `MirroredStrategy` over `devices` devices of this machine, for the scripts' `--devices N`.
+
+    The first `devices` GPUs if there are that many, else `devices` logical CPU devices made from
+    the first physical CPU (`tf.config.set_logical_device_configuration`), which TensorFlow allows
+    only before it has initialized its devices: call this first thing in a process.
+
+    Args:
+        devices: int >= 1, or None. None and 1 mean no strategy.
+
+    Returns:
+        `tf.distribute.MirroredStrategy`, or None.
+
+    Raises:
+        TypeError, ValueError: for a `devices` that is not a positive integer, or when TensorFlow
+            already runs with fewer logical CPU devices than asked for.
+    """
+    from kerasbp.checks import check_positive_int
+
+    if devices is None or check_positive_int("devices", devices) == 1:
+        return None
+    gpus = tf.config.list_physical_devices("GPU")
+    if len(gpus) >= devices:
+        return tf.distribute.MirroredStrategy([f"/gpu:{i}" for i in range(devices)])
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * devices)
+    except RuntimeError:  # TensorFlow has initialized its devices: use them if there are enough
+        pass
+    have = len(tf.config.list_logical_devices("CPU"))
+    if have < devices:
+        raise ValueError(
+            f"`devices` must be at most the {have} logical CPU devices TensorFlow already runs with (it fixes them when it "
+            f"first starts; ask for devices first thing in a fresh process). Received: devices={devices}"
+        )
+    return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(devices)])
