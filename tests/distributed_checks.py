@@ -102,6 +102,11 @@ def check_reduced_gradient_equals_the_twins():
     for j in range(len(weights)):  # SGD: w_next = w - lr * g, rounded once per step in float32
         after = np.concatenate([weights[j][1:], final[j][None]])
         np.testing.assert_allclose(after, weights[j] - np.float32(0.05) * grads[j], rtol=1e-6, atol=1e-7)
+    for j in range(len(weights)):  # update_ratio = |w_after - w_before| / |w_before| (w_before != 0)
+        after = np.concatenate([weights[j][1:], final[j][None]])
+        change = np.linalg.norm((after - weights[j]).reshape(6, -1), axis=1) / np.linalg.norm(weights[j].reshape(6, -1), axis=1)
+        finite = np.isfinite(change)
+        np.testing.assert_allclose(logger.stat("update_ratio")[finite, j], change[finite], rtol=1e-4)
     norms = np.stack([np.linalg.norm(g.reshape(6, -1), axis=1) for g in grads], axis=1)
     np.testing.assert_allclose(logger.stat("norm"), norms, rtol=1e-5)
     replica_norms = np.stack([np.linalg.norm(r.reshape(6, 2, -1), axis=2) for r in replica], axis=2)
@@ -206,6 +211,20 @@ def check_stats_mode_uneven_batch_and_every_n_steps():
     model.fit(X, y, batch_size=8, epochs=2, shuffle=False, callbacks=[every], verbose=0)
     assert every.steps.tolist() == [6, 8, 10], every.steps
     assert len(every.noise["b_simple_replicas"]) == 3
+
+
+def check_one_device_mirrored_strategy_is_one_replica():
+    # MirroredStrategy on one device: the same path with one replica; no noise estimates.
+    X, y = regression_data()
+    strategy = tf.distribute.MirroredStrategy(DEVICES[:1])
+    model = make_model(lambda: keras.optimizers.SGD(learning_rate=0.05), strategy)
+    logger = kb.GradientLogger(record="full", snapshots=True, per_replica=True)
+    model.fit(X, y, batch_size=8, epochs=1, shuffle=False, callbacks=[logger], verbose=0)
+    assert logger.n_replicas == 1 and logger.noise == {} and logger.steps.tolist() == [0, 1]
+    for k, (_, want, _, _) in enumerate(twin_steps(model, logger, X, y, 8)):
+        for j, g in enumerate(want):
+            assert rel(logger.gradients()[j][k], g) <= RTOL
+            np.testing.assert_array_equal(logger.replica_gradients()[j][k, 0], logger.gradients()[j][k])
 
 
 def check_refusals():

@@ -29,6 +29,7 @@ CHECKS = [
     "noise_scale_equals_the_formula_with_the_twins_slices",
     "global_clipnorm_sums_the_replicas_clipped_gradients",
     "stats_mode_uneven_batch_and_every_n_steps",
+    "one_device_mirrored_strategy_is_one_replica",
     "refusals",
     "jobs_with_devices_train_as_on_one_device",
 ]

@@ -31,6 +31,14 @@ whose tensors cannot be used outside them; there the inner hooks write their few
 with `record="full"`, the applied gradient) into variables that the outer hook reads after the
 step. On the plain path everything stays in one graph and no variable is involved.
 
+Under `tf.distribute.MirroredStrategy` the hooked `apply` runs once per replica, each traced in a
+thread of its own (so the per-step state of the hooks is thread-local), with that replica's
+gradient; `_all_reduce_sum_gradients` (hooked too) sums them, and the update runs once in a
+cross-replica `merge_call`. Each replica then hands its gradient, loss, batch size and layer
+outputs to the first one (`kerasbp.logger.replicas.gather`), which alone counts the step and
+writes the row: the sums over replicas, the all-reduced applied gradient, and, if asked, each
+replica's own values. The buffers are plain variables, not mirrored ones (`replicas.plain_variable`).
+
 A capture belongs to one model and one optimizer and is reused (`capture_for`), with its traced
 train function, by every logger with the same options: a new `GradientLogger` does not trace again.
 
