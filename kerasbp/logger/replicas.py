@@ -169,6 +169,10 @@ def local_strategy(devices):
     the first physical CPU (`tf.config.set_logical_device_configuration`), which TensorFlow allows
     only before it has initialized its devices: call this first thing in a process.
 
+    One strategy per device list is made and then reused: two `MirroredStrategy` objects over
+    the same devices in one process can pick the same collective instance keys, and TensorFlow
+    2.21 then aborts a step of the second model ("Shape mismatch in the collective instance").
+
     Args:
         devices: int >= 1, or None. None and 1 mean no strategy.
 
@@ -185,7 +189,7 @@ def local_strategy(devices):
         return None
     gpus = tf.config.list_physical_devices("GPU")
     if len(gpus) >= devices:
-        return tf.distribute.MirroredStrategy([f"/gpu:{i}" for i in range(devices)])
+        return _mirrored(tuple(f"/gpu:{i}" for i in range(devices)))
     cpu = tf.config.list_physical_devices("CPU")[0]
     try:
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * devices)
@@ -197,4 +201,14 @@ def local_strategy(devices):
             f"`devices` must be at most the {have} logical CPU devices TensorFlow already runs with (it fixes them when it "
             f"first starts; ask for devices first thing in a fresh process). Received: devices={devices}"
         )
-    return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(devices)])
+    return _mirrored(tuple(f"/cpu:{i}" for i in range(devices)))
+
+
+#: device tuple -> the MirroredStrategy `local_strategy` made for it.
+_LOCAL = {}
+
+
+def _mirrored(devices):
+    if devices not in _LOCAL:
+        _LOCAL[devices] = tf.distribute.MirroredStrategy(list(devices))
+    return _LOCAL[devices]
