@@ -165,6 +165,14 @@ def _common_arguments(parser, optimizer_default, learning_rate_default, epochs_d
     parser.add_argument("--seed", type=_number(int), default=None, help="random seed of the initial weights, so that a run repeats exactly (default: 0)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text (default: text)")
     parser.add_argument("--log-gradients", metavar="PATH", default=None, help=_LOG_HELP)
+    parser.add_argument(
+        "--devices",
+        metavar="N",
+        type=_number(int),
+        default=None,
+        help="train data-parallel on N devices with tf.distribute.MirroredStrategy (N GPUs if there are, else N logical CPU "
+        "devices) and model.fit; prints the gradient noise scale from the replicas (default: None, one device)",
+    )
 
 
 def _given(args, names):
@@ -285,7 +293,7 @@ def main_linear(argv=None):
         help="train on inputs and target scaled to zero mean and unit variance; results are still reported in the data's units (default: off)",
     )
     args = parser.parse_args(argv)
-    kwargs = _given(args, ["optimizer", "learning_rate", "epochs", "batch_size", "seed", "csv", "x_columns", "y_column", "log_gradients"])
+    kwargs = _given(args, ["optimizer", "learning_rate", "epochs", "batch_size", "seed", "csv", "x_columns", "y_column", "log_gradients", "devices"])
     kwargs["standardize"] = args.standardize
     flags = parser.flags | {"path": "--csv", "X": "--x-columns", "y": "--y-column"}  # load_xy_csv's and check_xy's names
 
@@ -296,11 +304,19 @@ def main_linear(argv=None):
             print(json.dumps({k: r[k] for k in keys} | {k: v for k, v in r.items() if k not in keys}))
             return
         print(_linear_text(r))
+        if r["devices"] > 1:
+            print(_parallel_text(r))
         saved = _log_saved(kwargs.get("log_gradients"))
         if saved:
             print(saved)
 
     return _run("run_linear", kwargs, show, flags)
+
+
+def _parallel_text(r):
+    """The line about data-parallel training (`--devices N`)."""
+    noise = "n/a (no step split evenly)" if r["noise_scale"] is None else f"{r['noise_scale']:.4g} examples"
+    return f"data-parallel over {r['devices']} replicas (MirroredStrategy); gradient noise scale B_simple from the replicas: {noise}"
 
 
 def _linear_text(r):
@@ -356,7 +372,7 @@ def main_xor(argv=None):
     parser.add_argument("--activation", default=None, help=f"hidden activation: {_names(ACTIVATIONS)} (default: sigmoid)")
     parser.add_argument("--loss", default=None, help=f"{_names(LOSS_NAMES)} (default: binary_crossentropy)")
     args = parser.parse_args(argv)
-    kwargs = _given(args, ["optimizer", "learning_rate", "epochs", "hidden_units", "activation", "loss", "seed", "log_gradients"])
+    kwargs = _given(args, ["optimizer", "learning_rate", "epochs", "hidden_units", "activation", "loss", "seed", "log_gradients", "devices"])
     flags = parser.flags | {"activations[0]": "--activation"}  # xor_model checks a list of activations
 
     def show(r):
@@ -369,6 +385,8 @@ def main_xor(argv=None):
             print(f"  {a}  {b} |   {t}    | {p:.4f} {'ok' if (p > 0.5) == (t > 0.5) else 'WRONG'}")
         print(f"final training loss: {r['final_loss']:.6f}")
         print("learned XOR: yes" if r["learned"] else "learned XOR: NO - some outputs are on the wrong side of 0.5; try more --epochs or another --seed")
+        if r["devices"] > 1:
+            print(_parallel_text(r))
         saved = _log_saved(kwargs.get("log_gradients"))
         if saved:
             print(saved)

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from kerasbp.checks import check_positive_int, check_xy
 from kerasbp.interrupts import raise_pending
-from kerasbp.logger import capture
+from kerasbp.logger import capture, replicas
 from kerasbp.logger.callback import GradientLogger
 from kerasbp.native_logs import quiet_native_logs
 
@@ -127,6 +127,10 @@ def train(
     Raises:
         ValueError, TypeError: for bad arrays (see `kerasbp.checks.check_xy`), bad
             hyperparameters, or a model that is not compiled.
+        ValueError: for a model made under a `tf.distribute` strategy (or trained inside one's
+            scope): the compiled loop calls `train_step` without `strategy.run`, so it would
+            neither split the batch over the replicas nor all-reduce their gradients; use
+            `model.fit`.
 
     Example:
         >>> from kerasbp import xor_data, xor_model, compile_model
@@ -144,6 +148,14 @@ def train(
         raise TypeError(f"`model` must be a keras.Model. Received: model={model!r}")
     if getattr(model, "optimizer", None) is None or not getattr(model, "compiled", False):
         raise ValueError("`model` must be compiled before training: call compile_model(model, ...) first")
+    strategy = replicas.strategy_of(model)
+    if strategy is not None:
+        raise ValueError(
+            f"kerasbp.train does not support tf.distribute strategies: the model trains under {replicas.strategy_name(strategy)} "
+            f"({strategy.num_replicas_in_sync} replicas), and train's compiled loop calls train_step without strategy.run, so it "
+            "would neither split batches over the replicas nor all-reduce their gradients. Use model.fit (GradientLogger "
+            "records it under MirroredStrategy)"
+        )
     epochs = check_positive_int("epochs", epochs)
     batch_size = 32 if batch_size is None else check_positive_int("batch_size", batch_size)
     if not (isinstance(jit_compile, bool) or jit_compile == "auto"):

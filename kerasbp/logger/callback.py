@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerasbp.checks import check_bool, check_choice, check_output_path, check_positive_float, check_positive_int
-from kerasbp.logger import capture, per_example, sidecar
+from kerasbp.logger import capture, gns, per_example, replicas, sidecar
 from kerasbp.files import atomic_write
 from kerasbp.logger.log import CLIPPING, FOLDER_LOG, STATS, GradientLog, gradient_file
 
@@ -52,6 +52,17 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
     `train_step`, and `kerasbp.train`) or computes it with `model.compute_loss`; a custom train
     step that does neither gets NaN losses and one warning. `keras.optimizers.MultiOptimizer` is
     refused.
+
+    Under `tf.distribute.MirroredStrategy` (model made and compiled in its scope; see README,
+    "Distributed training") a row is still one train step: the logged loss gradient is the sum
+    over replicas of what each replica's `apply` received (each replica's mean-loss gradient
+    times `1 / n_replicas`, which sums to the global batch's gradient when the batch splits
+    evenly), the loss is the sum of the replicas' scaled losses, and the applied gradient is
+    the all-reduced one the update rule received. Keras clips each replica's gradient before
+    the all-reduce; the log says so in `notes` and `health()`, with one warning. With two or
+    more replicas the gradient noise scale is estimated at every logged step (`noise`,
+    `noise_scale()`). `MultiWorkerMirroredStrategy` over several workers and other strategies
+    are refused, as are a `LossScaleOptimizer` and gradient accumulation under a strategy.
 
     Args:
         every_n_steps: int >= 1, log the train steps whose 0-based number is a multiple of it.
@@ -94,11 +105,18 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
             a layer called twice per step, a loss reduction other than
             `"sum_over_batch_size"`, XLA (`jit_compile=True`), a `tf.distribute` strategy.
             Defaults to False.
+        per_replica: bool, also record each replica's gradient as its `apply` received it
+            (`replica_stat()`; with `record="full"` also `replica_gradients()`, streamed to
+            `path` when given). Without a strategy the model is one replica. Defaults to False.
 
     Raises:
         TypeError, ValueError: for bad arguments.
         RuntimeError: at `fit` on a backend other than TensorFlow, or a model without optimizer.
-        ValueError: at `fit` with a `keras.optimizers.MultiOptimizer`.
+        ValueError: at `fit` with a `keras.optimizers.MultiOptimizer`; under a `tf.distribute`
+            strategy other than `MirroredStrategy` (or a one-worker
+            `MultiWorkerMirroredStrategy`), or with a `LossScaleOptimizer` or gradient
+            accumulation under a strategy; when a logger that holds rows is reused with another
+            number of replicas.
 
     Example:
         >>> logger = GradientLogger()
@@ -107,7 +125,16 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
     """
 
     def __init__(
-        self, every_n_steps=1, record="stats", on_nonfinite="warn", path=None, max_memory_mb=512, tensorboard_dir=None, snapshots=False, per_example=False
+        self,
+        every_n_steps=1,
+        record="stats",
+        on_nonfinite="warn",
+        path=None,
+        max_memory_mb=512,
+        tensorboard_dir=None,
+        snapshots=False,
+        per_example=False,
+        per_replica=False,
     ):
         keras.callbacks.Callback.__init__(self)
         GradientLog.__init__(self)
@@ -129,6 +156,7 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
                 raise ImportError("`tensorboard_dir` needs the tensorboard package: pip install 'kerasbp[tensorboard]'") from None
         self.snapshots = check_bool("snapshots", snapshots)
         self.per_example = check_bool("per_example", per_example)
+        self.per_replica = check_bool("per_replica", per_replica)
         self.first_nonfinite = None  # {"step", "epoch", "layer", "variable"} of the first NaN/Inf gradient logged
         self.missing = []  # names of variables whose gradient came back None
         self._capture = None
@@ -161,8 +189,17 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
         capture.leaf_optimizer(optimizer)  # refuses a MultiOptimizer
         if self.per_example:
             per_example.check_model(model)  # refuses what has no per-example gradients, by name
+        strategy = replicas.strategy_of(model)
+        n_replicas = replicas.check_strategy(strategy)  # refuses multi-worker and other strategies
         # Read before a capture is attached (this logger's earlier rows are all on the host).
         had_rows = len(self.steps) > 0
+        if had_rows and n_replicas != self.n_replicas:
+            raise ValueError(
+                f"this GradientLogger holds rows recorded with {self.n_replicas} replicas; the model now trains with "
+                f"{n_replicas}. Use a new logger"
+            )
+        self.strategy = replicas.strategy_name(strategy)
+        self.n_replicas = n_replicas
         next_step = int(self.steps[-1]) + 1 if had_rows else 0
         self._describe(model)
         capture.detach(model)  # hooks left by an interrupted fit
@@ -184,7 +221,8 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
         self._dtype = np.float64 if any(v.dtype == "float64" for v in model.trainable_weights) else np.float32
         same = capture.applied_same(optimizer)
         n_params = sum(math.prod(s) for s in self.shapes)
-        buffer_mb = capacity * n_params * (1 if same else 2) * np.dtype(self._dtype).itemsize / 2**20 if keep_full else 0
+        copies = (1 if same else 2) + (n_replicas if self.per_replica else 0)
+        buffer_mb = capacity * n_params * copies * np.dtype(self._dtype).itemsize / 2**20 if keep_full else 0
         if buffer_mb > self.max_memory_mb:
             raise MemoryError(
                 f"GradientLogger(record='full') would need {buffer_mb:.1f} MB of device buffer for {capacity} steps per call "
@@ -199,6 +237,7 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
             snapshots=self.snapshots,
             tracked=tuple(alive is not None for alive in self._alive),
             per_example=self.per_example,
+            per_replica=self.per_replica,
             steps_per_execution=steps_per_call,
         )
         # Per-run state: each fit reads from where the buffers are now and acts on its own
@@ -213,12 +252,16 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
         self.applied_same = self.applied_same and same if had_rows else same
         leaf = capture.leaf_optimizer(optimizer)
         self.clipping = {name: float(getattr(leaf, name)) if getattr(leaf, name, None) else None for name in CLIPPING}
+        note = replicas.clipping_note(self.clipping, n_replicas)
+        if note is not None and note not in self.notes:
+            self.notes.append(note)
+            warnings.warn(f"GradientLogger: {note}", RuntimeWarning, stacklevel=2)
         if self.path is not None:
             # The first fit starts the files afresh (an earlier log there is replaced); later
             # fits of this logger append to them.
             mode = "ab" if self._file_names else "wb"
             os.makedirs(self.path, exist_ok=True)
-            kinds = ("grad",) if self.applied_same else ("grad", "applied")
+            kinds = (("grad",) if self.applied_same else ("grad", "applied")) + (("replica",) if self.per_replica else ())
             self._file_names = {kind: [gradient_file(self.path, j, kind) for j in range(len(self.names))] for kind in kinds}
             self._files = {kind: [open(name, mode if os.path.exists(name) else "wb") for name in names] for kind, names in self._file_names.items()}
             # The rest of the log reaches a sidecar of the folder's log every few seconds, so a
@@ -314,7 +357,14 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
                 applied = rows["applied_full"]
                 if applied is None:  # this optimizer's update rule receives the loss gradient itself
                     applied = [np.where(rows["applied"].reshape(-1, *[1] * (g.ndim - 1)), g, np.nan).astype(g.dtype) for g in rows["full"]]
-            self._store_full(rows["full"], applied)
+            self._store_full(rows["full"], applied, rows["replica_full"])
+        if rows["replica_stats"] is not None:
+            self._replica_stats.append(rows["replica_stats"])
+        if rows["replica_noise"] is not None:
+            norm, present = rows["stats"][:, :, STATS_INDEX["norm"]], ~np.isnan(rows["stats"][:, :, STATS_INDEX["nonfinite"]])
+            global_squares = np.where(present, norm * norm, 0.0).sum(axis=1)  # |sum_r g_r|^2, as global_norms
+            est = gns.from_replicas(rows["replica_noise"][:, :, 0], rows["replica_noise"][:, :, 1], global_squares)
+            self._append_noise(b_simple_replicas=est["b_simple"], trace_replicas=est["trace"], g2_replicas=est["g2"])
         for j, alive in enumerate(rows["alive"]):
             if alive is not None:
                 self._alive[j] |= alive  # combined with earlier runs of this logger
@@ -355,17 +405,19 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
             self._applied_grads = [[np.array(g)] for g in applied]
         self._cache.clear()
 
-    def _store_full(self, fulls, applied):
+    def _store_full(self, fulls, applied, replica=None):
         if self._files is not None:
-            for kind, arrays in (("grad", fulls), ("applied", applied)):
+            for kind, arrays in (("grad", fulls), ("applied", applied), ("replica", replica)):
                 if arrays is not None:
                     for f, g in zip(self._files[kind], arrays, strict=True):
                         f.write(np.ascontiguousarray(g).tobytes())
             return
         if applied is not None and self._applied_grads is None:
             self._applied_grads = [[] for _ in self.names]
-        held = sum(sum(c.nbytes for c in chunks) for chunks in self._grads + (self._applied_grads or []))
-        held += sum(g.nbytes for g in fulls + (applied or []))
+        if replica is not None and self._replica_grads is None:
+            self._replica_grads = [[] for _ in self.names]
+        held = sum(sum(c.nbytes for c in chunks) for chunks in self._grads + (self._applied_grads or []) + (self._replica_grads or []))
+        held += sum(g.nbytes for g in fulls + (applied or []) + (replica or []))
         if held > self.max_memory_mb * 2**20:
             self.model.stop_training = True
             raise MemoryError(
@@ -377,6 +429,9 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
         if applied is not None:
             for chunks, g in zip(self._applied_grads, applied, strict=True):
                 chunks.append(g)
+        if replica is not None:
+            for chunks, g in zip(self._replica_grads, replica, strict=True):
+                chunks.append(g)
 
     def _grad_array(self, j):
         return self._streamed(j, "grad") if self._file_names is not None else GradientLog._grad_array(self, j)
@@ -384,10 +439,13 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
     def _applied_array(self, j):
         return self._streamed(j, "applied") if self._file_names is not None else GradientLog._applied_array(self, j)
 
+    def _replica_array(self, j):
+        return self._streamed(j, "replica") if self._file_names is not None else GradientLog._replica_array(self, j)
+
     def _streamed(self, j, kind):
         if self._files is not None:
             self._files[kind][j].flush()
-        shape = self.shapes[j]
+        shape = (self.n_replicas, *self.shapes[j]) if kind == "replica" else self.shapes[j]
         dtype = np.dtype(self._dtype)
         file = gradient_file(self.path, j, kind)
         n = os.path.getsize(file) // (dtype.itemsize * max(1, math.prod(shape)))

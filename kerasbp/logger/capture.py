@@ -31,6 +31,14 @@ whose tensors cannot be used outside them; there the inner hooks write their few
 with `record="full"`, the applied gradient) into variables that the outer hook reads after the
 step. On the plain path everything stays in one graph and no variable is involved.
 
+Under `tf.distribute.MirroredStrategy` the hooked `apply` runs once per replica, each traced in a
+thread of its own (so the per-step state of the hooks is thread-local), with that replica's
+gradient; `_all_reduce_sum_gradients` (hooked too) sums them, and the update runs once in a
+cross-replica `merge_call`. Each replica then hands its gradient, loss, batch size and layer
+outputs to the first one (`kerasbp.logger.replicas.gather`), which alone counts the step and
+writes the row: the sums over replicas, the all-reduced applied gradient, and, if asked, each
+replica's own values. The buffers are plain variables, not mirrored ones (`replicas.plain_variable`).
+
 A capture belongs to one model and one optimizer and is reused (`capture_for`), with its traced
 train function, by every logger with the same options: a new `GradientLogger` does not trace again.
 
@@ -39,6 +47,7 @@ Interface that a capture for another backend implements: `attach()`, `detach()`,
 `all_finite()`, `missing` (variables whose gradient was None), `applied_same`.
 """
 
+import threading
 import warnings
 import weakref
 
@@ -48,7 +57,8 @@ import numpy as np
 import tensorflow as tf
 
 from kerasbp.logger import per_example as per_example_module
-from kerasbp.logger.log import NOISE_COLUMNS, STATS
+from kerasbp.logger import replicas
+from kerasbp.logger.log import NOISE_COLUMNS, REPLICA_STATS, STATS
 
 #: The per-step values written beside the statistics, one float64 row per logged step.
 ROW = ("step", "iterations", "loss", "learning_rate", "loss_scale", "applied", "skipped", "clipped")
@@ -136,19 +146,27 @@ class DeviceBuffers:
         optimizer_variables: list of the optimizer's variables to snapshot before each logged
             step (with the weights), or None for no snapshots.
         per_example: bool, also hold the per-example statistics `(capacity, len(NOISE_COLUMNS))`
-            and norms `(capacity, width)` (the width grows with the widest batch).
+            and norms `(capacity, width)` (the width grows with the widest batch). Defaults to False.
+        n_replicas: int, replicas of the `tf.distribute` strategy (1 without one). With more
+            than one, `replica_noise` `(capacity, n_replicas, 2)` holds each replica's batch
+            size and `|g_r|^2` (for the gradient noise scale). Defaults to 1.
+        per_replica: bool, also hold each replica's gradient statistics `replica_stats`
+            `(capacity, n_replicas, n_variables, len(REPLICA_STATS))` and, with `keep_full`, its
+            whole gradients `replica_full` `(capacity, n_replicas, *shape)`. Defaults to False.
     """
 
-    def __init__(self, variables, capacity, keep_full, keep_applied, dtype, tracked, optimizer_variables=None, per_example=False):
+    def __init__(
+        self, variables, capacity, keep_full, keep_applied, dtype, tracked, optimizer_variables=None, per_example=False, n_replicas=1, per_replica=False
+    ):
         def var(shape, dt, name):
-            return tf.Variable(tf.zeros(shape, dt), trainable=False, name=f"kerasbp_{name}")
+            return replicas.plain_variable(tf.zeros(shape, dt), name=f"kerasbp_{name}")
 
         n = len(variables)
         self.capacity, self.dtype = capacity, dtype
         self.count = var((), tf.int64, "count")
         # The step of this run's first logged step with a non-finite loss or gradient that was
         # not a loss-scale skip, or -1.
-        self.first_nonfinite = tf.Variable(tf.constant(-1, tf.int64), trainable=False, name="kerasbp_first_nonfinite")
+        self.first_nonfinite = replicas.plain_variable(tf.constant(-1, tf.int64), name="kerasbp_first_nonfinite")
         self.rows = var((capacity, len(ROW)), tf.float64, "rows")
         self.stats = var((capacity, n, len(STATS)), dtype, "stats")
         self.full = [var((capacity, *v.shape), dtype, f"grad_{j}") for j, v in enumerate(variables)] if keep_full else None
@@ -166,6 +184,9 @@ class DeviceBuffers:
         if optimizer_variables is not None:
             self.weights = [var((capacity, *v.shape), v.dtype, f"weights_{j}") for j, v in enumerate(variables)]
             self.optimizer_state = [var((capacity, *v.shape), v.dtype, f"optimizer_{j}") for j, v in enumerate(optimizer_variables)]
+        self.replica_noise = var((capacity, n_replicas, 2), tf.float64, "replica_noise") if n_replicas > 1 else None
+        self.replica_stats = var((capacity, n_replicas, n, len(REPLICA_STATS)), dtype, "replica_stats") if per_replica else None
+        self.replica_full = [var((capacity, n_replicas, *v.shape), dtype, f"replica_{j}") for j, v in enumerate(variables)] if per_replica and keep_full else None
 
 
 def step_statistics(grads, weight_squares, update_squares, dtype, tracked, scale=None, applied_squares=None):
@@ -257,6 +278,8 @@ class TensorFlowCapture:
         tracked: tuple of bool per variable: track its alive units (relu kernels).
         per_example: bool, also the per-example statistics (`kerasbp/logger/per_example.py`).
             Defaults to False.
+        per_replica: bool, also record each replica's gradient (`tf.distribute`; one replica
+            without a strategy). Defaults to False.
 
     Attributes:
         buffers: the `DeviceBuffers`.
@@ -264,30 +287,60 @@ class TensorFlowCapture:
         applied_same: bool, the update rule receives the unscaled loss gradient itself (no
             clipping or accumulation), so applied gradients are not stored twice.
         counter: int64 `tf.Variable`, train steps so far (shared by every capture of the optimizer).
+        strategy: the `tf.distribute` strategy the model trains under, or None.
+        n_replicas: int, its replicas in sync (1 without one).
     """
 
-    def __init__(self, model, optimizer, every_n_steps, capacity, keep_full, snapshots, tracked, per_example=False):
+    def __init__(self, model, optimizer, every_n_steps, capacity, keep_full, snapshots, tracked, per_example=False, per_replica=False):
         variables = list(model.trainable_weights)
+        self.strategy = replicas.strategy_of(model)
+        self.n_replicas = replicas.check_strategy(self.strategy)
+        self.per_replica = per_replica
         dtype = tf.float64 if any(v.dtype == "float64" for v in variables) else tf.float32
         self.model, self.optimizer, self.every_n_steps = model, optimizer, every_n_steps
         self.leaf = leaf = leaf_optimizer(optimizer)
         self.loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
         self.applied_same = applied_same(optimizer)
         self.buffers = DeviceBuffers(
-            variables, capacity, keep_full, not self.applied_same, dtype, tracked, snapshot_variables(optimizer) if snapshots else None, per_example
+            variables,
+            capacity,
+            keep_full,
+            not self.applied_same,
+            dtype,
+            tracked,
+            snapshot_variables(optimizer) if snapshots else None,
+            per_example=per_example,
+            n_replicas=self.n_replicas,
+            per_replica=per_replica,
         )
         self.taps = per_example_module.PerExampleTaps(model) if per_example else None
         self.counter = _step_counter(optimizer, leaf)
         self.missing = []
         self._warned = set()
-        self._pending = {}  # loss and layer outputs seen in the step being traced
-        self._ctx = None  # while the hooked apply runs: what the inner hooks found
+        # Per thread (MirroredStrategy traces each replica in a thread of its own): `pending`,
+        # the loss and layer outputs seen in the step being traced; `ctx`, while the hooked
+        # apply runs, what the inner hooks found.
+        self._local = threading.local()
         self._hooks = []  # (object, attribute, replacement)
         self._installed = []  # (object, attribute, prior instance attribute or _MISSING)
         self._make_hooks()
         self._train_function = None  # the model's train function traced with the hooks
         self._plain_train_function = None
         self.attached = False
+
+    @property
+    def _pending(self):
+        if not hasattr(self._local, "pending"):
+            self._local.pending = {}
+        return self._local.pending
+
+    @property
+    def _ctx(self):
+        return getattr(self._local, "ctx", None)
+
+    @_ctx.setter
+    def _ctx(self, value):
+        self._local.ctx = value
 
     @property
     def count(self):
@@ -356,11 +409,14 @@ class TensorFlowCapture:
             `stats` float64 `(n, n_variables, len(STATS))`; `full` and `applied_full` (lists
             per variable of `(n, *shape)`, or None; `applied_full` is None when
             `applied_same`); `alive` (list per variable of bool `(units,)` or None: units
-            alive since `start_run`); `weights` and `optimizer_state` (lists, or None). Where
-            no update was applied, `learning_rates` and the `applied_norm` statistic are NaN,
-            `clipped` is False and the applied gradients are NaN. With per-example statistics,
-            `noise` float64 `(n, len(NOISE_COLUMNS))` and `per_example_norms` float64
-            `(n, width)` (NaN-padded), else None.
+            alive since `start_run`); `weights` and `optimizer_state` (lists, or None). With
+            per-example statistics, `noise` float64 `(n, len(NOISE_COLUMNS))` and
+            `per_example_norms` float64 `(n, width)` (NaN-padded), else None;
+            `replica_noise` float64 `(n, n_replicas, 2)` (each replica's batch size and
+            `|g_r|^2`) or None; `replica_stats` float64 `(n, n_replicas, n_variables,
+            len(REPLICA_STATS))` or None; `replica_full` (list per variable of `(n, n_replicas,
+            *shape)`) or None. Where no update was applied, `learning_rates` and the
+            `applied_norm` statistic are NaN, `clipped` is False and the applied gradients are NaN.
 
         Raises:
             RuntimeError: if more than `capacity` rows were written since `start`.
@@ -403,6 +459,9 @@ class TensorFlowCapture:
             "optimizer_state": rows(buf.optimizer_state),
             "noise": None if buf.noise is None else buf.noise.numpy()[slots],
             "per_example_norms": None if buf.norms is None else buf.norms.numpy()[slots].astype(np.float64),
+            "replica_noise": None if buf.replica_noise is None else buf.replica_noise.numpy()[slots],
+            "replica_stats": None if buf.replica_stats is None else buf.replica_stats.numpy()[slots].astype(np.float64),
+            "replica_full": rows(buf.replica_full),
         }
 
     # ----------------------------------------------------------------------------- the hooks
@@ -450,6 +509,7 @@ class TensorFlowCapture:
             "assign_add": leaf.assign_add,
             "assign_sub": leaf.assign_sub,
             "compute_loss": model.compute_loss,
+            "all_reduce": getattr(leaf, "_all_reduce_sum_gradients", None),
         }
         # Each variable's change in a step: Keras's own optimizers make it with assign_add and
         # assign_sub (a few with assign), whose increments are captured here, so no copy of the
@@ -462,9 +522,18 @@ class TensorFlowCapture:
             and all(v.constraint is None for v in model_vars)
             and buf.weights is None
         )
+        # Under tf.distribute the update runs per device copy in a cross-replica merge_call: the
+        # weight change is `w_after - w_before` there.
+        from_increments = from_increments and self.strategy is None
+        n_replicas, per_replica = self.n_replicas, self.per_replica
+        if self.strategy is not None and (self.loss_scaling or leaf.gradient_accumulation_steps):
+            raise ValueError(
+                f"GradientLogger under tf.distribute.{replicas.strategy_name(self.strategy)} does not support "
+                f"{'a LossScaleOptimizer (mixed_float16)' if self.loss_scaling else 'gradient_accumulation_steps'} yet. "
+                f"Received: optimizer={type(optimizer).__name__}"
+            )
         increments = {}
         capturing = []  # non-empty while the original update rule runs
-        clip_note = {}
 
         def assign_add(variable, value):
             if capturing and id(variable) in updated:
@@ -493,8 +562,15 @@ class TensorFlowCapture:
         def clip_gradients(grads):
             ctx = self._ctx
             if ctx is not None:
-                clip_note["acted"] = _clipping_acted(leaf, grads, dtype)
+                ctx["clip_acted"] = _clipping_acted(leaf, grads, dtype)
             return original["clip"](grads)
+
+        def all_reduce_sum_gradients(grads_and_vars):
+            result = original["all_reduce"](grads_and_vars)
+            ctx = self._ctx
+            if ctx is not None:
+                ctx["reduced"] = list(result)  # (gradient, variable) pairs: the sum over replicas
+            return result
 
         def backend_update_step(grads, trainable_variables, learning_rate):
             ctx = self._ctx
@@ -507,9 +583,12 @@ class TensorFlowCapture:
             finally:
                 capturing.clear()
             grads, tvars = list(grads), list(trainable_variables)
+            reduced = ctx.pop("reduced", None)
+            if reduced is not None:  # tf.distribute: the update rule received the all-reduced sum
+                grads = [g for g, _ in reduced]
             js = [updated.get(id(v), index.get(id(v))) for v in tvars]
             pairs = [(j, g) for j, g in zip(js, grads, strict=True) if j is not None and g is not None]
-            acted = clip_note.pop("acted", None)
+            acted = ctx.pop("clip_acted", None)
             found = {
                 "lr": tf.cast(tf.convert_to_tensor(learning_rate), tf.float64),
                 "clipped": tf.constant(False) if acted is None else acted,
@@ -562,6 +641,11 @@ class TensorFlowCapture:
             training = kwargs.get("training", args[4] if len(args) > 4 else True)
             if training is not False and loss is not None:
                 self._pending["computed"] = loss
+                if n_replicas > 1:  # the replica's batch size, for the noise scale
+                    y_pred = kwargs.get("y_pred", args[2] if len(args) > 2 else None)
+                    first = next((t for t in tf.nest.flatten(y_pred) if t is not None), None)
+                    if first is not None:
+                        self._pending["batch"] = tf.shape(first, out_type=tf.int64)[0]
             return loss
 
         def loss_scale():
@@ -569,6 +653,56 @@ class TensorFlowCapture:
             if self.loss_scaling:
                 return tf.convert_to_tensor(optimizer.dynamic_scale)
             return optimizer.loss_scale_factor or None
+
+        replica_columns = [STATS.index(name) for name in REPLICA_STATS]
+
+        def replica_payload(by_index, present, loss, batch, ctx, outputs):
+            """What one replica hands to the first through `replicas.gather` (same structure from each)."""
+            found = ctx.get("direct") or {}
+            return {
+                "grads": [tf.convert_to_tensor(by_index[j]) for j in present],  # IndexedSlices -> dense
+                "loss": tf.cast(tf.reshape(loss, []), tf.float64),
+                "batch": tf.constant(-1, tf.int64) if batch is None else tf.cast(batch, tf.int64),
+                "clipped": found.get("clipped", tf.constant(False)),
+                "outputs": {j: list(ts) for j, ts in outputs.items()},
+            }
+
+        def other_replica(grads, trainable_variables, by_index, present, loss, outputs, batch):
+            """`apply` in a replica other than the first: its update, then its values to the first."""
+            ctx = {"graph": _graph(), "log_now": None}
+            self._ctx = ctx
+            try:
+                result = original["apply"](grads, trainable_variables)
+            finally:
+                self._ctx = None
+            replicas.gather(replica_payload(by_index, present, loss, batch, ctx, outputs), n_replicas)
+            return result
+
+        def write_replicas(slot, replica_grads, present, scale, batch_sizes):
+            """Each replica's numbers into row `slot`: its batch size and `|g_r|^2` (more than one
+            replica), its statistics and whole gradient (`per_replica`)."""
+            if not present:
+                return
+            s = None if scale is None else tf.cast(scale, dtype)
+            if buf.replica_noise is not None:
+                squares = tf.stack([tf.add_n([_sum_squares(replica_grads[j][r], dtype) for j in present]) for r in range(n_replicas)])  # (R,)
+                if s is not None:
+                    squares = squares / (s * s)
+                noise = tf.stack([tf.cast(batch_sizes, tf.float64), tf.cast(squares, tf.float64)], axis=1)  # (R, 2)
+                buf.replica_noise.scatter_nd_update([[slot]], noise[None])
+            if buf.replica_stats is not None:
+                zeros = tf.zeros([len(present)], dtype)
+                per = []
+                for r in range(n_replicas):
+                    values, _ = step_statistics([replica_grads[j][r] for j in present], zeros, zeros, dtype, [False] * len(present), scale=scale)
+                    values = tf.gather(values, replica_columns, axis=1)  # (len(present), len(REPLICA_STATS))
+                    rows = tf.fill([n, len(replica_columns)], tf.constant(float("nan"), dtype))
+                    per.append(values if len(present) == n else tf.tensor_scatter_nd_update(rows, [[j] for j in present], values))
+                buf.replica_stats.scatter_nd_update([[slot]], tf.stack(per)[None])  # (1, R, n, len(REPLICA_STATS))
+            if buf.replica_full is not None:
+                for j in present:
+                    g = tf.stack([tf.cast(part, dtype) for part in replica_grads[j]])  # (R, *shape)
+                    buf.replica_full[j].scatter_nd_update([[slot]], (g if s is None else g / s)[None])
 
         def apply(grads, trainable_variables=None):
             grads = list(grads)
@@ -586,6 +720,10 @@ class TensorFlowCapture:
                 )
             loss = self._take_loss()
             outputs = self._take_outputs()
+            batch = self._pending.pop("batch", None)
+            distributed = self.strategy is not None and replicas.distributed_now()
+            if distributed and replicas.replica_index() != 0:  # the first replica writes the row
+                return other_replica(grads, trainable_variables, by_index, present, loss, outputs, batch)
             taken = self.taps.take() if self.taps is not None else None
             step = self.counter.assign_add(1) - 1  # this train step's number
             log_now = None if every_n == 1 else tf.equal(tf.math.floormod(step, every_n), 0)
@@ -630,9 +768,27 @@ class TensorFlowCapture:
                 update_sq = tf.zeros([n], dtype) if from_increments else None
                 applied_grads = {}
 
+            replica_grads = batch_sizes = None  # {variable index: tuple of n_replicas gradients}
+            if distributed:
+                # Every replica's values: the logged loss gradient and loss are their sums (each
+                # replica's mean loss was scaled by 1/n_replicas), clipping acted if it acted on any.
+                gathered = replicas.gather(replica_payload(by_index, present, loss, batch, ctx, outputs), n_replicas)
+                replica_grads = dict(zip(present, gathered["grads"], strict=True))
+                loss = tf.add_n(list(gathered["loss"]))
+                clipped = tf.reduce_any(tf.stack(gathered["clipped"]))
+                outputs = {j: [t for parts in ts for t in parts] for j, ts in gathered["outputs"].items()}
+                batch_sizes = tf.stack(gathered["batch"])  # (R,)
+            elif per_replica:
+                replica_grads = {j: (by_index[j],) for j in present}
+
+            def loss_gradient(j):
+                if distributed:
+                    return tf.add_n(list(replica_grads[j]))  # the global batch's gradient
+                return tf.convert_to_tensor(by_index[j])  # IndexedSlices -> dense
+
             def write():
                 slot = tf.math.floormod(buf.count, buf.capacity)
-                grads_present = [tf.convert_to_tensor(by_index[j]) for j in present]  # IndexedSlices -> dense
+                grads_present = [loss_gradient(j) for j in present]
                 rows = tf.fill([n, len(STATS)], tf.constant(float("nan"), dtype))
                 finite_grads = tf.constant(True)
                 if present:
@@ -687,6 +843,8 @@ class TensorFlowCapture:
                     per_example_module.write(buf, slot, *noise)
                 buf.rows.scatter_nd_update([[slot]], row[None])
                 buf.stats.scatter_nd_update([[slot]], rows[None])
+                if replica_grads is not None:
+                    write_replicas(slot, replica_grads, present, scale, batch_sizes)
                 buf.count.assign_add(1)
                 first = buf.first_nonfinite
                 first.assign(tf.where(tf.logical_and(tf.logical_not(finite), first < 0), step, first))
@@ -703,6 +861,7 @@ class TensorFlowCapture:
             (optimizer, "scale_loss", scale_loss),
             (leaf, "_backend_update_step", backend_update_step),
             (leaf, "_clip_gradients", clip_gradients),
+            *([(leaf, "_all_reduce_sum_gradients", all_reduce_sum_gradients)] if self.strategy is not None and original["all_reduce"] else []),
             (leaf, "assign", assign),
             (leaf, "assign_add", assign_add),
             (leaf, "assign_sub", assign_sub),
@@ -746,7 +905,7 @@ def _step_counter(optimizer, leaf):
     """The train-step counter of `optimizer`, shared by all its captures; made at the optimizer's
     own count of update calls (its raw iterations)."""
     if optimizer not in _COUNTERS:
-        _COUNTERS[optimizer] = tf.Variable(tf.constant(int(leaf._iterations.numpy()), tf.int64), trainable=False, name="kerasbp_train_step")
+        _COUNTERS[optimizer] = replicas.plain_variable(tf.constant(int(leaf._iterations.numpy()), tf.int64), name="kerasbp_train_step")
     return _COUNTERS[optimizer]
 
 

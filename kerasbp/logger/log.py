@@ -19,7 +19,7 @@ import numpy as np
 
 from kerasbp.checks import check_choice, check_positive_float
 from kerasbp.files import atomic_write
-from kerasbp.logger import sidecar
+from kerasbp.logger import gns, sidecar
 
 #: The statistics recorded per variable per logged step, in this order.
 STATS = ("norm", "mean", "std", "min", "max", "max_abs", "nonfinite", "weight_norm", "update_ratio", "applied_norm")
@@ -50,6 +50,10 @@ COLUMNS = {
 #: The optimizer's clipping settings a log records (`GradientLog.clipping`).
 CLIPPING = ("clipnorm", "global_clipnorm", "clipvalue")
 
+#: The statistics recorded per replica with `GradientLogger(per_replica=True)` (those of `STATS`
+#: that describe the gradient alone; `kerasbp.logger.replicas` computes them).
+REPLICA_STATS = ("norm", "mean", "std", "min", "max", "max_abs", "nonfinite")
+
 #: Columns of `GradientLog.to_csv` with one value per row, before the variable's own.
 CSV_ROW_COLUMNS = ("step", "epoch", "iterations", "loss", "applied", "skipped", "clipped", "learning_rate", "loss_scale", "global_norm")
 
@@ -68,9 +72,12 @@ class Health:
         skipped: int, steps that a `LossScaleOptimizer` skipped (gradient overflow), which is
             how dynamic loss scaling works, not a fault.
         figures: dict of the numbers behind each flag.
+        notes: list of str, facts that are no flag but change how to read the log (e.g. that
+            clipping acted per replica under a `tf.distribute` strategy).
     """
 
     def __init__(self, vanishing, exploding, nonfinite, dead_units, figures, skipped=0):
+        self.notes = []  # facts that are no flag (clipping per replica under a strategy)
         self.vanishing = vanishing
         self.exploding = exploding
         self.nonfinite = nonfinite
@@ -118,6 +125,7 @@ class Health:
                 lines.append(f"  DEAD UNITS in {name!r}: {len(units)} of {f['units'][name]} (units {units})")
         else:
             lines.append("  dead relu units: none")
+        lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)
 
     __repr__ = __str__
@@ -145,6 +153,12 @@ class GradientLog:
             thresholds (None where unset; all None in logs saved before it was recorded).
         per_example: bool, recorded with `GradientLogger(per_example=True)`: `noise`,
             `noise_scale()` and `per_example_norms()` hold the per-example statistics.
+        strategy: str, the class name of the `tf.distribute` strategy it was recorded under, or None.
+        n_replicas: int, that strategy's replicas in sync (1 without one).
+        per_replica: bool, each replica's gradient was recorded too (`replica_stat`,
+            `replica_gradients`).
+        notes: list of str, facts about how the gradients were applied that a reader needs
+            (e.g. clipping per replica under a strategy); `health()` prints them.
     """
 
     def __init__(self):
@@ -156,6 +170,13 @@ class GradientLog:
         self.clipping = dict.fromkeys(CLIPPING)
         self.per_example = False  # per-example statistics recorded: `noise`, `per_example_norms()`
         self._chunks = {key: [] for key in (*COLUMNS, "stats", "noise", "per_example_norms")}
+        self.strategy = None
+        self.n_replicas = 1
+        self.per_replica = False
+        self.notes = []
+        self._noise = {}  # the replicas' estimates: name -> list of 1-D float64 chunks, one value per row
+        self._replica_stats = []  # chunks (n, n_replicas, n_variables, len(REPLICA_STATS))
+        self._replica_grads = None  # list per variable of chunks (n, n_replicas, *shape)
         self._cache = {}
         self._grads = None  # list per variable of chunks (n, *shape), or None
         self._applied_grads = None  # the same for the applied gradients when not `applied_same`
@@ -256,6 +277,64 @@ class GradientLog:
         with np.errstate(invalid="ignore", over="ignore"):
             return np.sqrt(np.where(has, norms * norms, 0.0).sum(axis=1))
 
+    def replica_stats_array(self):
+        """float64 array `(n_logged, n_replicas, n_variables, len(REPLICA_STATS))`, with `per_replica=True`.
+
+        Raises:
+            ValueError: if the log was recorded without `per_replica=True`.
+        """
+        self._need_replicas("replica_stats_array()")
+        self._sync()
+        if "replica_stats" not in self._cache:
+            chunks = self._replica_stats
+            empty = (0, self.n_replicas, len(self.names), len(REPLICA_STATS))
+            self._cache["replica_stats"] = np.concatenate(chunks) if chunks else np.zeros(empty)
+        return self._cache["replica_stats"]
+
+    def replica_stat(self, name):
+        """One statistic of each replica's gradient: float64 array `(n_logged, n_replicas, n_variables)`.
+
+        The replica's gradient is the one the optimizer's `apply` received in that replica (its
+        slice's mean-loss gradient times `1 / n_replicas`, before clipping), so the replicas'
+        gradients add up to `gradients()`.
+
+        Args:
+            name: str, one of `REPLICA_STATS`.
+
+        Raises:
+            ValueError: for another name, or a log recorded without `per_replica=True`.
+        """
+        name = check_choice("name", name, REPLICA_STATS)
+        return self.replica_stats_array()[:, :, :, REPLICA_STATS.index(name)]
+
+    def replica_gradients(self):
+        """Each replica's whole gradient, with `per_replica=True` and `record="full"`.
+
+        Returns:
+            list, in `model.trainable_weights` order, of float arrays `(n_logged, n_replicas,
+            *variable.shape)`: what each replica's `apply` received (unscaled), before
+            clipping; summed over axis 1 they give `gradients()`.
+
+        Raises:
+            ValueError: if the log was recorded without `per_replica=True` or `record="full"`.
+        """
+        self._need_replicas("replica_gradients()")
+        self._need_full("replica_gradients()")
+        self._sync()
+        return [self._replica_array(j) for j in range(len(self.names))]
+
+    def _replica_array(self, j):
+        key = ("replica", j)
+        if key not in self._cache:
+            chunks = self._replica_grads[j] if self._replica_grads is not None else []
+            empty = np.zeros((0, self.n_replicas, *self.shapes[j]), np.float32)
+            self._cache[key] = chunks[0] if len(chunks) == 1 else np.concatenate(chunks) if chunks else empty
+        return self._cache[key]
+
+    def _need_replicas(self, what):
+        if not self.per_replica:
+            raise ValueError(f"{what} needs GradientLogger(per_replica=True). This log was recorded without it")
+
     def stats_array(self):
         """float64 array `(n_logged, n_variables, len(STATS))` of all statistics."""
         return self._joined("stats", (0, len(self.names), len(STATS)), np.float64)
@@ -290,8 +369,13 @@ class GradientLog:
     def noise(self):
         """Per-example gradient statistics per logged step (`GradientLogger(per_example=True)`).
 
-        A dict `{name: 1-D float64 array (n_logged,)}` with the keys of `NOISE`, empty for a log
-        recorded without `per_example`. With per-example gradients `g_i` (i = 1..B) of the
+        A dict `{name: 1-D float64 array (n_logged,)}`: the keys of `NOISE` with
+        `per_example=True`, and under a `tf.distribute` strategy with more than one replica the
+        estimates from the replicas' gradients (McCandlish et al. 2018 with two batch sizes, the
+        replica batch and the global batch; `kerasbp.logger.gns.from_replicas`):
+        `"b_simple_replicas"` (the per-step `S / |G|^2`), `"trace_replicas"` (`S`) and
+        `"g2_replicas"` (`|G|^2`), NaN at steps whose replicas had unequal batches. Empty
+        without either. With per-example gradients `g_i` (i = 1..B) of the
         examples' own losses (as Keras weighs them), their mean `g` (the batch gradient) and
         `p_i = g_i . g`, over all trainable variables::
 
@@ -311,10 +395,19 @@ class GradientLog:
             Kaplan, Amodei et al. 2018, "An Empirical Model of Large-Batch Training" (B_simple,
             with B_small = 1 and B_big = B).
         """
-        if not self.per_example:
-            return {}
-        table = self._noise_table()
-        return {name: table[:, i] for i, name in enumerate(NOISE)}
+        self._sync()
+        if "noise_dict" not in self._cache:  # ("noise" caches the per-example table)
+            replicas = {key: np.concatenate(chunks) for key, chunks in self._noise.items() if chunks}
+            table = self._noise_table() if self.per_example else None
+            per_example = {name: table[:, i] for i, name in enumerate(NOISE)} if self.per_example else {}
+            self._cache["noise_dict"] = per_example | replicas
+        return dict(self._cache["noise_dict"])
+
+    def _append_noise(self, **values):
+        """Append the replicas' per-row estimates to `noise` (each a 1-D array, a value per appended row)."""
+        for key, value in values.items():
+            self._noise.setdefault(key, []).append(np.asarray(value, np.float64))
+        self._cache.clear()
 
     def _noise_table(self):
         return self._joined("noise", (0, len(NOISE_COLUMNS)), np.float64)
@@ -340,32 +433,47 @@ class GradientLog:
             self._cache[key] = np.concatenate(padded) if padded else np.zeros((0, 0), np.float64)
         return self._cache[key]
 
-    def noise_scale(self):
+    def noise_scale(self, source=None):
         """The gradient noise scale B_simple over the logged steps, as McCandlish et al. average it.
 
-        `mean(S) / mean(|G|^2)` over the steps where both are finite, with the per-step unbiased
-        estimates `S` (trace of the per-example gradient covariance) and `|G|^2` (squared norm
-        of the true gradient) of `noise` (B_small = 1, B_big = the step's batch size): a ratio
-        of means, steadier than the mean of the per-step `b_simple`.
+        `mean(S) / mean(|G|^2)` over the steps where both are finite (a ratio of means, steadier
+        than the mean of the per-step `b_simple`), from one of two sets of per-step unbiased
+        estimates of `S` (the trace of the per-example gradient covariance) and `|G|^2` (the
+        squared norm of the true gradient):
+
+        - `"per_example"`: `GradientLogger(per_example=True)`, with B_small = 1 and B_big = the
+          step's batch size;
+        - `"replicas"`: the replicas of a `tf.distribute` strategy, with B_small = the replica
+          batch and B_big = the global batch.
+
+        Args:
+            source: `"per_example"`, `"replicas"`, or None for the one the log holds
+                (`"per_example"` when it holds both). Defaults to None.
 
         Returns:
-            float (NaN when no step has finite estimates, e.g. every batch had one example).
+            float, in examples (NaN when no step has finite estimates, e.g. batches of one).
 
         Raises:
-            ValueError: for a log recorded without `GradientLogger(per_example=True)`.
+            ValueError: for an unknown `source`, or a log without those estimates.
 
         References:
             McCandlish, Kaplan, Amodei et al. 2018, "An Empirical Model of Large-Batch
             Training", appendix A.1.
         """
-        if not self.per_example:
-            raise ValueError("noise_scale() needs GradientLogger(per_example=True). This log was recorded without it")
+        has = {"per_example": self.per_example, "replicas": "trace_replicas" in self.noise}
+        if source is None:
+            source = "per_example" if has["per_example"] or not has["replicas"] else "replicas"
+        if source not in has:
+            raise ValueError(f"`source` must be None, 'per_example' or 'replicas'. Received: source={source!r}")
+        if not has[source]:
+            raise ValueError(
+                f"noise_scale(source={source!r}) needs estimates this log does not hold: record with GradientLogger(per_example=True), "
+                "or train under a tf.distribute strategy with 2 or more replicas"
+            )
+        if source == "replicas":
+            return gns.ratio_of_means(self.noise["trace_replicas"], self.noise["g2_replicas"])
         table = self._noise_table()
-        trace, grad_sq = table[:, NOISE_COLUMNS.index("trace_sigma")], table[:, NOISE_COLUMNS.index("grad_sq")]
-        ok = np.isfinite(trace) & np.isfinite(grad_sq)
-        if not ok.any():
-            return float("nan")
-        return float(np.mean(trace[ok]) / np.mean(grad_sq[ok]))
+        return gns.ratio_of_means(table[:, NOISE_COLUMNS.index("trace_sigma")], table[:, NOISE_COLUMNS.index("grad_sq")])
 
     def gradients(self):
         """The whole loss gradients (unscaled, before clipping), with `record="full"`.
@@ -557,6 +665,10 @@ class GradientLog:
             "clipping": self.clipping,
             "per_example": bool(self.per_example),
             "noise": list(NOISE_COLUMNS),
+            "strategy": self.strategy,
+            "n_replicas": int(self.n_replicas),
+            "per_replica": bool(self.per_replica),
+            "notes": list(self.notes),
         }
         arrays = {key: self._column(key) for key in COLUMNS}
         arrays |= {"stats": self.stats_array(), "meta": np.array(json.dumps(meta))}
@@ -565,6 +677,12 @@ class GradientLog:
         for j, alive in enumerate(self._alive or []):
             if alive is not None:
                 arrays[f"alive_{j}"] = alive
+        noise = self.noise
+        arrays.update({f"noise_{key}": noise[key] for key in self._noise})  # the replicas' estimates
+        if self.per_replica:
+            arrays["replica_stats"] = self.replica_stats_array()
+            if gradients:
+                arrays.update({f"replica_grad_{j}": np.asarray(g) for j, g in enumerate(self.replica_gradients())})
         if gradients:
             arrays.update({f"grad_{j}": np.asarray(g) for j, g in enumerate(self.gradients())})
             if not self.applied_same:
@@ -642,7 +760,9 @@ class GradientLog:
                 if never:
                     dead[self.names[j]] = never
         figures["units"] = units
-        return Health(vanishing, exploding, nonfinite, dead, figures, skipped=figures["n_skipped"])
+        health = Health(vanishing, exploding, nonfinite, dead, figures, skipped=figures["n_skipped"])
+        health.notes = list(self.notes)
+        return health
 
     def _exploding(self, figures, growth_limit, norm_limit):
         """Judge exploding gradients from the global norms; fill in the figures."""
@@ -734,6 +854,13 @@ def _read(path, folder):
         log.record, log.every_n_steps = meta["record"], meta["every_n_steps"]
         log.applied_same = bool(meta.get("applied_same", True))
         log.clipping = dict.fromkeys(CLIPPING) | meta.get("clipping", {})
+        log.strategy, log.n_replicas = meta.get("strategy"), int(meta.get("n_replicas", 1))
+        log.per_replica, log.notes = bool(meta.get("per_replica", False)), list(meta.get("notes", []))
+        log._noise = {key[len("noise_") :]: [data[key]] for key in data.files if key.startswith("noise_")}
+        if log.per_replica:
+            log._replica_stats = [data["replica_stats"]]
+            if log.record == "full" and folder is None:
+                log._replica_grads = [[data[f"replica_grad_{j}"]] for j in range(len(log.names))]
         steps = data["steps"]
         columns = {key: data[key] if key in data else default(steps) for key, (_, default) in COLUMNS.items()}
         saved = data["stats"]  # (n, n_variables, len(saved names)): map by name
@@ -770,4 +897,9 @@ def _read(path, folder):
         log._grads = mapped("grad")
         if not log.applied_same:
             log._applied_grads = mapped("applied")
+        if log.per_replica and log.record == "full":
+            log._replica_grads = [
+                [np.memmap(gradient_file(folder, j, "replica"), dtype=dtype, mode="r", shape=(n, log.n_replicas, *shape))] if n else []
+                for j, shape in enumerate(log.shapes)
+            ]
     return log
