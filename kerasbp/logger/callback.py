@@ -22,6 +22,9 @@ from kerasbp.logger.log import CLIPPING, FOLDER_LOG, STATS, GradientLog, gradien
 #: Column of each statistic in a row of `stats`.
 STATS_INDEX = {name: i for i, name in enumerate(STATS)}
 
+#: The Keras backends whose train step the logger can capture (`capture.capture_for`).
+BACKENDS = ("tensorflow", "jax")
+
 #: Rows of the statistics buffer at least: the host reads it only every few hundred steps.
 MIN_STATS_ROWS = 256
 
@@ -124,11 +127,13 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
 
     # ----------------------------------------------------------------- attaching to the model
     def on_train_begin(self, logs=None):
-        if keras.backend.backend() != "tensorflow":
+        if keras.backend.backend() not in BACKENDS:
             raise RuntimeError(
-                f"GradientLogger supports the TensorFlow backend only; Keras is running on {keras.backend.backend()!r}. "
-                "Set KERAS_BACKEND=tensorflow before importing keras."
+                f"GradientLogger supports the backends {list(BACKENDS)}; Keras is running on {keras.backend.backend()!r}. "
+                "Set KERAS_BACKEND to one of them before importing keras."
             )
+        if self.tensorboard_dir is not None and keras.backend.backend() != "tensorflow":
+            raise RuntimeError(f"GradientLogger(tensorboard_dir=...) needs the TensorFlow backend; Keras is running on {keras.backend.backend()!r}")
         model = self.model
         optimizer = getattr(model, "optimizer", None)
         if optimizer is None:
