@@ -205,7 +205,7 @@ class JaxCapture:
         variables = self.buffers.variables
         for name in self.buffers.alive:
             if name is not None:
-                variables[name].assign(ops.zeros_like(variables[name]))
+                variables[name].assign(np.zeros(variables[name].shape, bool))
         variables["first_nonfinite"].assign(-1)
         start = max(
             int(self._value("counter")),

@@ -54,61 +54,109 @@ def record_batches(model):
     return batches
 
 
-def assert_equal_to_twin(logger, model, batches, loss, rtol):
-    """At every logged step, the twin's loss and gradient at the weights Keras had before that step
-    (snapshots) on that step's batch equal the logged ones: norm-wise relative error <= rtol."""
+def keras_gradient_function(model):
+    """Keras's own loss and gradient at given weights on a batch, jitted as fit's step is:
+    `f(weights, x, y) -> (loss, grads)`, from the model's stateless call and loss."""
+    import jax
+
+    non_trainable = [v.value for v in model.non_trainable_variables]
+    metrics = [v.value for v in model.metrics_variables]
+
+    def loss(trainable, x, y):
+        y_pred, _ = model.stateless_call(trainable, non_trainable, x, training=True)
+        value, _ = model.stateless_compute_loss(trainable, non_trainable, metrics, x=x, y=y, y_pred=y_pred, training=False)
+        return value
+
+    return jax.jit(jax.value_and_grad(loss))
+
+
+def relative_errors(got, want):
+    """Per variable, |got - want| over the norm of the whole of `want` (all variables): a variable
+    whose gradient happens to be near zero (a bias of a well-fit output) is judged on the scale
+    of the step's gradient."""
+    scale = np.sqrt(sum(np.sum(np.asarray(w, np.float64) ** 2) for w in want))
+    return [np.linalg.norm(np.asarray(g, np.float64) - np.asarray(w, np.float64)) / scale for g, w in zip(got, want, strict=True)]
+
+
+def check_against_keras_and_twin(logger, model, batches, loss, keras_rtol, twin_rtol, loss_rtol):
+    """At every logged step, on that step's batch and at the weights Keras had before it
+    (snapshots): Keras's own gradient recomputed there equals the logged one within
+    `keras_rtol` (the logger adds no error), and the NumPy twin's float64 gradient equals it
+    within `twin_rtol` (Keras's arithmetic), its loss within `loss_rtol`.
+
+    Returns:
+        `(worst error against Keras, worst error against the twin)`.
+    """
     from kerasbp.reference import NumpyMLP
 
     twin = NumpyMLP.from_keras(model).astype("float64")
+    recompute = keras_gradient_function(model)
     grads, weights = logger.gradients(), logger.weights()
     assert len(batches) == len(logger.steps)
-    worst = 0.0
+    worst_keras = worst_twin = 0.0
     for k, (xb, yb) in enumerate(batches):
+        logged = [g[k] for g in grads]
+        assert all(g.dtype == v.dtype for g, v in zip(logged, model.trainable_weights, strict=True))
+        value, own = recompute([w[k] for w in weights], xb, yb)
+        assert logger.losses[k] == pytest.approx(float(value), rel=keras_rtol)
+        errors = relative_errors(logged, own)
+        worst_keras = max(worst_keras, *errors)
+        assert max(errors) <= keras_rtol, (k, errors)
         twin.set_params([w[k].astype("float64") for w in weights])
-        value, expected = twin.gradients(xb.astype("float64"), yb.astype("float64"), loss)
-        assert logger.losses[k] == pytest.approx(float(value), rel=rtol)
-        for got, want in zip((g[k] for g in grads), expected, strict=True):
-            assert got.dtype == model.trainable_weights[0].dtype
-            error = np.linalg.norm(got - want) / np.linalg.norm(want)
-            worst = max(worst, error)
-            assert error <= rtol, (k, error)
-    return worst
+        value, exact = twin.gradients(xb.astype("float64"), yb.astype("float64"), loss)
+        assert logger.losses[k] == pytest.approx(float(value), rel=loss_rtol)
+        errors = relative_errors(logged, exact)
+        worst_twin = max(worst_twin, *errors)
+        assert max(errors) <= twin_rtol, (k, errors)
+    return worst_keras, worst_twin
 
 
-TWIN_CASES = [
-    (task, optimizer, dtype, spe)
-    for task in ("xor", "linear")
-    for optimizer in ("sgd", "adam", "rmsprop")
-    for dtype in ("float32", "float64")
-    for spe in ((1, 3) if optimizer == "adam" else (1,))
+TWIN_CASES = [(task, optimizer, "float64", 1) for task in ("xor", "linear") for optimizer in ("sgd", "adam", "rmsprop")] + [
+    ("xor", "adam", "float32", 1),
+    ("linear", "sgd", "float32", 1),
+    ("xor", "adam", "float64", 3),
+    ("linear", "rmsprop", "float32", 3),
 ]
 
 
 @pytest.mark.parametrize("task, optimizer, dtype, steps_per_execution", TWIN_CASES, ids=["-".join(map(str, c)) for c in TWIN_CASES])
 def test_logged_gradients_equal_the_twins_at_kerass_weights(task, optimizer, dtype, steps_per_execution, request):
-    # shuffle=True, and a partial last batch (XOR: 4 samples in batches of 3; linear: 37 in 8).
-    # Norm-wise relative error |logged - exact| / |exact| (the twin computes in float64 from
-    # Keras's weights): float64 1e-12; float32 1e-5 (Keras's own float32 rounding, as on TF).
+    # shuffle=True, and a partial last batch (XOR repeated 3 times: 12 samples in batches of 8;
+    # linear: 37 in batches of 8). Errors of the logged gradient, relative to the step's gradient norm:
+    # - against Keras's own gradient recomputed at the logged weights (jitted, as fit's step):
+    #   float64 1e-12, float32 1e-6 (measured: 0, bit for bit). The logger adds nothing.
+    # - against the NumPy twin's float64 gradient: float32 1e-5 (Keras's own float32 rounding, as
+    #   on TF); float64 1e-12 for the sigmoid XOR net. Keras 3.15 on JAX computes some float64
+    #   ops in float32: `keras.backend.result_type` maps float64 to float32 on every backend but
+    #   TensorFlow (keras/src/backend/common/dtypes.py, BIT64_TO_BIT32_DTYPE), so `ops.tanh` and
+    #   `ops.mean` of float64 tensors return float32. So the tanh net's float64 gradient is only
+    #   float32-accurate (1e-5; measured up to 2e-6), a batch size that is no power of two puts
+    #   float32(1/n) into every gradient (3e-8: hence XOR in batches of 8 and 4), and every float64
+    #   loss, a float32 mean over the outputs, is within 1e-7 of the exact one (the tanh net's
+    #   within 1e-5). XOR's sigmoid (`jax.nn.sigmoid`) stays float64.
     if dtype == "float64":
         request.getfixturevalue("float64")
-    rtol = 1e-5 if dtype == "float32" else 1e-12
+    keras_rtol = 1e-6 if dtype == "float32" else 1e-12
+    twin_rtol = 1e-12 if (dtype, task) == ("float64", "xor") else 1e-5
+    loss_rtol = 1e-7 if (dtype, task) == ("float64", "xor") else 1e-5
     if task == "xor":
-        X, y = xor_data(dtype)
-        model, loss, batch = xor_model(seed=2), "binary_crossentropy", 3
+        X, y = (np.tile(a, (3, 1)) for a in xor_data(dtype))
+        model, loss, batch = xor_model(seed=2), "binary_crossentropy", 8
     else:
         X, y = (a.astype(dtype) for a in regression_data())
         model, loss, batch = dense_model([2, 3, 1], ["tanh", "linear"], seed=2), "mse", 8
     compile_model(model, optimizer, learning_rate=0.05, loss=loss, steps_per_execution=steps_per_execution)
     batches = record_batches(model)
     logger = GradientLogger(record="full", snapshots=True)
-    epochs = 5
+    epochs = 4
     model.fit(X, y, epochs=epochs, batch_size=batch, shuffle=True, callbacks=[logger], verbose=0)
     per_epoch = -(-len(X) // batch)
     assert logger.steps.tolist() == list(range(epochs * per_epoch))
     assert logger.epochs.tolist() == [s // per_epoch for s in range(epochs * per_epoch)]
     assert sorted({len(xb) for xb, _ in batches}) == sorted({batch, len(X) % batch})  # the partial batch ran
     assert not all(np.array_equal(batches[0][0], b[0]) for b in batches[per_epoch::per_epoch])  # shuffled
-    assert_equal_to_twin(logger, model, batches, loss, rtol)
+    worst = check_against_keras_and_twin(logger, model, batches, loss, keras_rtol, twin_rtol, loss_rtol)
+    print(f"worst relative error: against Keras {worst[0]:.2e}, against the twin {worst[1]:.2e}")
     # The last snapshot plus the logged step give the final weights: the applied update is seen.
     assert logger.iterations.tolist() == list(range(1, epochs * per_epoch + 1))
     assert logger.applied.all() and np.allclose(logger.learning_rates, 0.05)
