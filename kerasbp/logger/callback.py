@@ -38,7 +38,7 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
     """Records the gradients the optimizer applies, at every `every_n_steps`-th step of `fit`.
 
     It works with a plain `model.fit(..., callbacks=[logger])` on any compiled Keras model with
-    the TensorFlow backend (and with `kerasbp.train`). A row is one train step (one batch handed
+    the TensorFlow or JAX backend (and with `kerasbp.train` on TensorFlow). A row is one train step (one batch handed
     to the optimizer). Per logged step it records the gradient of the loss handed to
     `optimizer.apply_gradients` in the train step, divided by the loss scale in effect
     (`LossScaleOptimizer`, also the one `compile` adds under the `mixed_float16` policy, or
@@ -83,7 +83,8 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
 
     Raises:
         TypeError, ValueError: for bad arguments.
-        RuntimeError: at `fit` on a backend other than TensorFlow, or a model without optimizer.
+        RuntimeError: at `fit` on a backend other than those in `BACKENDS`, with
+            `tensorboard_dir` on a backend other than TensorFlow, or a model without optimizer.
         ValueError: at `fit` with a `keras.optimizers.MultiOptimizer`.
 
     Example:
