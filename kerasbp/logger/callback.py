@@ -23,7 +23,7 @@ from kerasbp.logger.log import CLIPPING, FOLDER_LOG, STATS, GradientLog, gradien
 STATS_INDEX = {name: i for i, name in enumerate(STATS)}
 
 #: The Keras backends whose train step the logger can capture (`capture.capture_for`).
-BACKENDS = ("tensorflow", "jax")
+BACKENDS = ("tensorflow", "jax", "torch")
 
 #: Rows of the statistics buffer at least: the host reads it only every few hundred steps.
 MIN_STATS_ROWS = 256
@@ -38,7 +38,7 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
     """Records the gradients the optimizer applies, at every `every_n_steps`-th step of `fit`.
 
     It works with a plain `model.fit(..., callbacks=[logger])` on any compiled Keras model with
-    the TensorFlow or JAX backend (and with `kerasbp.train` on TensorFlow). A row is one train step (one batch handed
+    the TensorFlow, JAX or torch backend (and with `kerasbp.train` on TensorFlow). A row is one train step (one batch handed
     to the optimizer). Per logged step it records the gradient of the loss handed to
     `optimizer.apply_gradients` in the train step, divided by the loss scale in effect
     (`LossScaleOptimizer`, also the one `compile` adds under the `mixed_float16` policy, or

@@ -752,13 +752,17 @@ def capture_for(model, optimizer, steps_per_execution, **options):
 
 
 def _capture_class():
-    """The capture class of Keras's backend: `TensorFlowCapture`, or `JaxCapture`
-    (`kerasbp/logger/capture_jax.py`)."""
+    """The capture class of Keras's backend: `TensorFlowCapture`, `JaxCapture`
+    (`kerasbp/logger/capture_jax.py`) or `TorchCapture` (`kerasbp/logger/capture_torch.py`)."""
     backend = keras.backend.backend()
     if backend == "jax":
         from kerasbp.logger.capture_jax import JaxCapture
 
         return JaxCapture
+    if backend == "torch":
+        from kerasbp.logger.capture_torch import TorchCapture
+
+        return TorchCapture
     return TensorFlowCapture
 
 
