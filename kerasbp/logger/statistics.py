@@ -16,8 +16,8 @@ from kerasbp.logger.log import STATS
 
 def sum_squares(g, dtype):
     """Scalar tensor: the sum of the squares of `g`'s entries, computed in `dtype`."""
-    g = ops.cast(g, dtype)
-    return ops.sum(g * g)
+    g = ops.reshape(ops.cast(g, dtype), (-1,))
+    return ops.vdot(g, g)  # one BLAS dot: faster than a square and a reduction on XLA's CPU backend
 
 
 def step_statistics(grads, weight_squares, update_squares, dtype, tracked, scale=None, applied_squares=None):
@@ -58,7 +58,7 @@ def step_statistics(grads, weight_squares, update_squares, dtype, tracked, scale
         g = ops.cast(g, dtype)
         rest = tuple(range(len(g.shape) - 1))
         nonzero.append(ops.any(ops.not_equal(g, 0), axis=rest) if track and rest else (ops.not_equal(g, 0) if track else None))  # (units,)
-        raw += [ops.sum(g), ops.sum(g * g), ops.min(g), ops.max(g)]
+        raw += [ops.sum(g), sum_squares(g, dtype), ops.min(g), ops.max(g)]
     table = ops.reshape(ops.stack(raw), (n, 4))
     total, squares, low, high = (table[:, i] for i in range(4))  # each (n_variables,)
     counts = ops.cond(
