@@ -233,8 +233,10 @@ class TorchCapture:
                 found["applied"] = True
                 found["lr"] = ops.cast(learning_rate, "float64")
                 found["grads"] = {index[id(v)]: g for g, v in zip(grads, trainable_variables, strict=True) if id(v) in index and g is not None}
-                if not self.applied_same:
-                    found["squares"] = {j: statistics.sum_squares(g, dtype) for j, g in found["grads"].items()}
+                if not self.applied_same and found["grads"]:
+                    keys = list(found["grads"])
+                    norms = torch._foreach_norm([found["grads"][j].detach().to(getattr(torch, dtype)) for j in keys])
+                    found["squares"] = {j: norm**2 for j, norm in zip(keys, norms, strict=True)}
                     if buf.applied is not None:
                         found["grads"] = {j: g.detach().clone() for j, g in found["grads"].items()}
             return original["update"](grads, trainable_variables, learning_rate)
@@ -306,8 +308,12 @@ class TorchCapture:
         finite_grads = torch.tensor(True, device=device)
         if present:
             tracked = [buf.alive[j] is not None for j in present]
-            weight_squares = torch.stack([statistics.sum_squares(befores[j], dtype) for j in present])
-            update_squares = torch.stack([statistics.sum_squares(self.model_vars[j].value - befores[j], dtype) for j in present])
+            # torch's fused multi-tensor norms: one call for all variables (keras.ops per tensor costs more here)
+            compute = getattr(torch, dtype)
+            before = [befores[j].to(compute) for j in present]
+            weight_squares = torch.stack(torch._foreach_norm(before)) ** 2
+            changes = torch._foreach_sub([self.model_vars[j].value.detach().to(compute) for j in present], before)
+            update_squares = torch.stack(torch._foreach_norm(changes)) ** 2
             applied_squares = None
             if not self.applied_same:
                 squares = found.get("squares", {})
