@@ -45,6 +45,7 @@ import numpy as np
 import tensorflow as tf
 from kerasbp.logger import capture
 from kerasbp.reference import SGD, NumpyMLP
+from paired import paired_rounds, summary, wide_data, wide_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -90,21 +91,9 @@ def bench_xor(steps, fit_epochs, repeats):
     return {name: {"us_per_step": s * 1e6, "ratio_to_numpy": s / base} for name, s in seconds.items()}
 
 
-def wide_model():
-    model = keras.Sequential(
-        [keras.Input((784,)), keras.layers.Dense(256, activation="relu"), keras.layers.Dense(256, activation="relu"), keras.layers.Dense(10)]
-    )
-    model.compile(keras.optimizers.SGD(0.01), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    return model
-
-
 def bench_overhead(n_samples, epochs, repeats):
-    """Plain fit against fit with loggers. The variants run in turn, round after round, and each
-    ratio is the median over rounds of (variant / plain fit of the same round), which cancels
-    the slow drifts of a shared machine's speed."""
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(n_samples, 784)).astype("float32")
-    y = rng.integers(0, 10, size=(n_samples, 1))
+    """Plain fit against fit with loggers, in paired rounds (`paired.py`)."""
+    X, y = wide_data(n_samples)
     variants = {
         "fit": None,
         "fit_logger_stats_every_step": lambda: kb.GradientLogger(),
@@ -115,20 +104,7 @@ def bench_overhead(n_samples, epochs, repeats):
         model = wide_model()
         callbacks = [make_logger()] if make_logger else []
         runs[name] = lambda model=model, callbacks=callbacks: model.fit(X, y, epochs=epochs, batch_size=128, callbacks=callbacks, verbose=0)
-        runs[name]()  # warm-up: tracing
-    times = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    return {
-        name: {
-            "seconds": statistics.median(t),
-            "ratio_to_fit": statistics.median(a / b for a, b in zip(t, times["fit"], strict=True)),
-        }
-        for name, t in times.items()
-    }
+    return summary(paired_rounds(runs, repeats), "fit")
 
 
 def peak_rss_mb():

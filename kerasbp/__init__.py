@@ -9,6 +9,7 @@ Module map:
     models        xor_model, linear_model, dense_model, compile_model
     logger        GradientLogger (callback), GradientLog and Health (log), the capture in fit
     training      train: many tiny epochs in one compiled loop
+    curvature     HessianProbe (callback): the Hessian's largest eigenvalue and trace inside fit
     backprop      explain_backprop: the chain rule layer by layer, Keras beside NumPy
     comparison    compare and ComparisonReport: Keras against the twin, step by step
     reference     the NumPy twin: activations, losses, NumpyMLP, optimizers, gradient_check
@@ -30,6 +31,8 @@ _EXPORTS = {
     "GradientLogger": "kerasbp.logger",
     "Health": "kerasbp.logger",
     "load_gradient_log": "kerasbp.logger",
+    "HessianProbe": "kerasbp.curvature",
+    "plot_gradient_noise": "kerasbp.plotting",
     "compare": "kerasbp.comparison",
     "ComparisonReport": "kerasbp.comparison",
     "explain_backprop": "kerasbp.backprop",

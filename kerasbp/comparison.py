@@ -29,6 +29,14 @@ the dtype (`TOLERANCES`):
   rounding of `w + update` on each side), divided by the size of Keras's update
   `max |w_after - w_before|`. An update rule is checked against the update it makes, not
   against the weights, which can be a million times larger.
+- learning rate, with a schedule: `|diff|` between the twin's schedule and the rate Keras used
+  at the step, over the largest rate Keras used in the run (a rate near the end of a cosine
+  decay keeps the absolute rounding error of `1 + cos`, not a relative one). Teacher-forced, the twin's update rule then runs at
+  Keras's rate, so that a schedule's last-ulp differences (TensorFlow's float32 `cos` is not
+  correctly rounded) do not count as update-rule differences;
+- moving statistics of BatchNormalization after the step (teacher-forced: the twin's
+  moving-average update from Keras's statistics before the step): as the weights, against the
+  size of Keras's change of them.
 """
 
 import csv
@@ -47,17 +55,23 @@ from kerasbp.logger import GradientLogger
 from kerasbp.models import keras_loss
 from kerasbp.precision import floatx
 from kerasbp.reference import OPTIMIZERS, NumpyMLP, get_loss, optimizer_from_keras, state_from_keras
+from kerasbp.reference.schedules import Schedule
 
 #: Relative tolerances of the teacher-forced comparison, by dtype. float32: losses agree to about
 #: 1e-7 of their size and updates to a few ulps of theirs; gradients carry float32 rounding
 #: amplified by cancellation in the batch sums and by `a * (1 - a)` for saturated sigmoids
 #: (measured up to ~2e-5 between two float32 implementations of the same formula).
 #: float64: everything agrees to ~1e-13 or better, so 1e-10 leaves room only for a real difference.
+#: Keras's schedules compute in float32 whatever the dtype, so their tolerance is 4 float32 ulps
+#: of the largest rate in both (measured: up to 1.5e-7 for the cosine schedules, whose float32
+#: `cos` in TensorFlow is not correctly rounded; exact for the others).
 TOLERANCES = {
-    "float32": {"loss": 1e-5, "gradient": 1e-4, "weights": 1e-4},
-    "float64": {"loss": 1e-10, "gradient": 1e-10, "weights": 1e-10},
+    "float32": {"loss": 1e-5, "learning_rate": 4.8e-7, "gradient": 1e-4, "weights": 1e-4, "moving": 1e-4},
+    "float64": {"loss": 1e-10, "learning_rate": 4.8e-7, "gradient": 1e-10, "weights": 1e-10, "moving": 1e-10},
 }
-_QUANTITIES = ("loss", "gradient", "weights")
+#: What is compared at each step; "learning_rate" only with a schedule, "moving" only for
+#: models with BatchNormalization.
+_QUANTITIES = ("loss", "learning_rate", "gradient", "weights", "moving")
 
 
 def relative_difference(diff, scale):
@@ -89,15 +103,20 @@ class ComparisonReport:
 
     Attributes:
         dtype: str, `"float32"` or `"float64"`.
-        tolerances: dict `{"loss", "gradient", "weights"}` of relative tolerances.
+        tolerances: dict `{"loss", "learning_rate", "gradient", "weights", "moving"}` of relative
+            tolerances.
         names: list of str, the trainable variables in `model.trainable_weights` order.
+        moving_names: list of str, the BatchNormalization moving means and variances in
+            `model.non_trainable_weights` order (empty without BatchNormalization).
         steps: int, the number of optimizer steps compared.
         epochs, batch_size: the run's settings.
         keras_losses: float64 array `(steps,)`, each step's batch loss before its update.
         twin_losses: float64 array `(steps,)`, the free-running twin's.
-        teacher, free: dicts of arrays for each mode: `"loss_abs"`, `"loss_rel"` of shape
+        teacher, free: dicts of arrays for each mode: `"loss_abs"`, `"loss_rel"`,
+            `"learning_rate_abs"`, `"learning_rate_rel"` (zeros without a schedule) of shape
             `(steps,)`, and `"gradient_abs"`, `"gradient_rel"`, `"weights_abs"`, `"weights_rel"`
-            of shape `(steps, n_variables)` (weights after the step).
+            of shape `(steps, n_variables)` (weights after the step), and `"moving_abs"`,
+            `"moving_rel"` of shape `(steps, n_moving)`.
         optimizer: str, the twin optimizer with its hyperparameters, e.g.
             `"Adam(learning_rate=0.05, beta_1=0.9, ...)"`, for display.
         optimizer_name: str, the Keras optimizer class, e.g. `"Adam"` (`"SGD"`, `"Adam"` or
@@ -107,11 +126,13 @@ class ComparisonReport:
             Inf; the steps before it are compared, and the report is not ok.
     """
 
-    def __init__(self, diverged_at, dtype, names, keras_losses, twin_losses, teacher, free, epochs, batch_size, optimizer, loss, optimizer_name):
+    def __init__(self, diverged_at, dtype, names, keras_losses, twin_losses, teacher, free, epochs, batch_size, optimizer, loss, optimizer_name, moving_names=(), scheduled=False):
         self.diverged_at = diverged_at
         self.dtype = dtype
         self.tolerances = dict(TOLERANCES[dtype])
         self.names = names
+        self.moving_names = list(moving_names)
+        self.scheduled = bool(scheduled)
         self.keras_losses, self.twin_losses = keras_losses, twin_losses
         self.teacher, self.free = teacher, free
         self.steps = len(keras_losses)
@@ -119,19 +140,27 @@ class ComparisonReport:
         self.optimizer, self.loss = optimizer, loss
         self.optimizer_name = optimizer_name
 
+    @property
+    def _quantities(self):
+        skip = {"learning_rate"} if not self.scheduled else set()
+        if not self.moving_names:
+            skip.add("moving")
+        return tuple(q for q in _QUANTITIES if q not in skip)
+
     def _worst(self, mode):
         # weights_rel is the difference beyond 2 ulps, relative to the update (module docstring)
         data = getattr(self, mode)
-        return {q: float(np.max(data[f"{q}_rel"])) if self.steps else 0.0 for q in _QUANTITIES}
+        return {q: float(np.max(data[f"{q}_rel"])) if self.steps else 0.0 for q in self._quantities}
 
     def failures(self, mode="teacher"):
         """Every `(step, variable, quantity, abs, rel)` over tolerance in `mode`, in step order."""
         data, out = getattr(self, mode), []
         for k in range(self.steps):
-            if data["loss_rel"][k] > self.tolerances["loss"]:
-                out.append((k, None, "loss", float(data["loss_abs"][k]), float(data["loss_rel"][k])))
-            for q in ("gradient", "weights"):
-                for j, name in enumerate(self.names):
+            for q in ("loss", "learning_rate"):
+                if data[f"{q}_rel"][k] > self.tolerances[q]:
+                    out.append((k, None, q, float(data[f"{q}_abs"][k]), float(data[f"{q}_rel"][k])))
+            for q, names in (("gradient", self.names), ("weights", self.names), ("moving", self.moving_names)):
+                for j, name in enumerate(names):
                     if data[f"{q}_rel"][k, j] > self.tolerances[q]:
                         out.append((k, name, q, float(data[f"{q}_abs"][k, j]), float(data[f"{q}_rel"][k, j])))
         return out
@@ -156,8 +185,9 @@ class ComparisonReport:
             f"{self.optimizer}, {self.loss}",
             f"{'worst relative difference':28}{'teacher-forced':>16}{'free-running':>15}{'tolerance':>11}",
         ]
-        for q in _QUANTITIES:
-            lines.append(f"{q:28}{teacher[q]:16.2e}{free[q]:15.2e}{self.tolerances[q]:11.0e}")
+        for q in self._quantities:
+            label = {"moving": "moving statistics", "learning_rate": "learning rate"}.get(q, q)
+            lines.append(f"{label:28}{teacher[q]:16.2e}{free[q]:15.2e}{self.tolerances[q]:11.0e}")
         first = self.first_failure
         if self.diverged_at is not None:
             lines.append(
@@ -168,7 +198,7 @@ class ComparisonReport:
             lines.append("OK: every step agrees (teacher-forced)")
         elif first is not None:
             step, name, q, a, r = first
-            where = f"variable {name!r}" if name else "the loss"
+            where = f"variable {name!r}" if name else ("the schedule" if q == "learning_rate" else "the loss")
             lines.append(f"NOT OK: first difference at step {step}, {where}, {q}: |diff| {a:.3g}, relative {r:.3g} > {self.tolerances[q]:g}")
         over_free = self.failures("free")
         if over_free and first is None:
@@ -198,6 +228,7 @@ class ComparisonReport:
             "loss": self.loss,
             "tolerances": self.tolerances,
             "names": self.names,
+            "moving_names": self.moving_names,
             "worst": {"teacher": self._worst("teacher"), "free": self._worst("free")},
             "first_failure": None if first is None else dict(zip(("step", "variable", "quantity", "abs", "rel"), first, strict=True)),
             "keras_losses": self.keras_losses.tolist(),
@@ -205,7 +236,11 @@ class ComparisonReport:
         }
 
     def to_csv(self, path):
-        """Write one row per step, mode and variable with every difference (atomically)."""
+        """Write one row per step, mode and variable with every difference (atomically).
+
+        A BatchNormalization moving statistic has rows of its own, its differences in the
+        `weights_*` columns and the loss and gradient columns empty.
+        """
 
         def write(f):
             text = io.TextIOWrapper(f, encoding="utf-8", newline="")
@@ -216,6 +251,8 @@ class ComparisonReport:
                 for k in range(self.steps):
                     for j, name in enumerate(self.names):
                         w.writerow([k, mode, name, d["loss_abs"][k], d["loss_rel"][k], d["gradient_abs"][k, j], d["gradient_rel"][k, j], d["weights_abs"][k, j], d["weights_rel"][k, j]])
+                    for j, name in enumerate(self.moving_names):
+                        w.writerow([k, mode, name, "", "", "", "", d["moving_abs"][k, j], d["moving_rel"][k, j]])
             text.flush()
             text.detach()
 
@@ -283,10 +320,22 @@ def _copy(model, dtype):
 
     layers = [keras.Input(shape=model.inputs[0].shape[1:])]
     for layer in model.layers:
-        config = layer.get_config()
+        # The activation function itself is shared, not serialized: Keras cannot serialize
+        # e.g. `functools.partial(keras.activations.gelu, approximate=True)`.
+        activation = getattr(layer, "activation", None)
+        if activation is not None:
+            layer.activation = keras.activations.linear
+        try:
+            config = layer.get_config()
+        finally:
+            if activation is not None:
+                layer.activation = activation
         config["dtype"] = dtype
         cls = _recording_dropout() if isinstance(layer, keras.layers.Dropout) else type(layer)
-        layers.append(cls.from_config(config))
+        copied = cls.from_config(config)
+        if activation is not None:
+            copied.activation = activation
+        layers.append(copied)
     copy = keras.Sequential(layers, name=f"{model.name}_copy")
     for src, dst in zip(model.layers, copy.layers, strict=True):
         dst.set_weights([w.astype(dtype) for w in src.get_weights()])
@@ -303,9 +352,9 @@ class _ApplyRecorder:
     def __init__(self, model, optimizer):
         import tensorflow as tf
 
-        self.model, self.losses, self._grads = model, [], None
+        self.model, self.losses, self.learning_rates, self._grads = model, [], [], None
         self.names = [v.path for v in model.trainable_variables]
-        self._tf = tf
+        self._lr = tf.Variable(0.0, dtype=tf.float64, trainable=False)
         original = optimizer.apply
 
         def apply(grads, trainable_variables=None):
@@ -313,6 +362,7 @@ class _ApplyRecorder:
                 self._grads = [tf.Variable(tf.zeros_like(g), trainable=False) for g in grads]
             for var, g in zip(self._grads, grads, strict=True):
                 var.assign(g)
+            self._lr.assign(tf.cast(optimizer._get_current_learning_rate(), tf.float64))  # as apply computes it
             return original(grads, trainable_variables)
 
         optimizer.apply = apply
@@ -335,6 +385,7 @@ class _ApplyRecorder:
 
     def on_train_batch_end(self, i):
         self.losses.append(float(self.model.get_metrics_result()["loss"]))
+        self.learning_rates.append(float(self._lr.numpy()))
 
     def last_gradients(self):
         return [np.array(g.numpy()) for g in self._grads]
@@ -423,8 +474,11 @@ def compare(model, X, y, epochs=1, batch_size=None, loss=None, dtype=None, sampl
         logger.set_model(copy)
         logger.set_params({"steps": len(batches), "epochs": epochs})
         keras_before, keras_w, keras_g, twin_losses, scales, slacks = [], [], [], [], [], []
+        keras_moving_before, keras_moving, lr_pairs = [], [], []
+        scheduled = isinstance(twin_optimizer.learning_rate, Schedule)
         diverged_at, free_ok = None, True
-        modes = {m: {"loss": [], "gradient": [], "weights": []} for m in ("teacher", "free")}
+        modes = {m: {"loss": [], "gradient": [], "weights": [], "moving": []} for m in ("teacher", "free")}
+        moving_variables = [v for v in copy.non_trainable_weights if "seed_generator" not in v.path]
         dropouts = [layer for layer in copy.layers if isinstance(layer, keras.layers.Dropout)]
         # Build the copy and its optimizer before reading state: one step of the train function
         # would do it, but then we would not see the state before the first step.
@@ -440,7 +494,7 @@ def compare(model, X, y, epochs=1, batch_size=None, loss=None, dtype=None, sampl
                         xb, yb = X[batch], y[batch]
                         sw = None if sample_weight is None else sample_weight[batch]
                         before = [np.array(v.numpy()) for v in copy.trainable_weights]
-                        moving = [np.array(v.numpy()) for v in copy.non_trainable_weights if "seed_generator" not in v.path]
+                        moving = [np.array(v.numpy()) for v in moving_variables]
                         state = state_from_keras(keras_optimizer, twin_optimizer)
                         # Keras's step, its applied gradient captured by the logger
                         logger.on_train_batch_begin(i)
@@ -460,28 +514,38 @@ def compare(model, X, y, epochs=1, batch_size=None, loss=None, dtype=None, sampl
                             teacher.set_non_trainable(moving)
                         t_result = teacher.backward(xb, yb, twin_loss, sample_weight=sw, dropout_masks=masks)
                         t_loss, t_grads = t_result.loss, t_result.grads
+                        teacher._update_moving()
+                        t_moving = teacher.non_trainable
                         scales.append(_term_sizes(teacher, t_result))
                         # the rounding of O(1) probabilities and targets before they cancel in p - y
                         slacks.append(16 * float(np.finfo(dtype).eps) * max(1.0, float(np.max(np.abs(yb)))) / len(xb))
-                        t_params, _ = twin_optimizer.apply(before, keras_grads, state)
+                        keras_lr = float(logger.learning_rates[-1])
+                        if scheduled:
+                            lr_pairs.append((keras_lr, float(twin_optimizer.learning_rate_at(state.iterations, "float32"))))
+                        t_params, _ = _apply_at(twin_optimizer, before, keras_grads, state, keras_lr if scheduled else None)
                         # free-running: the twin's step from its own weights and state
                         if free_ok:
                             f_loss, _, f_grads = free.backward(xb, yb, twin_loss, sample_weight=sw, dropout_masks=masks)
                             free._update_moving()
+                            f_moving = free.non_trainable
                             f_params, free_state = twin_optimizer.apply(free.params, f_grads, free_state)
                             free_ok = all(np.isfinite(p).all() for p in f_params)
                             if free_ok:
                                 free.set_params(f_params)
                         if not free_ok:  # the twin alone diverged: nothing left to compare
                             f_loss, f_grads, f_params = np.nan, [np.full(np.shape(g), np.nan) for g in t_grads], [np.full(np.shape(p), np.nan) for p in t_params]
+                            f_moving = [np.full(np.shape(m), np.nan) for m in t_moving]
                         keras_before.append(before)
                         keras_w.append(after)
                         keras_g.append(keras_grads)
+                        keras_moving_before.append(moving)
+                        keras_moving.append([np.array(v.numpy()) for v in moving_variables])
                         twin_losses.append(float(f_loss))
-                        for mode, (l, g, w) in (("teacher", (t_loss, t_grads, t_params)), ("free", (f_loss, f_grads, f_params))):
+                        for mode, (l, g, w, m) in (("teacher", (t_loss, t_grads, t_params, t_moving)), ("free", (f_loss, f_grads, f_params, f_moving))):
                             modes[mode]["loss"].append(float(l))
                             modes[mode]["gradient"].append(g)
                             modes[mode]["weights"].append(w)
+                            modes[mode]["moving"].append(m)
                     if diverged_at is not None:
                         break
             finally:
@@ -493,10 +557,13 @@ def compare(model, X, y, epochs=1, batch_size=None, loss=None, dtype=None, sampl
         loss_abs = np.abs(np.array(d["loss"]) - keras_losses)
         out["loss_abs"] = loss_abs
         out["loss_rel"] = np.array([relative_difference(a, abs(k)) for a, k in zip(loss_abs, keras_losses, strict=True)])
+        # no rate where the step did not update (a gradient accumulation micro-step)
+        lr_abs = np.array([abs(k - t) if math.isfinite(k) else 0.0 for k, t in lr_pairs] if lr_pairs else np.zeros(len(keras_losses)))
+        largest = max((abs(k) for k, _ in lr_pairs if math.isfinite(k)), default=0.0)
+        out["learning_rate_abs"] = lr_abs
+        out["learning_rate_rel"] = np.array([relative_difference(a, largest) for a in lr_abs])
         steps, n_vars = len(keras_losses), len(logger.names)
-        for q in ("gradient", "weights"):
-            out[f"{q}_abs"] = np.zeros((steps, n_vars))
-            out[f"{q}_rel"] = np.zeros((steps, n_vars))
+        out["gradient_abs"], out["gradient_rel"] = np.zeros((steps, n_vars)), np.zeros((steps, n_vars))
         for k in range(steps):
             for j in range(n_vars):
                 kg, tg = np.asarray(keras_g[k][j], np.float64), np.asarray(d["gradient"][k][j], np.float64)
@@ -504,12 +571,8 @@ def compare(model, X, y, epochs=1, batch_size=None, loss=None, dtype=None, sampl
                 # differences in float's subnormal range are rounding, whatever their relative size
                 slack = 1024 * np.finfo(dtype).tiny + slacks[k]
                 out["gradient_rel"][k, j] = relative_difference(max(0.0, a - slack), max(np.max(np.abs(kg)), scales[k][j]))
-                w0, kw = keras_before[k][j], keras_w[k][j]
-                tw = np.asarray(d["weights"][k][j], np.float64)
-                out["weights_abs"][k, j] = a = np.max(np.abs(kw.astype(np.float64) - tw))
-                ulps = 2 * float(np.spacing(np.max(np.abs(np.concatenate([w0.ravel(), kw.ravel()])))))
-                update = np.max(np.abs(kw.astype(np.float64) - w0))
-                out["weights_rel"][k, j] = relative_difference(max(0.0, a - ulps), update)
+        out["weights_abs"], out["weights_rel"] = _changed_differences(keras_before, keras_w, d["weights"], n_vars)
+        out["moving_abs"], out["moving_rel"] = _changed_differences(keras_moving_before, keras_moving, d["moving"], len(moving_variables))
         results[mode] = out
     return ComparisonReport(
         diverged_at,
@@ -524,4 +587,44 @@ def compare(model, X, y, epochs=1, batch_size=None, loss=None, dtype=None, sampl
         repr(twin_optimizer),
         type(twin_loss).__name__,
         OPTIMIZERS[twin_optimizer.name].keras_class,
+        moving_names=[v.path for v in moving_variables],
+        scheduled=scheduled,
     )
+
+
+def _apply_at(optimizer, params, grads, state, learning_rate):
+    """`optimizer.apply(params, grads, state)` at the given learning rate of this step (a float),
+    in place of the optimizer's schedule, or at its own where `learning_rate` is None or NaN."""
+    if learning_rate is None or not math.isfinite(learning_rate):
+        return optimizer.apply(params, grads, state)
+    schedule = optimizer.learning_rate
+    optimizer.learning_rate = _Constant(learning_rate)
+    try:
+        return optimizer.apply(params, grads, state)
+    finally:
+        optimizer.learning_rate = schedule
+
+
+class _Constant(Schedule):
+    """A schedule that is `value` (a float32 number) at every step."""
+
+    def __init__(self, value):
+        self.value = np.float32(value)
+
+    def __call__(self, step):
+        return self.value
+
+
+def _changed_differences(before, keras_after, twin_after, n_vars):
+    """`(abs, rel)`, each `(steps, n_vars)`: per step and variable, `max |Keras - twin|` after
+    the step, and what is left of it beyond 2 ulps of the values (the rounding of `w + change`
+    on each side) relative to the size of Keras's change `max |after - before|`."""
+    steps = len(keras_after)
+    out_abs, out_rel = np.zeros((steps, n_vars)), np.zeros((steps, n_vars))
+    for k in range(steps):
+        for j in range(n_vars):
+            w0, kw = before[k][j], np.asarray(keras_after[k][j], np.float64)
+            out_abs[k, j] = a = np.max(np.abs(kw - np.asarray(twin_after[k][j], np.float64)))
+            ulps = 2 * float(np.spacing(np.max(np.abs(np.concatenate([np.ravel(w0), kw.ravel()])))))
+            out_rel[k, j] = relative_difference(max(0.0, a - ulps), np.max(np.abs(kw - w0)))
+    return out_abs, out_rel

@@ -16,9 +16,11 @@ The page holds:
      the gradient the optimizer's update rule received after loss scaling, accumulation and
      clipping), drawn when it differs from the loss gradient at some step (clipping acted,
      accumulation or loss-scale skips);
-   - gradient noise: a `noise` field, a dict of 1-D arrays `(n_logged,)` (e.g. `b_simple`, `gsnr`);
-   - curvature: a `curvature` field, a dict with `steps` and `lambda_max` (1-D arrays over probed
-     steps) and optionally `trace` and `stability_threshold` (`2 / learning rate`).
+   - gradient noise: the per-example statistics of a `GradientLogger(per_example=True)`
+     (`GradientLog.noise`), drawn by `kerasbp.plotting.plot_gradient_noise`.
+
+Curvature is not in a gradient log: `kerasbp.HessianProbe` keeps it, and
+`kerasbp.plotting.plot_curvature` draws it.
 
 Reading a log and writing the page need NumPy and matplotlib only, not TensorFlow.
 
@@ -29,7 +31,6 @@ Example:
 
 import base64
 import html
-import inspect
 import io
 import os
 
@@ -39,6 +40,7 @@ from kerasbp.checks import check_output_path
 from kerasbp.files import atomic_write
 from kerasbp.logger import log as log_module
 from kerasbp.logger.log import GradientLog, load_gradient_log
+from kerasbp.plotting.noise import plot_gradient_noise
 
 #: What a saved gradient log holds, by the path's suffix (lower case).
 LOG_FORMATS = {
@@ -263,17 +265,6 @@ def _gradient_section(log):
     )
 
 
-def _field(log, name):
-    """The log's field `name`, or None when the log has no such field.
-
-    Looked up with `inspect.getattr_static`, so finding out runs nothing; only a field that
-    exists is then read (its errors are not swallowed, as `hasattr` would).
-    """
-    if inspect.getattr_static(log, name, None) is None:
-        return None
-    return getattr(log, name)
-
-
 def _optional_sections(log):
     """Sections for what later loggers record, each only when the log has it."""
     out = []
@@ -286,18 +277,8 @@ def _optional_sections(log):
                 _figure(_draw_applied, log),
             )
         )
-    noise = _field(log, "noise")
-    if isinstance(noise, dict) and any(np.size(v) for v in noise.values()):
-        out.append(_section("Gradient noise", _p("Per logged step, from per-example gradients."), _figure(_draw_noise, log, noise)))
-    curvature = _field(log, "curvature")
-    if isinstance(curvature, dict) and np.size(curvature.get("lambda_max", [])):
-        out.append(
-            _section(
-                "Curvature",
-                _p("The largest eigenvalue of the loss's Hessian at the probed steps; above 2 / learning rate, plain gradient descent diverges."),
-                _figure(_draw_curvature, curvature),
-            )
-        )
+    if log.noise:
+        out.append(_section("Gradient noise", _p("Per logged step, from per-example gradients."), _figure(_draw_noise, log)))
     return out
 
 
@@ -404,37 +385,9 @@ def _draw_applied(ax, log):
     return "Applied vs loss gradient norms"
 
 
-def _draw_noise(ax, log, noise):
-    steps = log.steps
-    positive = True
-    for key, values in noise.items():
-        values = np.asarray(values, dtype=np.float64).reshape(-1)
-        x = steps if len(values) == len(steps) else np.arange(len(values))
-        ax.plot(x, values, label=key)
-        positive &= bool(np.all(values[np.isfinite(values)] > 0))
-    if positive:
-        ax.set_yscale("log")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("statistic")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, fontsize="small")
-    ax.grid(True, alpha=0.3)
+def _draw_noise(ax, log):
+    plot_gradient_noise(log, ax=ax)
     return "Gradient noise statistics"
-
-
-def _draw_curvature(ax, curvature):
-    lam = np.asarray(curvature["lambda_max"], dtype=np.float64).reshape(-1)
-    steps = np.asarray(curvature.get("steps", np.arange(len(lam)))).reshape(-1)
-    ax.plot(steps, lam, marker="o", label="largest Hessian eigenvalue")
-    if curvature.get("stability_threshold") is not None:
-        threshold = np.broadcast_to(np.asarray(curvature["stability_threshold"], dtype=np.float64), lam.shape)
-        ax.plot(steps, threshold, color="tab:red", linestyle=":", label="2 / learning rate")
-    if curvature.get("trace") is not None:
-        ax.plot(steps, np.asarray(curvature["trace"], dtype=np.float64).reshape(-1), marker=".", linestyle="--", label="trace")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("curvature")
-    ax.legend(loc="best", fontsize="small")
-    ax.grid(True, alpha=0.3)
-    return "Curvature at the probed steps"
 
 
 # ---------------------------------------------------------------------------- HTML

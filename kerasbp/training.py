@@ -266,7 +266,8 @@ def _train(model, X_t, y_t, batch_size, n_full, rest, epochs, epochs_per_call, c
     hooks = capture.attached_capture(model)
     go_on = hooks.all_finite if halt and hooks is not None else None
     val_key = None if val is None else (tuple(val[0].shape), tuple(val[1].shape), val[2] is not None)
-    key = (hooks, go_on is not None, tuple(X_t.shape), tuple(y_t.shape), X_t.dtype, batch_size, epochs_per_call, jit, sw_t is not None, val_key)
+    # A callback that wraps the model's `train_step` for the run (`HessianProbe`) gets loops of its own.
+    key = (hooks, model.__dict__.get("train_step"), go_on is not None, tuple(X_t.shape), tuple(y_t.shape), X_t.dtype, batch_size, epochs_per_call, jit, sw_t is not None, val_key)
     loops = _LOOPS.setdefault(model, weakref.WeakKeyDictionary()).setdefault(model.optimizer, {})
     if key not in loops:
         loops[key] = _make_loop(model, batch_size, n_full, rest, jit, epochs_per_call, go_on, sw_t is not None, val)

@@ -10,7 +10,6 @@
   at up to 7e-7).
 """
 
-import keras
 import numpy as np
 import pytest
 

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from kerasbp import compile_model, dense_model
-from kerasbp.logger import STATS, GradientLogger, load_gradient_log
+from kerasbp.logger import GradientLogger, load_gradient_log
 
 from test_log import assert_same_log, check_csv_against_log
 

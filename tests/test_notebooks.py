@@ -27,6 +27,7 @@ EXPECTED = [
     "03_where_backprop_happens.ipynb",
     "04_optimizers.ipynb",
     "05_softmax_and_batchnorm.ipynb",
+    "06_noise_and_curvature.ipynb",
 ]
 KERNEL_NAME = "kerasbp-test-python"
 CELL_TIMEOUT_S = 120

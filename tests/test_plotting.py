@@ -18,7 +18,7 @@ from kerasbp import plotting  # noqa: E402
 from kerasbp.logger import load_gradient_log  # noqa: E402
 from kerasbp.data import least_squares  # noqa: E402
 from kerasbp.jobs import run_compare  # noqa: E402
-from kerasbp.plotting import curves, surfaces, twin  # noqa: E402
+from kerasbp.plotting import curvature, curves, noise, surfaces, twin  # noqa: E402
 from kerasbp.plotting.surfaces import _mse_grid  # noqa: E402
 from kerasbp.reference import NumpyMLP  # noqa: E402
 
@@ -512,6 +512,8 @@ def test_every_public_name_is_in_the_package_and_its_subject_module():
         curves: ["plot_gradient_norms", "plot_gradient_profile", "plot_loss_curves"],
         surfaces: ["plot_decision_boundary", "plot_loss_surface", "weights_to_path"],
         twin: ["plot_comparison", "plot_twin_comparison"],
+        curvature: ["plot_curvature"],
+        noise: ["plot_gradient_noise"],
     }
     assert sorted(plotting.__all__) == sorted(name for names in modules.values() for name in names)
     for module, names in modules.items():

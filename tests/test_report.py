@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kerasbp import cli, report
+from kerasbp import GradientLogger, cli, compile_model, report, xor_data, xor_model
 from kerasbp.jobs import Diverged, run_linear, run_xor
 from kerasbp.logger import load_gradient_log
 from kerasbp.logger import log as log_module
@@ -94,7 +94,7 @@ def test_script_writes_a_self_contained_page_of_a_xor_log(logs, tmp_path):
     page = Page(out.read_text(encoding="utf-8"))
     assert page.external == [] and "script" not in page.tags and "link" not in page.tags  # nothing to fetch
     h2 = [text for tag, text in page.headings if tag == "h2"]
-    assert h2 == ["Summary", "Health", "Loss", "Gradients per layer"]  # no noise or curvature in this log
+    assert h2 == ["Summary", "Health", "Loss", "Gradients per layer"]  # no applied-gradient or noise section in this log
     h3 = [text for tag, text in page.headings if tag == "h3"]
     assert h3 == ["vanishing: ok", "exploding: ok", "non-finite: ok", "dead relu units: not applicable"]
     text = " ".join(page.text)
@@ -136,8 +136,8 @@ def test_page_of_a_diverged_log_names_the_step_and_needs_no_tensorflow(logs, tmp
     assert f"Non-finite: NaN/Inf gradient entries per variable, first at step {step}" in alts
 
 
-class LogWithExtras(log_module.GradientLog):
-    """A log with the fields later loggers add: applied gradients, noise, curvature."""
+class LogWithClipping(log_module.GradientLog):
+    """A log whose applied-gradient norms differ from the loss gradient's (as after clipping)."""
 
     def stat(self, name):
         if name == report.APPLIED_STAT:
@@ -145,20 +145,27 @@ class LogWithExtras(log_module.GradientLog):
         return super().stat(name)
 
 
-def test_optional_sections_only_when_the_log_has_them(logs, monkeypatch):
-    # (without them, as in the XOR log, the page ends with the gradients: see the first test)
+def test_the_applied_gradient_section_only_when_they_differ(logs):
+    # (where they do not, as in the XOR log, the page ends with the gradients: see the first test)
     plain = load_gradient_log(logs["xor"])
-    log = LogWithExtras()
+    log = LogWithClipping()
     log.__dict__.update(plain.__dict__)
-    n = len(log)
-    log.noise = {"b_simple": np.linspace(1, 3, n), "gsnr": np.full(n, 0.2)}
-    log.curvature = {"steps": np.array([0, 20, 40]), "lambda_max": np.array([1.0, 3.0, 2.0]), "stability_threshold": 40.0}
-    log._chunks["clipped"] = [np.arange(n) % 2 == 0]  # clipping acted: the applied norms differ
+    log._chunks["clipped"] = [np.arange(len(log)) % 2 == 0]  # clipping acted: the applied norms differ
     log._cache.clear()
     page = Page(report.report_html(log))
-    h2 = [t for tag, t in page.headings if tag == "h2"]
-    assert h2[-3:] == ["Applied vs loss gradients", "Gradient noise", "Curvature"]
-    assert [alt for alt, _ in page.pngs()][-3:] == ["Applied vs loss gradient norms", "Gradient noise statistics", "Curvature at the probed steps"]
+    assert [t for tag, t in page.headings if tag == "h2"][-1] == "Applied vs loss gradients"
+    assert [alt for alt, _ in page.pngs()][-1] == "Applied vs loss gradient norms"
+
+
+def test_a_per_example_log_gets_the_gradient_noise_section(tmp_path):
+    X, y = xor_data()
+    model = compile_model(xor_model(seed=0), "sgd", learning_rate=0.5)
+    logger = GradientLogger(per_example=True)
+    model.fit(X, y, epochs=5, batch_size=4, callbacks=[logger], verbose=0)
+    logger.to_npz(tmp_path / "noise.npz")
+    page = Page(report.report_html(load_gradient_log(tmp_path / "noise.npz")))
+    assert [t for tag, t in page.headings if tag == "h2"][-1] == "Gradient noise"
+    assert [alt for alt, _ in page.pngs()][-1] == "Gradient noise statistics"
 
 
 def test_bad_input_exits_2_naming_the_argument(logs, tmp_path, capsys):

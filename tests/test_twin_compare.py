@@ -13,7 +13,9 @@ import pytest
 
 import kerasbp as kb
 from kerasbp.precision import floatx
+from kerasbp.comparison import TOLERANCES
 from kerasbp.reference import OPTIMIZERS
+from kerasbp.reference import schedules as twin_schedules
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(24, 3))
@@ -36,8 +38,15 @@ def _optimizer(name, option):
     return getattr(keras.optimizers, name)(learning_rate=lr, **OPTIONS[option])
 
 
+GELU_APPROXIMATE = functools.partial(keras.activations.gelu, approximate=True)  # Keras cannot serialize it
+
+
+def _activation(name):
+    return GELU_APPROXIMATE if name == "gelu_approximate" else name
+
+
 def _mlp(optimizer, hidden="tanh", out="sigmoid", loss="binary_crossentropy"):
-    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, activation=hidden), keras.layers.Dense(2, activation=out)])
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, activation=_activation(hidden)), keras.layers.Dense(2, activation=_activation(out))])
     model.compile(optimizer=optimizer, loss=loss)
     return model
 
@@ -73,14 +82,18 @@ ACTIVATION_LOSSES = [
     ("linear", "leaky_relu", "huber", Y_REAL),
     ("tanh", "elu", "mae", Y_REAL),
     ("relu", "selu", "mse", Y_REAL),
+    ("gelu_approximate", "linear", "mse", Y_REAL),
 ]
 
 
 @pytest.mark.parametrize(("hidden", "out", "loss", "y"), ACTIVATION_LOSSES, ids=[f"{h}-{o}-{l}" for h, o, l, _ in ACTIVATION_LOSSES])
 def test_activations_and_losses_float64(hidden, out, loss, y):
     with floatx("float64"):
-        report = kb.compare(_mlp(keras.optimizers.SGD(0.05), hidden, out, loss), X, y, epochs=1, batch_size=8)
+        model = _mlp(keras.optimizers.SGD(0.05), hidden, out, loss)
+        report = kb.compare(model, X, y, epochs=1, batch_size=8)
     _check(report)
+    if hidden == "gelu_approximate":  # compare shared the function with its copy; the user's model keeps it
+        assert model.layers[0].activation is GELU_APPROXIMATE
 
 
 def _spiral_model(optimizer="adam", loss="sparse_categorical_crossentropy"):
@@ -107,6 +120,55 @@ def test_dense_batchnorm_dropout_softmax_on_spirals_with_regularizers_and_weight
         _check(kb.compare(model, X_s, y_s, epochs=1, batch_size=16, class_weight={0: 2.0, 2: 0.5}))
         model.compile(optimizer="sgd", loss="categorical_crossentropy")
         _check(kb.compare(model, X_s, np.eye(3)[y_s], epochs=1, batch_size=16, sample_weight=np.linspace(0.1, 2, len(X_s))))
+
+
+def test_moving_statistics_are_compared_and_a_wrong_momentum_is_caught(monkeypatch):
+    X_s, y_s = kb.spiral_data(n_per_class=16)
+    with floatx("float64"):
+        model = _spiral_model()
+        report = kb.compare(model, X_s, y_s, epochs=1, batch_size=16)
+        _check(report)
+        assert [name.split("/")[-1] for name in report.moving_names] == ["moving_mean", "moving_variance"]
+        assert report.teacher["moving_rel"].shape == (report.steps, 2)
+        assert "moving statistics" in report.summary()
+        # A twin whose moving average uses the wrong momentum: its gradients and weights still agree.
+        layers = kb.reference.layers
+
+        class WrongMomentum(layers.BatchNormalization):
+            def __init__(self, *args, momentum=0.99, **kwargs):
+                super().__init__(*args, momentum=0.9, **kwargs)
+
+        monkeypatch.setattr(kb.reference.from_keras, "BatchNormalization", WrongMomentum)
+        wrong = kb.compare(model, X_s, y_s, epochs=1, batch_size=16)
+    assert not wrong.ok
+    step, name, quantity, _, rel = wrong.first_failure
+    assert (step, quantity, name.split("/")[-1]) == (0, "moving", "moving_mean") and rel > 1
+    assert max(wrong.teacher["gradient_rel"].max(), wrong.teacher["weights_rel"].max()) <= 1e-10
+
+
+@pytest.mark.parametrize("name", ["CosineDecay", "CosineDecayRestarts"])
+def test_cosine_schedules_float64_and_a_wrong_schedule_is_caught(name, monkeypatch):
+    # TensorFlow's float32 cos is not correctly rounded: the rates differ by an ulp or two, which
+    # the learning-rate row judges; teacher-forced, the update rule runs at Keras's own rate.
+    schedule = getattr(keras.optimizers.schedules, name)(0.1, 7)
+    with floatx("float64"):
+        model = kb.compile_model(kb.xor_model(seed=0), keras.optimizers.Adam(schedule), loss="binary_crossentropy")
+        report = kb.compare(model, *kb.xor_data(), epochs=40, batch_size=4)
+        _check(report)
+        assert 0 < report._worst("teacher")["learning_rate"] <= TOLERANCES["float64"]["learning_rate"]
+        assert report._worst("teacher")["weights"] <= 1e-12
+
+        twin_class = twin_schedules.SCHEDULES[name]
+
+        class OffByOnePerMille(twin_class):
+            def __call__(self, step):
+                return super().__call__(step) * np.float32(1.001)
+
+        monkeypatch.setitem(twin_schedules.SCHEDULES, name, OffByOnePerMille)
+        wrong = kb.compare(model, *kb.xor_data(), epochs=2, batch_size=4)
+    step, variable, quantity, _, rel = wrong.first_failure
+    assert (step, variable, quantity) == (0, None, "learning_rate") and rel == pytest.approx(1e-3, rel=1e-3)
+    assert "the schedule" in wrong.summary()
 
 
 def test_float32_within_the_stated_tolerance():
@@ -155,7 +217,7 @@ def test_matrix_float32(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("hidden", ["linear", "sigmoid", "tanh", "relu", "leaky_relu", "elu", "selu", "gelu", "silu", "softplus"])
+@pytest.mark.parametrize("hidden", ["linear", "sigmoid", "tanh", "relu", "leaky_relu", "elu", "selu", "gelu", "gelu_approximate", "silu", "softplus"])
 @pytest.mark.parametrize("loss", ["mse", "mae", "huber"])
 def test_activation_loss_matrix_float64(hidden, loss):
     with floatx("float64"):
@@ -168,3 +230,12 @@ def test_spirals_200_steps_float64():
     X_s, y_s = kb.spiral_data(n_per_class=32)
     with floatx("float64"):
         _check(kb.compare(_spiral_model(keras.optimizers.AdamW(0.01)), X_s, y_s, epochs=34, batch_size=16))
+
+
+def test_gradient_accumulation_with_a_cosine_schedule_float64():
+    schedule = keras.optimizers.schedules.CosineDecay(0.1, 20)
+    with floatx("float64"):
+        model = kb.compile_model(kb.xor_model(seed=0), keras.optimizers.Adam(schedule, gradient_accumulation_steps=2), loss="binary_crossentropy")
+        report = kb.compare(model, *kb.xor_data(), epochs=20, batch_size=2)
+    _check(report)
+    assert report.scheduled and report._worst("teacher")["weights"] <= 1e-12

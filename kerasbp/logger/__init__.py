@@ -3,6 +3,8 @@
 - `log.py`: `GradientLog` (the data, `health()`, exports) and `load_gradient_log`; NumPy only.
 - `capture.py`: the hooks on the optimizer and the buffers they write inside the train step.
 - `callback.py`: `GradientLogger`, the Keras callback that attaches a capture and keeps the log.
+- `per_example.py`: with `GradientLogger(per_example=True)`, the statistics of the examples' own
+  gradients inside the step (Dense layers in closed form, other layers by `tf.vectorized_map`).
 
 `GradientLogger` loads lazily (PEP 562), so reading a saved log needs NumPy only.
 """

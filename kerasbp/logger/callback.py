@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerasbp.checks import check_bool, check_choice, check_output_path, check_positive_float, check_positive_int
-from kerasbp.logger import capture, sidecar
+from kerasbp.logger import capture, per_example, sidecar
 from kerasbp.files import atomic_write
 from kerasbp.logger.log import CLIPPING, FOLDER_LOG, STATS, GradientLog, gradient_file
 
@@ -80,6 +80,23 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
         snapshots: bool, also record the weights and the optimizer's variables before each logged
             step (`weights()`, `optimizer_state()`), held in memory, so that any step can be
             replayed exactly (e.g. by `kerasbp.compare`). Defaults to False.
+        per_example: bool, also compute per logged step, inside the compiled step, statistics of
+            the examples' own gradients: the norm, inner-product and orthogonality tests, the
+            mean GSNR and the noise scale B_simple (`noise`, `noise_scale()`), and each
+            example's gradient norm (`per_example_norms()`). Example i's gradient is that of
+            its own loss as Keras weighs it (sample and class weights included), so their mean
+            is the logged batch gradient; weight penalties (`kernel_regularizer`,
+            `bias_regularizer`) are added whole to every example's gradient. Dense layers in
+            closed form from their inputs and output deltas (BackPACK's method: no batch x
+            parameters tensor), other trainable layers (Conv, LayerNormalization, Embedding,
+            ...) by `tf.vectorized_map` of each example's vector-Jacobian product at the step's
+            weights; Dropout's masks are the step's own. Refused (`ValueError` naming the layer
+            or loss): `BatchNormalization` in training mode (it couples the examples),
+            recurrent layers, layers other than Dense that draw random numbers or run in mixed
+            precision, LoRA or quantized Dense layers, Dense layers on inputs that are not 2-D,
+            a layer called twice per step, a loss reduction other than
+            `"sum_over_batch_size"`, XLA (`jit_compile=True`), a `tf.distribute` strategy.
+            Defaults to False.
 
     Raises:
         TypeError, ValueError: for bad arguments.
@@ -93,7 +110,9 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
         >>> logger.stats["sequential/dense_0/kernel"]["norm"]  # doctest: +SKIP
     """
 
-    def __init__(self, every_n_steps=1, record="stats", on_nonfinite="warn", path=None, max_memory_mb=512, tensorboard_dir=None, snapshots=False):
+    def __init__(
+        self, every_n_steps=1, record="stats", on_nonfinite="warn", path=None, max_memory_mb=512, tensorboard_dir=None, snapshots=False, per_example=False
+    ):
         keras.callbacks.Callback.__init__(self)
         GradientLog.__init__(self)
         self.every_n_steps = check_positive_int("every_n_steps", every_n_steps)
@@ -113,6 +132,7 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
             except ImportError:
                 raise ImportError("`tensorboard_dir` needs the tensorboard package: pip install 'kerasbp[tensorboard]'") from None
         self.snapshots = check_bool("snapshots", snapshots)
+        self.per_example = check_bool("per_example", per_example)
         self.first_nonfinite = None  # {"step", "epoch", "layer", "variable"} of the first NaN/Inf gradient logged
         self.missing = []  # names of variables whose gradient came back None
         self._capture = None
@@ -133,6 +153,8 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
                 f"GradientLogger supports the backends {list(BACKENDS)}; Keras is running on {keras.backend.backend()!r}. "
                 "Set KERAS_BACKEND to one of them before importing keras."
             )
+        if self.per_example and keras.backend.backend() != "tensorflow":
+            raise ValueError(f"GradientLogger(per_example=True) needs the TensorFlow backend; Keras is running on {keras.backend.backend()!r}")
         if self.tensorboard_dir is not None and keras.backend.backend() != "tensorflow":
             raise RuntimeError(f"GradientLogger(tensorboard_dir=...) needs the TensorFlow backend; Keras is running on {keras.backend.backend()!r}")
         model = self.model
@@ -145,6 +167,8 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
                 "start it with keras.Input(shape) or call model.build(input_shape) first"
             )
         capture.leaf_optimizer(optimizer)  # refuses a MultiOptimizer
+        if self.per_example:
+            per_example.check_model(model)  # refuses what has no per-example gradients, by name
         # Read before a capture is attached (this logger's earlier rows are all on the host).
         had_rows = len(self.steps) > 0
         next_step = int(self.steps[-1]) + 1 if had_rows else 0
@@ -182,6 +206,7 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
             keep_full=keep_full,
             snapshots=self.snapshots,
             tracked=tuple(alive is not None for alive in self._alive),
+            per_example=self.per_example,
             steps_per_execution=steps_per_call,
         )
         # Per-run state: each fit reads from where the buffers are now and acts on its own
@@ -305,7 +330,7 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
             for chunks, w in zip(self._weights + self._optimizer_state, rows["weights"] + rows["optimizer_state"], strict=True):
                 chunks.append(w)
         columns = {key: rows[key] for key in ("steps", "losses", "iterations", "applied", "skipped", "clipped", "learning_rates", "loss_scales")}
-        self._append(rows["stats"], epochs=epochs, **columns)
+        self._append(rows["stats"], noise=rows["noise"], per_example_norms=rows["per_example_norms"], epochs=epochs, **columns)
         if self._writer is not None:
             self._write_tensorboard(rows)
         if self._sidecar is not None:

@@ -47,7 +47,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kerasbp.logger.log import STATS
+from kerasbp.logger import per_example as per_example_module
+from kerasbp.logger.log import NOISE_COLUMNS, STATS
 
 #: The per-step values written beside the statistics, one float64 row per logged step.
 ROW = ("step", "iterations", "loss", "learning_rate", "loss_scale", "applied", "skipped", "clipped")
@@ -134,9 +135,11 @@ class DeviceBuffers:
         tracked: list of bool per variable: track which units (last axis) were alive.
         optimizer_variables: list of the optimizer's variables to snapshot before each logged
             step (with the weights), or None for no snapshots.
+        per_example: bool, also hold the per-example statistics `(capacity, len(NOISE_COLUMNS))`
+            and norms `(capacity, width)` (the width grows with the widest batch).
     """
 
-    def __init__(self, variables, capacity, keep_full, keep_applied, dtype, tracked, optimizer_variables=None):
+    def __init__(self, variables, capacity, keep_full, keep_applied, dtype, tracked, optimizer_variables=None, per_example=False):
         def var(shape, dt, name):
             return tf.Variable(tf.zeros(shape, dt), trainable=False, name=f"kerasbp_{name}")
 
@@ -156,6 +159,10 @@ class DeviceBuffers:
         # variable, |dw|^2 per variable].
         self.scratch = var((3 + 2 * n,), tf.float64, "scratch")
         self.weights = self.optimizer_state = None
+        self.noise = self.norms = None
+        if per_example:
+            self.noise = var((capacity, len(NOISE_COLUMNS)), tf.float64, "noise")
+            self.norms = tf.Variable(tf.zeros((capacity, 0), dtype), shape=tf.TensorShape([capacity, None]), trainable=False, name="kerasbp_norms")
         if optimizer_variables is not None:
             self.weights = [var((capacity, *v.shape), v.dtype, f"weights_{j}") for j, v in enumerate(variables)]
             self.optimizer_state = [var((capacity, *v.shape), v.dtype, f"optimizer_{j}") for j, v in enumerate(optimizer_variables)]
@@ -248,6 +255,8 @@ class TensorFlowCapture:
         keep_full: bool, keep whole gradients.
         snapshots: bool, keep the weights and optimizer variables before each logged step.
         tracked: tuple of bool per variable: track its alive units (relu kernels).
+        per_example: bool, also the per-example statistics (`kerasbp/logger/per_example.py`).
+            Defaults to False.
 
     Attributes:
         buffers: the `DeviceBuffers`.
@@ -257,7 +266,7 @@ class TensorFlowCapture:
         counter: int64 `tf.Variable`, train steps so far (shared by every capture of the optimizer).
     """
 
-    def __init__(self, model, optimizer, every_n_steps, capacity, keep_full, snapshots, tracked):
+    def __init__(self, model, optimizer, every_n_steps, capacity, keep_full, snapshots, tracked, per_example=False):
         variables = list(model.trainable_weights)
         dtype = tf.float64 if any(v.dtype == "float64" for v in variables) else tf.float32
         self.model, self.optimizer, self.every_n_steps = model, optimizer, every_n_steps
@@ -265,8 +274,9 @@ class TensorFlowCapture:
         self.loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
         self.applied_same = applied_same(optimizer)
         self.buffers = DeviceBuffers(
-            variables, capacity, keep_full, not self.applied_same, dtype, tracked, snapshot_variables(optimizer) if snapshots else None
+            variables, capacity, keep_full, not self.applied_same, dtype, tracked, snapshot_variables(optimizer) if snapshots else None, per_example
         )
+        self.taps = per_example_module.PerExampleTaps(model) if per_example else None
         self.counter = _step_counter(optimizer, leaf)
         self.missing = []
         self._warned = set()
@@ -348,7 +358,9 @@ class TensorFlowCapture:
             `applied_same`); `alive` (list per variable of bool `(units,)` or None: units
             alive since `start_run`); `weights` and `optimizer_state` (lists, or None). Where
             no update was applied, `learning_rates` and the `applied_norm` statistic are NaN,
-            `clipped` is False and the applied gradients are NaN.
+            `clipped` is False and the applied gradients are NaN. With per-example statistics,
+            `noise` float64 `(n, len(NOISE_COLUMNS))` and `per_example_norms` float64
+            `(n, width)` (NaN-padded), else None.
 
         Raises:
             RuntimeError: if more than `capacity` rows were written since `start`.
@@ -389,6 +401,8 @@ class TensorFlowCapture:
             "alive": [None if a is None else a.numpy().copy() for a in buf.alive],
             "weights": rows(buf.weights),
             "optimizer_state": rows(buf.optimizer_state),
+            "noise": None if buf.noise is None else buf.noise.numpy()[slots],
+            "per_example_norms": None if buf.norms is None else buf.norms.numpy()[slots].astype(np.float64),
         }
 
     # ----------------------------------------------------------------------------- the hooks
@@ -572,9 +586,12 @@ class TensorFlowCapture:
                 )
             loss = self._take_loss()
             outputs = self._take_outputs()
+            taken = self.taps.take() if self.taps is not None else None
             step = self.counter.assign_add(1) - 1  # this train step's number
             log_now = None if every_n == 1 else tf.equal(tf.math.floormod(step, every_n), 0)
             scale = loss_scale()
+            # Before the update: the per-example fallback recomputes layers at the step's weights.
+            noise = None if taken is None else per_example_module.step_statistics(self.taps, taken, by_index, scale, dtype, log_now)
 
             def weight_squares():
                 return tf.stack([_sum_squares(v.value, dtype) for v in model_vars])
@@ -666,6 +683,8 @@ class TensorFlowCapture:
                         tf.cast(clipped, tf.float64),
                     ]
                 )
+                if noise is not None:
+                    per_example_module.write(buf, slot, *noise)
                 buf.rows.scatter_nd_update([[slot]], row[None])
                 buf.stats.scatter_nd_update([[slot]], rows[None])
                 buf.count.assign_add(1)
@@ -700,6 +719,8 @@ class TensorFlowCapture:
             if alive is None or layer is None or any(obj is layer for obj, _, _ in self._hooks):
                 continue
             self._hooks.append((layer, "call", self._output_hook(layer.call, j)))
+        if self.taps is not None:  # Dense layers' inputs and deltas (wrapping the hooks above)
+            self._hooks = self.taps.hooks(self._hooks)
 
     def _output_hook(self, call, j):
         """`call` of the layer of variable `j`, also keeping its output for the step being traced.

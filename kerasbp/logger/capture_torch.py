@@ -74,9 +74,18 @@ class TorchCapture:
         keep_full: bool, keep whole gradients.
         snapshots: bool, keep the weights and optimizer variables before each logged step.
         tracked: tuple of bool per variable: track its alive units (relu kernels).
+        per_example: bool; True is refused (per-example statistics are TensorFlow only).
+
+    Raises:
+        ValueError: for `per_example=True`.
     """
 
-    def __init__(self, model, optimizer, every_n_steps, capacity, keep_full, snapshots, tracked):
+    def __init__(self, model, optimizer, every_n_steps, capacity, keep_full, snapshots, tracked, per_example=False):
+        if per_example:
+            raise ValueError(
+                f"GradientLogger(per_example=True) needs the TensorFlow backend; Keras is running on {keras.backend.backend()!r}. "
+                "Received: per_example=True"
+            )
         self.model, self.optimizer, self.every_n_steps = model, optimizer, every_n_steps
         self.model_vars = list(model.trainable_weights)
         self.dtype = "float64" if any(v.dtype == "float64" for v in self.model_vars) else "float32"
@@ -190,6 +199,8 @@ class TorchCapture:
             "alive": [None if a is None else a.cpu().numpy().copy() for a in buf.alive],
             "weights": rows(buf.weights),
             "optimizer_state": rows(buf.optimizer_state),
+            "noise": None,  # per_example=True is TensorFlow only
+            "per_example_norms": None,
         }
 
     def _warn_once(self, key, message):

@@ -24,6 +24,15 @@ from kerasbp.logger import sidecar
 #: The statistics recorded per variable per logged step, in this order.
 STATS = ("norm", "mean", "std", "min", "max", "max_abs", "nonfinite", "weight_norm", "update_ratio", "applied_norm")
 
+#: The per-example gradient statistics of a step (`GradientLogger(per_example=True)`), the keys
+#: of `GradientLog.noise`.
+NOISE = ("norm_test", "inner_product_test", "orthogonality_test", "gsnr", "b_simple")
+
+#: What is recorded per step for them: `NOISE`, then the two estimates whose means over steps
+#: give `GradientLog.noise_scale()`: `trace_sigma` (S, the trace of the per-example gradient
+#: covariance) and `grad_sq` (|G|^2, the squared norm of the true gradient).
+NOISE_COLUMNS = (*NOISE, "trace_sigma", "grad_sq")
+
 #: The per-row columns besides the statistics: name -> (dtype, its value in logs saved before
 #: the column existed, as a function of their steps; None: every log has it).
 COLUMNS = {
@@ -134,6 +143,8 @@ class GradientLog:
             every applied step (no clipping or accumulation), so it is stored once.
         clipping: dict `{"clipnorm", "global_clipnorm", "clipvalue"}` of the optimizer's clipping
             thresholds (None where unset; all None in logs saved before it was recorded).
+        per_example: bool, recorded with `GradientLogger(per_example=True)`: `noise`,
+            `noise_scale()` and `per_example_norms()` hold the per-example statistics.
     """
 
     def __init__(self):
@@ -143,7 +154,8 @@ class GradientLog:
         self.optimizer_variable_names = []
         self.applied_same = True
         self.clipping = dict.fromkeys(CLIPPING)
-        self._chunks = {key: [] for key in (*COLUMNS, "stats")}
+        self.per_example = False  # per-example statistics recorded: `noise`, `per_example_norms()`
+        self._chunks = {key: [] for key in (*COLUMNS, "stats", "noise", "per_example_norms")}
         self._cache = {}
         self._grads = None  # list per variable of chunks (n, *shape), or None
         self._applied_grads = None  # the same for the applied gradients when not `applied_same`
@@ -154,11 +166,16 @@ class GradientLog:
     def _sync(self):
         """Hook for `GradientLogger`: read rows still on the device before a read."""
 
-    def _append(self, stats, **columns):
-        """Append rows: `stats` `(n, n_variables, len(STATS))` and every column of `COLUMNS` `(n,)`."""
+    def _append(self, stats, noise=None, per_example_norms=None, **columns):
+        """Append rows: `stats` `(n, n_variables, len(STATS))`, every column of `COLUMNS` `(n,)`,
+        and with per-example statistics `noise` `(n, len(NOISE_COLUMNS))` and
+        `per_example_norms` `(n, width)`."""
         if set(columns) != set(COLUMNS):
             raise ValueError(f"_append needs the columns {sorted(COLUMNS)}. Received: {sorted(columns)}")
         self._chunks["stats"].append(stats)
+        if noise is not None:
+            self._chunks["noise"].append(np.asarray(noise, np.float64))
+            self._chunks["per_example_norms"].append(np.asarray(per_example_norms, np.float64))
         for key, value in columns.items():
             self._chunks[key].append(np.asarray(value, COLUMNS[key][0]))
         self._cache.clear()
@@ -268,6 +285,87 @@ class GradientLog:
         """
         a = self.stats_array()
         return {name: {s: a[:, j, i] for i, s in enumerate(STATS)} for j, name in enumerate(self.names)}
+
+    @property
+    def noise(self):
+        """Per-example gradient statistics per logged step (`GradientLogger(per_example=True)`).
+
+        A dict `{name: 1-D float64 array (n_logged,)}` with the keys of `NOISE`, empty for a log
+        recorded without `per_example`. With per-example gradients `g_i` (i = 1..B) of the
+        examples' own losses (as Keras weighs them), their mean `g` (the batch gradient) and
+        `p_i = g_i . g`, over all trainable variables::
+
+            norm_test          = sqrt((sum_i |g_i|^2 - B |g|^2) / ((B - 1) B |g|^2))
+            inner_product_test = sqrt((sum_i p_i^2 - B |g|^4) / ((B - 1) B |g|^4))
+            orthogonality_test = sqrt((sum_i |g_i|^2 - sum_i p_i^2 / |g|^2) / ((B - 1) B |g|^2))
+            gsnr               = mean over parameters with var > 0 of g^2 / var,
+                                 var = mean_i g_i^2 - g^2 (per parameter)
+            b_simple           = S / |G|^2,   S = (mean_i |g_i|^2 - |g|^2) / (1 - 1/B),
+                                 |G|^2 = (B |g|^2 - mean_i |g_i|^2) / (B - 1)
+
+        (negative rounding residues under the square roots count as 0). Every entry is NaN for
+        a step with `B = 1`.
+
+        References:
+            Schneider, Dangel, Hennig 2021, "Cockpit" (the three tests, GSNR); McCandlish,
+            Kaplan, Amodei et al. 2018, "An Empirical Model of Large-Batch Training" (B_simple,
+            with B_small = 1 and B_big = B).
+        """
+        if not self.per_example:
+            return {}
+        table = self._noise_table()
+        return {name: table[:, i] for i, name in enumerate(NOISE)}
+
+    def _noise_table(self):
+        return self._joined("noise", (0, len(NOISE_COLUMNS)), np.float64)
+
+    def per_example_norms(self):
+        """The L2 norm of each example's own gradient (over all trainable variables) per logged step.
+
+        Returns:
+            float64 array `(n_logged, batch_size)`, `batch_size` the largest batch logged; the
+            rows of smaller batches (the last partial one) are padded with NaN.
+
+        Raises:
+            ValueError: for a log recorded without `GradientLogger(per_example=True)`.
+        """
+        if not self.per_example:
+            raise ValueError("per_example_norms() needs GradientLogger(per_example=True). This log was recorded without it")
+        self._sync()
+        key = "per_example_norms"
+        if key not in self._cache:
+            chunks = self._chunks[key]
+            width = max((c.shape[1] for c in chunks), default=0)
+            padded = [np.pad(c, ((0, 0), (0, width - c.shape[1])), constant_values=np.nan) for c in chunks]
+            self._cache[key] = np.concatenate(padded) if padded else np.zeros((0, 0), np.float64)
+        return self._cache[key]
+
+    def noise_scale(self):
+        """The gradient noise scale B_simple over the logged steps, as McCandlish et al. average it.
+
+        `mean(S) / mean(|G|^2)` over the steps where both are finite, with the per-step unbiased
+        estimates `S` (trace of the per-example gradient covariance) and `|G|^2` (squared norm
+        of the true gradient) of `noise` (B_small = 1, B_big = the step's batch size): a ratio
+        of means, steadier than the mean of the per-step `b_simple`.
+
+        Returns:
+            float (NaN when no step has finite estimates, e.g. every batch had one example).
+
+        Raises:
+            ValueError: for a log recorded without `GradientLogger(per_example=True)`.
+
+        References:
+            McCandlish, Kaplan, Amodei et al. 2018, "An Empirical Model of Large-Batch
+            Training", appendix A.1.
+        """
+        if not self.per_example:
+            raise ValueError("noise_scale() needs GradientLogger(per_example=True). This log was recorded without it")
+        table = self._noise_table()
+        trace, grad_sq = table[:, NOISE_COLUMNS.index("trace_sigma")], table[:, NOISE_COLUMNS.index("grad_sq")]
+        ok = np.isfinite(trace) & np.isfinite(grad_sq)
+        if not ok.any():
+            return float("nan")
+        return float(np.mean(trace[ok]) / np.mean(grad_sq[ok]))
 
     def gradients(self):
         """The whole loss gradients (unscaled, before clipping), with `record="full"`.
@@ -457,9 +555,13 @@ class GradientLog:
             "stats": list(STATS),
             "applied_same": bool(self.applied_same),
             "clipping": self.clipping,
+            "per_example": bool(self.per_example),
+            "noise": list(NOISE_COLUMNS),
         }
         arrays = {key: self._column(key) for key in COLUMNS}
         arrays |= {"stats": self.stats_array(), "meta": np.array(json.dumps(meta))}
+        if self.per_example:
+            arrays |= {"noise": self._noise_table(), "per_example_norms": self.per_example_norms()}
         for j, alive in enumerate(self._alive or []):
             if alive is not None:
                 arrays[f"alive_{j}"] = alive
@@ -639,7 +741,16 @@ def _read(path, folder):
         for i, name in enumerate(meta.get("stats", STATS[: saved.shape[2]])):
             if name in STATS:
                 stats[:, :, STATS.index(name)] = saved[:, :, i]
-        log._append(stats, **columns)
+        log.per_example = bool(meta.get("per_example", False)) and "noise" in data
+        noise = norms = None
+        if log.per_example:
+            saved_noise = data["noise"]
+            noise = np.full((len(saved_noise), len(NOISE_COLUMNS)), np.nan)
+            for i, name in enumerate(meta.get("noise", NOISE_COLUMNS)):
+                if name in NOISE_COLUMNS:
+                    noise[:, NOISE_COLUMNS.index(name)] = saved_noise[:, i]
+            norms = data["per_example_norms"]
+        log._append(stats, noise=noise, per_example_norms=norms, **columns)
         log._alive = [data[f"alive_{j}"] if f"alive_{j}" in data else None for j in range(len(log.names))]
         if log.record == "full" and folder is None:
             log._grads = [[data[f"grad_{j}"]] for j in range(len(log.names))]

@@ -100,6 +100,15 @@ class SidecarWriter:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+def _concatenate(chunks):
+    """Chunks joined along rows; 2-D float chunks of different widths (the per-example norms of
+    batches of different sizes) padded with NaN to the widest."""
+    if all(c.ndim == 2 and c.dtype.kind == "f" for c in chunks) and len({c.shape[1] for c in chunks}) > 1:
+        width = max(c.shape[1] for c in chunks)
+        chunks = [np.pad(c, ((0, 0), (0, width - c.shape[1])), constant_values=np.nan) for c in chunks]
+    return np.concatenate(chunks)
+
+
 def recover(path):
     """The arrays of the log whose run was killed before `path` was written, from its sidecar.
 
@@ -129,7 +138,7 @@ def recover(path):
         if NOT_PER_ROW.match(key):
             arrays[key] = parts[-1][key]
         else:
-            arrays[key] = np.concatenate([p[key] for p in parts if key in p])
+            arrays[key] = _concatenate([p[key] for p in parts if key in p])
     warnings.warn(
         f"{os.fspath(path)!r} was not written (the run was interrupted): recovered {len(arrays['steps'])} logged steps "
         f"from its sidecar {sidecar_path(path)!r}",

@@ -15,11 +15,21 @@ Every name below is importable from `kerasbp.plotting`; the modules group them b
   on a log scale, so vanishing and exploding gradients show at a glance.
 - `plot_gradient_profile`: a typical gradient norm per layer depth, for one or several logs.
 
+`kerasbp.plotting.noise`, gradient noise:
+
+- `plot_gradient_noise`: the per-example statistics of a `GradientLogger(per_example=True)` per
+  step (norm, inner-product and orthogonality tests, mean GSNR, B_simple) and the noise scale.
+
 `kerasbp.plotting.surfaces`, figures over a plane:
 
 - `plot_decision_boundary`: what a 2-input classifier predicts over the plane, with the points.
 - `plot_loss_surface`: the MSE of `y = w x + b` over `(w, b)`, with optimizer paths and the
   least-squares optimum; `weights_to_path` turns `GradientLog.weights()` into such a path.
+
+`kerasbp.plotting.curvature`, the Hessian over training:
+
+- `plot_curvature`: a `HessianProbe`'s largest eigenvalue per probed step against the stability
+  threshold `2 / learning_rate`.
 
 `kerasbp.plotting.twin`, Keras beside its NumPy twin:
 
@@ -33,13 +43,17 @@ Example:
     ['sgd', 'adam']
 """
 
+from kerasbp.plotting.curvature import plot_curvature
 from kerasbp.plotting.curves import plot_gradient_norms, plot_gradient_profile, plot_loss_curves
+from kerasbp.plotting.noise import plot_gradient_noise
 from kerasbp.plotting.surfaces import plot_decision_boundary, plot_loss_surface, weights_to_path
 from kerasbp.plotting.twin import plot_comparison, plot_twin_comparison
 
 __all__ = [
     "plot_comparison",
+    "plot_curvature",
     "plot_decision_boundary",
+    "plot_gradient_noise",
     "plot_gradient_norms",
     "plot_gradient_profile",
     "plot_loss_curves",

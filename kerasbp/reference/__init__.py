@@ -22,6 +22,7 @@ Modules:
     configured       `Configured`: repr, equality and hash from `get_config()`
     from_keras       the twin of a Keras model, optimizer, optimizer state or loss
     gradcheck        `gradient_check`: backprop against central differences
+    curvature        per-example gradients; the exact Hessian (R-operator); flatten/unflatten
 
 Example:
     >>> from kerasbp.reference import NumpyMLP, Adam
@@ -55,6 +56,7 @@ from kerasbp.reference.from_keras import (
     schedule_from_keras,
     state_from_keras,
 )
+from kerasbp.reference.curvature import flatten_params, hessian_vector_product, unflatten_params
 from kerasbp.reference.gradcheck import GradientCheck, gradient_check
 from kerasbp.reference.layers import LAYERS, Activation, BatchNormalization, Dense, Dropout, LayerCache
 from kerasbp.reference.loss_objects import (
@@ -98,4 +100,4 @@ from kerasbp.reference.optimizers import (
 from kerasbp.reference.regularizers import L1, L1L2, L2
 from kerasbp.reference.schedules import SCHEDULES
 
-__all__ = sorted(name for name in dir() if not name.startswith("_") and name not in ("activations", "from_keras", "gradcheck", "layers", "loss_objects", "losses", "mlp", "optimizer_base", "optimizer_state", "optimizers", "optimizers_adaptive", "optimizers_sign", "regularizers", "rounding", "schedules"))
+__all__ = sorted(name for name in dir() if not name.startswith("_") and name not in ("activations", "curvature", "from_keras", "gradcheck", "layers", "loss_objects", "losses", "mlp", "optimizer_base", "optimizer_state", "optimizers", "optimizers_adaptive", "optimizers_sign", "regularizers", "rounding", "schedules"))

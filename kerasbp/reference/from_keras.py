@@ -23,8 +23,12 @@ import numpy as np
 
 from kerasbp.checks import check_choice
 from kerasbp.reference.activations import ACTIVATIONS
+from kerasbp.reference.layers import Activation, BatchNormalization, Dense, Dropout
 from kerasbp.reference.losses import LOSSES, loss_spec
-from kerasbp.reference.optimizers import OPTIMIZERS
+from kerasbp.reference.optimizer_base import COMMON_OPTIONS
+from kerasbp.reference.optimizers import COMMON_SLOTS, OPTIMIZERS, REFUSED
+from kerasbp.reference.regularizers import REGULARIZERS
+from kerasbp.reference.schedules import SCHEDULES
 
 _TWIN_LOSSES = tuple(spec.twin for spec in LOSSES.values())
 _TWIN_OPTIMIZERS = tuple(spec.twin for spec in OPTIMIZERS.values())
@@ -153,8 +157,6 @@ def get_optimizer(optimizer):
 def _spec_of_keras_optimizer(keras_optimizer):
     import keras  # optional dependency of the twin: imported only when a Keras object is read
 
-    from kerasbp.reference.optimizers import REFUSED
-
     if not isinstance(keras_optimizer, keras.optimizers.Optimizer):
         raise TypeError(
             f"`keras_optimizer` must be a keras.optimizers.Optimizer. Received: keras_optimizer={keras_optimizer!r}"
@@ -184,8 +186,6 @@ def schedule_from_keras(schedule):
         ValueError: for a schedule class the twin does not have (a custom schedule) or a callable.
     """
     import keras  # optional dependency of the twin: imported only when a Keras object is read
-
-    from kerasbp.reference.schedules import SCHEDULES
 
     cls = SCHEDULES.get(type(schedule).__name__)
     if cls is None or type(schedule) is not getattr(keras.optimizers.schedules, type(schedule).__name__, None):
@@ -225,8 +225,6 @@ def optimizer_from_keras(keras_optimizer):
         Adam(learning_rate=0.0010000000474974513, beta_1=0.9, beta_2=0.999, epsilon=1e-07, amsgrad=True)
     """
     import keras  # optional dependency of the twin: imported only when a Keras object is read
-
-    from kerasbp.reference.optimizer_base import COMMON_OPTIONS
 
     spec = _spec_of_keras_optimizer(keras_optimizer)
     # Keras keeps a constant learning rate in a variable and a schedule or callable as itself.
@@ -282,7 +280,6 @@ def state_from_keras(keras_optimizer, twin=None, params=None):
         TypeError, ValueError: as `optimizer_from_keras`; `ValueError` also if `twin` is of
             another kind or has other slots, or if the optimizer is not built and `params` is None.
     """
-    from kerasbp.reference.optimizers import COMMON_SLOTS
 
     spec = _spec_of_keras_optimizer(keras_optimizer)
     derived = optimizer_from_keras(keras_optimizer)
@@ -413,8 +410,6 @@ def _activation_name(activation, where):
 def _regularizer(reg, where):
     import keras  # optional dependency of the twin: imported only when a Keras object is read
 
-    from kerasbp.reference.regularizers import REGULARIZERS
-
     if reg is None:
         return None
     cls = REGULARIZERS.get(type(reg).__name__)
@@ -437,8 +432,6 @@ def _check_plain(layer, where):
 def _twin_layer(layer):
     """The twin layer of one Keras layer, refusing what the twin cannot copy."""
     import keras  # optional dependency of the twin: imported only when a Keras object is read
-
-    from kerasbp.reference.layers import Activation, BatchNormalization, Dense, Dropout
 
     where = f"layer {layer.name!r}"
     cls = type(layer)
@@ -473,7 +466,6 @@ def _twin_layer(layer):
 
 def _dense_layer(layer):
     """The twin `Dense` of one Keras Dense layer, refusing what the twin cannot copy."""
-    from kerasbp.reference.layers import Dense
 
     where = f"layer {layer.name!r}"
     activation = _activation_name(layer.activation, where)  # attributes, not get_config: a partial has none

@@ -34,6 +34,7 @@ import numpy as np
 
 from kerasbp.checks import check_array, check_dtype, check_layers, check_positive_int, check_seed
 from kerasbp.data import batch_slices
+from kerasbp.reference import curvature
 from kerasbp.reference.from_keras import get_loss, get_optimizer, layers_from_keras
 from kerasbp.reference.layers import Activation, BatchNormalization, Dense, Dropout, glorot_uniform
 from kerasbp.reference.loss_objects import class_weight_to_sample_weight
@@ -440,6 +441,16 @@ class NumpyMLP:
     def deltas(self, X, y, loss="mse"):
         """`dL/dz_l` for each Dense layer `l` (first layer first): the error signals sent down."""
         return self.backward(X, y, loss).deltas
+
+    def per_example_gradients(self, X, y, loss="mse", sample_weight=None, dropout_masks=None):
+        """Each example's own gradient, `(n, *variable.shape)` per variable; their mean is the batch
+        gradient. See `kerasbp.reference.curvature.per_example_gradients`."""
+        return curvature.per_example_gradients(self, X, y, loss, sample_weight, dropout_masks)
+
+    def hessian(self, X, y, loss="mse", sample_weight=None):
+        """The exact Hessian of the loss, float64 `(n_params, n_params)` in the flat order of
+        `kerasbp.reference.curvature.flatten_params`. See `kerasbp.reference.curvature.hessian`."""
+        return curvature.hessian(self, X, y, loss, sample_weight)
 
     def evaluate(self, X, y, loss="mse", sample_weight=None):
         """The loss on `(X, y)` in inference mode, as `model.evaluate` with one batch."""

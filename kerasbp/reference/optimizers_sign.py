@@ -17,6 +17,7 @@ from kerasbp.checks import check_bool, check_range
 from kerasbp.reference.optimizer_base import BaseOptimizer
 from kerasbp.reference.optimizer_state import AdafactorState, LambState, LionState, zeros_like_each
 from kerasbp.reference.rounding import as_dtype, scalar_power, via_float32
+from kerasbp.reference.schedules import Schedule
 
 
 class Lion(BaseOptimizer):
@@ -143,7 +144,6 @@ class Adafactor(BaseOptimizer):
         return np.sqrt(np.mean(np.square(x)))
 
     def _update(self, params, grads, state, lr_at):
-        from kerasbp.reference.schedules import Schedule
 
         new_p, new_r, new_c, new_v = [], [], [], []
         for w, g, r, c, v in zip(params, grads, state.r, state.c, state.v, strict=True):

@@ -502,3 +502,11 @@ def test_mixed_float16_overflow_skips_are_rows_not_errors():
     assert logger.skipped.any() and not logger.applied[logger.skipped].any()
     assert logger.loss_scales[0] == 2.0**15 and logger.loss_scales[-1] < 2.0**15
     assert logger.first_nonfinite is None and logger.health().skipped == int(logger.skipped.sum())
+
+
+@pytest.mark.parametrize("kwargs, error", [({"per_example": True}, ValueError), ({"tensorboard_dir": "tb"}, RuntimeError)], ids=["per-example", "tensorboard"])
+def test_tensorflow_only_options_are_refused_by_name(kwargs, error, tmp_path):
+    kwargs = {k: str(tmp_path / v) if k == "tensorboard_dir" else v for k, v in kwargs.items()}
+    model = compile_model(linear_model(2, seed=0), "sgd")
+    with pytest.raises(error, match=f"needs the TensorFlow backend; Keras is running on '{BACKEND}'"):
+        model.fit(LIN_X, LIN_Y, epochs=1, callbacks=[GradientLogger(**kwargs)], verbose=0)

@@ -1,0 +1,52 @@
+"""What the benchmarks share: the 784-256-256-10 network, its random data, and paired rounds.
+
+Paired rounds: every variant runs once to warm up (tracing), then the variants run in turn,
+round after round. A variant's ratio is the median over rounds of its time over the base
+variant's time in the same round, which cancels the slow drifts of a shared machine's speed.
+"""
+
+import statistics
+import time
+
+import kerasbp.native_logs  # noqa: F401  (first: TensorFlow starts without its native log lines)
+import keras
+import numpy as np
+
+
+def wide_model():
+    """A compiled 784-256-256-10 relu network (SGD 0.01, sparse cross-entropy from logits)."""
+    model = keras.Sequential(
+        [keras.Input((784,)), keras.layers.Dense(256, activation="relu"), keras.layers.Dense(256, activation="relu"), keras.layers.Dense(10)]
+    )
+    model.compile(keras.optimizers.SGD(0.01), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def wide_data(n_samples, seed=0):
+    """`(X, y)`: float32 normal inputs `(n_samples, 784)` and integer labels `(n_samples, 1)` in 0..9."""
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n_samples, 784)).astype("float32"), rng.integers(0, 10, size=(n_samples, 1))
+
+
+def paired_rounds(runs, repeats):
+    """Time `runs` (dict name -> callable) in paired rounds; return dict name -> list of seconds."""
+    for run in runs.values():
+        run()  # warm-up: tracing
+    times = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def paired_ratios(times, base):
+    """dict name -> the per-round ratios of each variant's time to `base`'s."""
+    return {name: [a / b for a, b in zip(t, times[base], strict=True)] for name, t in times.items()}
+
+
+def summary(times, base):
+    """dict name -> {"seconds": median time, "ratio_to_<base>": median of the paired ratios}."""
+    ratios = paired_ratios(times, base)
+    return {name: {"seconds": statistics.median(t), f"ratio_to_{base}": statistics.median(ratios[name])} for name, t in times.items()}

@@ -1,0 +1,451 @@
+"""`HessianProbe`: the curvature of the training loss inside `fit`, from Hessian-vector products.
+
+A Keras callback sees neither the batch of a step nor the weights before its update. The probe
+wraps the model's `train_step` (an instance attribute, for the duration of training), so that at
+the probed steps the measurement runs inside the compiled train step, on that step's batch and at
+the weights before its update, then the step itself runs unchanged. Its numbers go into a small
+ring buffer of variables that the callback reads back now and then, as the `GradientLogger`'s
+capture does (`kerasbp/logger/capture.py`): it works with `steps_per_execution > 1`, XLA, and
+`kerasbp.train`.
+
+Hessian-vector products are forward-over-reverse (Pearlmutter 1994): a `tf.GradientTape` gives
+the gradient `g(theta)`, and a `tf.autodiff.ForwardAccumulator` around it gives its directional
+derivative along `v`, which is `H v`, in about the cost of two gradients, without forming `H`:
+
+```python
+with tf.autodiff.ForwardAccumulator(primals=weights, tangents=v) as acc:
+    with tf.GradientTape() as tape:
+        loss = model.compute_loss(x, y, model(x, training=True), sample_weight)
+    g = tape.gradient(loss, weights)
+Hv = acc.jvp(g)
+```
+
+From them, at each probed step:
+
+```python
+# lambda_max: power iteration, v_0 random (seeded), n_iterations products
+lam_k = v_k . H v_k;  v_{k+1} = H v_k / |H v_k|          # |lam| grows to the largest |eigenvalue|
+# if that eigenvalue is negative (mu < 0), the largest algebraic one is found by a second power
+# iteration on the shifted H - mu I, whose eigenvalues lambda_i - mu are all >= 0:
+lambda_max = (largest eigenvalue of H - mu I) + mu
+# trace: Hutchinson, Rademacher probes z (entries +-1), E[z z^T] = I so E[z . H z] = tr H
+trace = mean_k z_k . H z_k       # or, exactly, sum_j e_j . H e_j over the basis vectors
+```
+
+The Rayleigh quotient's error after `k` products shrinks like `(lambda_2 / lambda_1)^(2k)`: few
+iterations suffice when the top eigenvalue stands out, many when it does not. Hutchinson's
+estimator is unbiased, with a variance of `2 * sum_{i != j} H_ij^2` per probe.
+
+The loss is the one `train_step` differentiates (`compute_loss`: the compiled loss with sample
+weights, plus regularization penalties), computed in training mode. Whatever the measuring
+forward passes change in the model is put back after each one (BatchNormalization's moving
+statistics, the dropout seed generators, metric variables), so training runs exactly as without
+the probe; and every product sees the same dropout mask, the one the step itself then draws.
+
+References:
+    Pearlmutter (1994), "Fast Exact Multiplication by the Hessian", Neural Computation 6(1).
+    Hutchinson (1989), "A stochastic estimator of the trace of the influence matrix for
+    Laplacian smoothing splines", Communications in Statistics - Simulation and Computation 18(3).
+    LeCun, Simard & Pearlmutter (1993), "Automatic Learning Rate Maximization by On-Line Estimation
+    of the Hessian's Eigenvectors", NIPS 5.
+    Ghorbani, Krishnan & Xiao (2019), "An Investigation into Neural Net Optimization via Hessian
+    Eigenvalue Density", ICML.
+    Schneider, Dangel & Hennig (2021), "Cockpit: A Practical Debugging Tool for the Training of
+    Deep Neural Networks", NeurIPS.
+"""
+
+import math
+import numbers
+
+import kerasbp.native_logs  # noqa: F401  (first: TensorFlow starts without its native log lines)
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kerasbp.checks import check_positive_int, check_seed
+
+#: Rows of the device buffer at least: the host reads it only every few calls.
+MIN_ROWS = 64
+
+#: Columns of a buffer row.
+_COLUMNS = ("step", "lambda_max", "trace", "learning_rate")
+
+_MISSING = object()
+
+
+def _check_n_probes(n_probes):
+    if isinstance(n_probes, str):
+        if n_probes != "exact":
+            raise ValueError(f"`n_probes` must be an integer >= 0 or 'exact'. Received: n_probes={n_probes!r}")
+        return n_probes
+    if isinstance(n_probes, bool) or not isinstance(n_probes, numbers.Integral):
+        raise TypeError(f"`n_probes` must be an integer >= 0 or 'exact'. Received: n_probes={n_probes!r}")
+    if n_probes < 0:
+        raise ValueError(f"`n_probes` must be an integer >= 0 or 'exact'. Received: n_probes={n_probes!r}")
+    return int(n_probes)
+
+
+def _check_data(data):
+    """`data` as a tuple of NumPy arrays `(X, y)` or `(X, y, sample_weight)`, or None."""
+    if data is None:
+        return None
+    if not isinstance(data, (tuple, list)) or len(data) not in (2, 3):
+        raise TypeError(f"`data` must be None or a tuple (X, y) or (X, y, sample_weight). Received: data={data!r}"[:300])
+    arrays = []
+    for name, a in zip(("X", "y", "sample_weight"), data, strict=False):
+        a = np.asarray(a)
+        if a.dtype.kind not in "biuf":
+            raise TypeError(f"`data`'s {name} must be numeric. Received an array of dtype {a.dtype}")
+        if a.ndim == 0 or a.shape[0] == 0:
+            raise ValueError(f"`data`'s {name} must hold at least one row. Received an array of shape {a.shape}")
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"`data`'s {name} must be finite. Received NaN or Inf")
+        arrays.append(a)
+    rows = {a.shape[0] for a in arrays}
+    if len(rows) != 1:
+        raise ValueError(f"`data`'s arrays must have the same number of rows. Received shapes {[a.shape for a in arrays]}")
+    return tuple(arrays)
+
+
+def _dot(a, b):
+    """`sum_j a_j . b_j` over lists of tensors, in float64."""
+    return tf.add_n([tf.reduce_sum(tf.cast(x, tf.float64) * tf.cast(y, tf.float64)) for x, y in zip(a, b, strict=True)])
+
+
+class _ProbeState:
+    """The device side of a `HessianProbe` for one model: the step counter, the ring buffer, the
+    fixed data, and the wrapped `train_step`. Made once per model and buffer size and reused, so
+    that the traced train functions (and `kerasbp.train`'s loops) that hold it are reused too."""
+
+    def __init__(self, probe, model, capacity):
+        self.model, self.capacity = model, capacity
+        self.counter = tf.Variable(tf.constant(0, tf.int64), trainable=False, name="kerasbp_probe_step")
+        self.count = tf.Variable(tf.constant(0, tf.int64), trainable=False, name="kerasbp_probe_count")
+        self.rows = tf.Variable(tf.zeros((capacity, len(_COLUMNS)), tf.float64), trainable=False, name="kerasbp_probe_rows")
+        self.fixed = None
+        if probe.data is not None:
+            dtype = model.trainable_weights[0].dtype if model.trainable_weights else keras.config.floatx()
+            arrays = [probe.data[0].astype(dtype)]
+            y = probe.data[1]
+            arrays.append(y if y.dtype.kind in "biu" else y.astype(dtype))
+            if len(probe.data) == 3:
+                arrays.append(probe.data[2].astype(dtype))
+            self.fixed = [tf.Variable(a, trainable=False, name=f"kerasbp_probe_data_{i}") for i, a in enumerate(arrays)]
+        self.original = None  # the train_step being wrapped, set at install
+        self.prior = _MISSING  # the model's own instance attribute train_step, if any
+        self.functions = {}  # id(train function replaced) -> (it, the same traced with the probe)
+        self.replaced = None  # while installed in fit: the train function ours replaced
+        self.ours = None
+        probe_ref = probe
+        every_n = probe.every_n_steps
+
+        def train_step(data):
+            step = self.counter.assign_add(1) - 1  # this train step's number
+
+            def measure():
+                batch = data if self.fixed is None else tuple(tf.convert_to_tensor(v) for v in self.fixed)
+                lam, trace = probe_ref._measure(model, batch, step)
+                row = tf.stack([tf.cast(step, tf.float64), lam, trace, _learning_rate(model.optimizer)])
+                self.rows.scatter_nd_update([[tf.math.floormod(self.count, capacity)]], row[None])
+                self.count.assign_add(1)
+                return tf.constant(True)
+
+            tf.cond(tf.equal(tf.math.floormod(step, every_n), 0), measure, lambda: tf.constant(False))
+            return self.original(data)
+
+        self.train_step = train_step
+
+    def install(self):
+        model = self.model
+        if model.__dict__.get("train_step") is self.train_step:
+            return  # still installed (an interrupted fit): wrapping it again would recurse
+        self.prior = model.__dict__.get("train_step", _MISSING)
+        self.original = model.train_step
+        object.__setattr__(model, "train_step", self.train_step)  # no Keras tracking of a function
+
+    def use_in_fit(self):
+        """Give `fit` a train function traced with the wrapped step (one per function it replaces)."""
+        model = self.model
+        current = model.train_function
+        if current is None or current is self.ours:
+            return
+        entry = self.functions.get(id(current))
+        if entry is None:
+            model.make_train_function(force=True)  # traced from model.train_step: ours
+            entry = self.functions[id(current)] = (current, model.train_function)
+        self.replaced, self.ours = current, entry[1]
+        model.train_function = self.ours
+
+    def uninstall(self):
+        model = self.model
+        if model.__dict__.get("train_step") is self.train_step:
+            if self.prior is _MISSING:
+                model.__dict__.pop("train_step", None)
+            else:
+                object.__setattr__(model, "train_step", self.prior)
+        if self.ours is not None and model.train_function is self.ours:
+            model.train_function = self.replaced  # else another callback has put its own back already
+        self.replaced = self.ours = None
+
+
+def _learning_rate(optimizer):
+    """The learning rate of this step's update (a schedule evaluated at the iterations before it)."""
+    leaf = optimizer.inner_optimizer if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) else optimizer
+    return tf.cast(tf.convert_to_tensor(leaf.learning_rate), tf.float64)
+
+
+class HessianProbe(keras.callbacks.Callback):
+    """Measures the Hessian's largest eigenvalue and its trace at every `every_n_steps`-th step of `fit`.
+
+    At each probed train step (0-based number a multiple of `every_n_steps`), before the step's
+    update and on its batch (or on fixed `data`), it estimates from Hessian-vector products
+    (forward-over-reverse) the largest algebraic eigenvalue `lambda_max` of the Hessian of the
+    training loss, by power iteration, and its trace, by Hutchinson's estimator. Gradient descent
+    on a quadratic with curvature `lambda` is stable only while `learning_rate < 2 / lambda`
+    (LeCun et al. 1993): `stability_threshold = 2 / learning_rate` is the sharpness beyond which
+    plain SGD's step overshoots along the top eigenvector (with momentum `beta`, the bound is
+    `2 (1 + beta) / learning_rate`; adaptive optimizers precondition `H` first).
+
+    Power iteration finds the eigenvalue of largest magnitude. When that one is negative (`mu`), a
+    second power iteration of `n_iterations` products on `H - mu I` (all eigenvalues >= 0) finds
+    `lambda_max - mu`; then `lambda_max` costs twice as many products, and converges slowly if it
+    lies close to the next eigenvalue.
+
+    Works with `model.fit` (also with `steps_per_execution > 1`) and `kerasbp.train`, on the
+    TensorFlow backend. The model is left exactly as it was: the wrapped `train_step` is removed at
+    the end of training, and whatever the measuring passes change is restored after each.
+
+    Args:
+        every_n_steps: int >= 1, probe the train steps whose 0-based number is a multiple of it.
+            Defaults to `100`.
+        n_iterations: int >= 1, Hessian-vector products of the power iteration (twice that many
+            when the dominant eigenvalue is negative). Defaults to `20`.
+        n_probes: int >= 0, Rademacher probes of Hutchinson's trace estimator (0: no trace, NaN),
+            or `"exact"`: the basis vectors, one product per parameter, which gives the exact
+            trace (for tiny networks). Defaults to `10`.
+        data: None, to use each probed step's own batch, or `(X, y)` or `(X, y, sample_weight)`:
+            fixed arrays (all rows in one forward pass) on which to measure at every probe.
+            Defaults to None.
+        seed: int in `[0, 2**31)`, the seed of the power iteration's start and of the probes
+            (stateless: the draws at step `s` depend on `(seed, s)` only). Defaults to `0`.
+
+    Attributes:
+        steps: int64 array `(n_probed,)`, the 0-based train step of each measurement (counted
+            from the optimizer's iterations at the first fit, and on across fits).
+        lambda_max: float64 array `(n_probed,)`, the largest eigenvalue of the Hessian.
+        trace: float64 array `(n_probed,)`, the estimated trace (NaN with `n_probes=0`).
+        learning_rate: float64 array `(n_probed,)`, the learning rate of that step's update.
+        stability_threshold: float64 array `(n_probed,)`, `2 / learning_rate`.
+
+    Raises:
+        TypeError, ValueError: for bad arguments, naming the argument, what was expected and what
+            was received.
+        RuntimeError: at the start of training on a backend other than TensorFlow, for a model
+            that is not compiled, or one under a distribution strategy.
+        ValueError: at the start of training, for a model without trainable weights or fixed
+            `data` whose width is not the model's input width.
+
+    Example:
+        >>> import kerasbp as kb
+        >>> X, y = kb.linear_data()
+        >>> model = kb.compile_model(kb.linear_model(seed=0), "sgd", learning_rate=0.1)
+        >>> probe = kb.HessianProbe(every_n_steps=2, n_probes="exact")
+        >>> history = model.fit(X, y, batch_size=100, epochs=4, verbose=0, callbacks=[probe])
+        >>> probe.steps.tolist()
+        [0, 2]
+
+    References:
+        Pearlmutter (1994), "Fast Exact Multiplication by the Hessian".
+        Hutchinson (1989), "A stochastic estimator of the trace of the influence matrix".
+        LeCun, Simard & Pearlmutter (1993), "Automatic Learning Rate Maximization by On-Line
+        Estimation of the Hessian's Eigenvectors".
+        Ghorbani, Krishnan & Xiao (2019), "An Investigation into Neural Net Optimization via
+        Hessian Eigenvalue Density".
+        Schneider, Dangel & Hennig (2021), "Cockpit".
+    """
+
+    #: `kerasbp.train` may run several epochs per call: the probe reads its buffer after each call.
+    epochs_per_call_safe = True
+
+    def __init__(self, every_n_steps=100, n_iterations=20, n_probes=10, data=None, seed=0):
+        super().__init__()
+        self.every_n_steps = check_positive_int("every_n_steps", every_n_steps)
+        self.n_iterations = check_positive_int("n_iterations", n_iterations)
+        self.n_probes = _check_n_probes(n_probes)
+        self.data = _check_data(data)
+        if seed is None:
+            raise TypeError("`seed` must be an integer in [0, 2**31). Received: seed=None")
+        self.seed = check_seed(seed)
+        self.steps = np.zeros(0, np.int64)
+        self.lambda_max = np.zeros(0)
+        self.trace = np.zeros(0)
+        self.learning_rate = np.zeros(0)
+        self._state = None
+        self._next_step = 0
+        self._read = 0
+        self._unread_calls = 0
+        self._rows_per_call = 1
+
+    @property
+    def stability_threshold(self):
+        """float64 array `(n_probed,)`: `2 / learning_rate` of each probed step."""
+        with np.errstate(divide="ignore"):
+            return 2.0 / self.learning_rate
+
+    def __repr__(self):
+        return (
+            f"HessianProbe(every_n_steps={self.every_n_steps}, n_iterations={self.n_iterations}, n_probes={self.n_probes!r}, "
+            f"data={'None' if self.data is None else 'fixed'}, seed={self.seed}; {len(self.steps)} probed steps)"
+        )
+
+    # ------------------------------------------------------------------ training hooks
+    def on_train_begin(self, logs=None):
+        if keras.backend.backend() != "tensorflow":
+            raise RuntimeError(
+                f"HessianProbe supports the TensorFlow backend only; Keras is running on {keras.backend.backend()!r}. "
+                "Set KERAS_BACKEND=tensorflow before importing keras."
+            )
+        model = self.model
+        if getattr(model, "optimizer", None) is None or not getattr(model, "compiled", False):
+            raise RuntimeError("HessianProbe needs a compiled model: call model.compile(...) before fit")
+        if not model.trainable_weights:
+            raise ValueError("HessianProbe needs a model with trainable weights. Received a model with none")
+        if getattr(model, "_distribute_strategy", None) is not None:
+            raise RuntimeError(
+                "HessianProbe does not support distribution strategies yet. Received a model compiled under "
+                f"{type(model._distribute_strategy).__name__}"
+            )
+        if self.data is not None and model.inputs and model.inputs[0].shape[-1] not in (None, *self.data[0].shape[1:2]):
+            raise ValueError(f"`data`'s X has {self.data[0].shape[1:]} features, but the model expects {tuple(model.inputs[0].shape[1:])}")
+        steps_per_call = int(self.params.get("steps_per_call") or getattr(model, "steps_per_execution", 1) or 1)
+        self._rows_per_call = steps_per_call // self.every_n_steps + 1
+        capacity = max(MIN_ROWS, self._rows_per_call)
+        state = self._state
+        if state is not None:
+            self._collect()  # what an interrupted fit left in the buffer
+            self._next_step = max(self._next_step, int(state.counter.numpy()))
+            if state.model is not model or state.capacity < self._rows_per_call:
+                state.uninstall()  # left installed by an interrupted fit
+                state = None
+        if state is None:
+            state = self._state = _ProbeState(self, model, capacity)
+            self._read = 0
+        start = max(self._next_step, int(model.optimizer.iterations.numpy()))
+        state.counter.assign(start)
+        self._unread_calls = 0
+        state.install()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._state.use_in_fit()  # after every on_train_begin: other callbacks' functions are in place
+        if (self._unread_calls + 1) * self._rows_per_call > self._state.capacity:
+            self._collect()
+        self._unread_calls += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._collect()
+
+    def on_train_end(self, logs=None):
+        self.detach()
+
+    def detach(self):
+        """Remove the wrapped `train_step` and read the last measurements. `on_train_end` calls it;
+        call it yourself after an interrupted `fit`."""
+        state = self._state
+        if state is None:
+            return
+        self._collect()
+        state.uninstall()
+        self._next_step = int(state.counter.numpy())
+
+    def _collect(self):
+        state = self._state
+        count = int(state.count.numpy())
+        if count - self._read > state.capacity:
+            raise RuntimeError(f"HessianProbe lost {count - self._read - state.capacity} measurements: its buffer holds {state.capacity}")
+        if count == self._read:
+            self._unread_calls = 0
+            return
+        slots = np.arange(self._read, count) % state.capacity
+        rows = state.rows.numpy()[slots]  # (n, 4)
+        self._read = count
+        self._unread_calls = 0
+        self.steps = np.concatenate([self.steps, rows[:, 0].astype(np.int64)])
+        self.lambda_max = np.concatenate([self.lambda_max, rows[:, 1]])
+        self.trace = np.concatenate([self.trace, rows[:, 2]])
+        self.learning_rate = np.concatenate([self.learning_rate, rows[:, 3]])
+
+    # ------------------------------------------------------------------ the measurement (traced)
+    def _measure(self, model, batch, step):
+        """`(lambda_max, trace)`: float64 scalar tensors for the loss on `batch` at the current weights."""
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
+        weights = list(model.trainable_variables)
+        shapes = [tuple(v.shape) for v in weights]
+        sizes = [math.prod(s) for s in shapes]
+        dtype = weights[0].dtype
+        seen, state_vars = set(), []
+        for v in list(model.non_trainable_variables) + list(model.metrics_variables):
+            if id(v) not in seen:
+                seen.add(id(v))
+                state_vars.append(v)
+        saved = [tf.identity(v.value) for v in state_vars]
+        compute_loss = type(model).compute_loss
+        with_training = getattr(model, "_compute_loss_has_training_arg", True)
+
+        def loss():
+            y_pred = model(x, training=True) if getattr(model, "_call_has_training_arg", True) else model(x)
+            if with_training:
+                return compute_loss(model, x, y, y_pred, sample_weight, training=True)
+            return compute_loss(model, x, y, y_pred, sample_weight)
+
+        def hvp(v):
+            with tf.autodiff.ForwardAccumulator([w.value for w in weights], v) as acc:
+                with tf.GradientTape() as tape:
+                    value = loss()
+                grads = tape.gradient(value, weights, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            out = [acc.jvp(g, unconnected_gradients=tf.UnconnectedGradients.ZERO) for g in grads]
+            for var, value in zip(state_vars, saved, strict=True):  # undo what the forward pass moved
+                var.assign(value)
+            return out
+
+        def split(flat):
+            return [tf.reshape(part, s) for part, s in zip(tf.split(flat, sizes), shapes, strict=True)]
+
+        seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64)])
+
+        def power(shift):
+            v0 = split(tf.cast(tf.random.stateless_normal([sum(sizes)], tf.random.experimental.stateless_fold_in(seed, 0)), dtype))
+            norm = tf.cast(tf.sqrt(_dot(v0, v0)), dtype)
+            v0 = [p / norm for p in v0]
+
+            def body(i, lam, *v):
+                hv = hvp(list(v))
+                if shift is not None:
+                    hv = [h - tf.cast(shift, dtype) * p for h, p in zip(hv, v, strict=True)]
+                lam = _dot(v, hv)  # the Rayleigh quotient of the unit vector v
+                norm = tf.cast(tf.sqrt(_dot(hv, hv)), dtype)
+                return (i + 1, lam, *[tf.math.divide_no_nan(h, norm) for h in hv])
+
+            out = tf.while_loop(lambda i, *_: i < self.n_iterations, body, (tf.constant(0), tf.constant(0.0, tf.float64), *v0))
+            return out[1]
+
+        dominant = power(None)
+        lambda_max = tf.cond(dominant < 0, lambda: power(dominant) + dominant, lambda: dominant)
+
+        if self.n_probes == 0:
+            trace = tf.constant(float("nan"), tf.float64)
+        else:
+            n = sum(sizes) if self.n_probes == "exact" else self.n_probes
+
+            def probe_vector(k):
+                if self.n_probes == "exact":
+                    return split(tf.one_hot(k, sum(sizes), dtype=dtype))  # basis vector e_k
+                bits = tf.random.stateless_uniform([sum(sizes)], tf.random.experimental.stateless_fold_in(seed, k + 1), minval=0, maxval=2, dtype=tf.int32)
+                return split(tf.cast(2 * bits - 1, dtype))  # Rademacher: +-1
+
+            def trace_body(k, total):
+                z = probe_vector(k)
+                return k + 1, total + _dot(z, hvp(z))
+
+            _, total = tf.while_loop(lambda k, _: k < n, trace_body, (tf.constant(0), tf.constant(0.0, tf.float64)))
+            trace = total if self.n_probes == "exact" else total / n  # sum over the basis; mean over random probes
+        return lambda_max, trace

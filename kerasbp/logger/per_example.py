@@ -1,0 +1,536 @@
+"""Per-example gradient statistics inside the compiled train step, for `GradientLogger(per_example=True)`.
+
+A Dense layer computes `z = a @ W + b` for each example `a_i` (a row of its input `A`,
+`(batch, n_in)`); backpropagation hands it the output delta `D = dL/dz` (`(batch, n_out)`).
+The batch loss is the mean of the examples' own losses `l_i` (as Keras weighs them: sample and
+class weights included), so `d_i` carries a factor `1/B`, and example i's own gradient is (the
+closed form of BackPACK, Dangel et al. 2020, with no `(batch, parameters)` tensor)::
+
+    g_i(W) = B * outer(a_i, d_i)          # (n_in, n_out)
+    g_i(b) = B * d_i                      # (n_out,)
+    |g_i(W)|^2 = B^2 |a_i|^2 |d_i|^2
+    g_i . g = B a_i^T G_W d_i + B d_i . g_b
+    sum_i g_i(W)^2 = B^2 (A*A)^T (D*D)    # elementwise squares, for the GSNR
+
+where `G_W`, `g_b` are the batch gradient (their mean). Weight penalties (`kernel_regularizer`,
+`bias_regularizer`) are not per example: their gradient `r` is added to every example's
+gradient (each example's loss carries the whole penalty, so the mean is still the batch
+gradient), `r = G_W - A^T D`; `activity_regularizer` flows through `D` like the loss.
+
+Any other layer with trainable variables takes the vectorized fallback: its input `x` and the
+gradient `dL/dout` of its output are recorded in the same way (a hook on `call` passes the output
+through the tap), and example i's gradient is `B` times the vector-Jacobian product of the
+layer's `call` on `x_i` alone with `dL/dout_i`, for all examples at once with
+`tf.vectorized_map` (pfor): a `(batch, parameters)` tensor for that layer only. The recomputed
+call must be the one of the step, at the step's weights (so the statistics are computed before
+the optimizer's update), and layers that draw random numbers (a `SeedGenerator`) are refused by
+name, as are recurrent layers (their cells run inside a loop), calls with tensor arguments
+besides the input (masks) and outputs that carry logits for the loss (`_keras_logits`: a
+sigmoid or softmax output layer that is not Dense).
+
+`PerExampleTaps` records `A` where the layer is called (a hook on `call`) and `D` where it is
+differentiated (its activation is replaced, during `fit` only, by `activation(tap(z))` where
+`tap` is an identity whose gradient function keeps `dz`), both in the train step being traced;
+the capture's `apply` hook then computes the statistics in the same graph (`step_statistics`,
+`noise_row`) and writes them with the step's row (`write`). The
+Dropout mask is the one the step used: `A` and `D` come from the step's own forward and
+backward pass. Everything is restored after `fit`.
+
+References:
+    McCandlish, Kaplan, Amodei et al. 2018, "An Empirical Model of Large-Batch Training" (the
+    gradient noise scale B_simple); Schneider, Dangel, Hennig 2021, "Cockpit: A Practical
+    Debugging Tool for the Training of Deep Neural Networks" (norm, inner-product and
+    orthogonality tests, GSNR); Dangel, Kunstner, Hennig 2020, "BackPACK: Packing more into
+    backprop" (per-example quantities of Dense layers from inputs and deltas).
+"""
+
+import kerasbp.native_logs  # noqa: F401  (first: TensorFlow starts without its native log lines)
+import keras
+import tensorflow as tf
+
+from kerasbp.logger.log import NOISE_COLUMNS
+
+
+def _in_this_graph(tensor):
+    if tf.executing_eagerly():
+        return not hasattr(tensor, "graph") or isinstance(tensor, tf.Variable)
+    return getattr(tensor, "graph", None) is tf.compat.v1.get_default_graph()
+
+
+def _layers(model):
+    return list(model._flatten_layers(include_self=False))
+
+
+def check_model(model):
+    """Refuse what per-example gradients cannot be computed for, naming it.
+
+    Args:
+        model: a built, compiled `keras.Model` (TensorFlow backend).
+
+    Returns:
+        `(dense, generic)`: a list of `(layer, kernel_index, bias_index or None)` for the Dense
+        layers with trainable weights, and a list of `(layer, [variable indices])` for the other
+        layers that own trainable variables (the vectorized fallback); indices into
+        `model.trainable_weights`.
+
+    Raises:
+        ValueError: for a `BatchNormalization` layer in training mode (it couples the examples
+            of a batch: per-example gradients are not defined); a recurrent layer
+            (`keras.layers.RNN`); a trainable variable outside the model's layers; a layer
+            other than Dense that draws random numbers (the fallback cannot replay them), runs
+            in mixed precision, or holds variables beside sublayers that hold some; a Dense
+            layer with LoRA or quantization; a model compiled with `jit_compile=True` (XLA); a
+            loss whose reduction is not `"sum_over_batch_size"` (then the batch gradient is not
+            the mean of the examples' gradients); a model under a `tf.distribute` strategy.
+    """
+    for layer in _layers(model):
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable:
+            raise ValueError(
+                f"GradientLogger(per_example=True) cannot compute per-example gradients through BatchNormalization layer "
+                f"{layer.name!r}: in training mode it normalizes with the batch's statistics, which couples the examples, so "
+                "an example's own gradient is not defined. Freeze it (layer.trainable = False: Keras then uses its moving "
+                "statistics) or use per_example=False"
+            )
+    for layer in _layers(model):
+        if isinstance(layer, keras.layers.RNN) and layer.trainable_weights:
+            raise ValueError(
+                f"GradientLogger(per_example=True) does not support recurrent layers: the cell of layer {layer.name!r} "
+                f"({type(layer).__name__}) runs once per time step inside a loop. Use per_example=False"
+            )
+    owner = {}
+    for layer in _layers(model):  # parents before children: the innermost layer owns a variable
+        for v in layer.trainable_weights:
+            owner[id(v)] = layer
+    index = {id(v): j for j, v in enumerate(model.trainable_weights)}
+    dense, generic = [], []
+    for j, v in enumerate(model.trainable_weights):
+        if id(v) not in owner:
+            raise ValueError(
+                "GradientLogger(per_example=True) computes per-example gradients layer by layer. Received a trainable "
+                f"variable {v.path!r} of the model itself, outside its layers. Use per_example=False"
+            )
+    owners = list({id(layer): layer for layer in owner.values()}.values())
+    for layer in owners:
+        if type(layer) is not keras.layers.Dense:
+            seeded = [name for name, value in vars(layer).items() if isinstance(value, keras.random.SeedGenerator)]
+            if seeded:
+                raise ValueError(
+                    f"GradientLogger(per_example=True) cannot replay the random numbers of layer {layer.name!r} "
+                    f"({type(layer).__name__}: it holds a SeedGenerator, {seeded[0]!r}) in its per-example fallback, which "
+                    "recomputes the layer per example. Use per_example=False"
+                )
+            inner = [other.name for other in layer._flatten_layers(include_self=False) if any(o is other for o in owners)]
+            if inner:
+                raise ValueError(
+                    f"GradientLogger(per_example=True) cannot recompute layer {layer.name!r} ({type(layer).__name__}) per example: "
+                    f"it holds trainable variables of its own and layers that do too ({inner}). Use per_example=False"
+                )
+            if layer.compute_dtype != layer.variable_dtype:
+                raise ValueError(
+                    f"GradientLogger(per_example=True) supports mixed precision in Dense layers only. Received: layer {layer.name!r} "
+                    f"({type(layer).__name__}) with dtype policy {layer.dtype_policy.name!r}"
+                )
+            generic.append((layer, [index[id(v)] for v in layer.trainable_weights]))
+            continue
+        if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
+            raise ValueError(
+                f"GradientLogger(per_example=True) does not support LoRA or quantized Dense layers. Received: layer {layer.name!r}"
+            )
+        if not layer.kernel.trainable:
+            raise ValueError(f"GradientLogger(per_example=True) needs the kernel of Dense layer {layer.name!r} trainable when its bias is")
+        bias = layer.bias if layer.bias is not None and layer.bias.trainable else None
+        dense.append((layer, index[id(layer.kernel)], None if bias is None else index[id(bias)]))
+    losses = model.loss if isinstance(model.loss, (list, tuple)) else list(model.loss.values()) if isinstance(model.loss, dict) else [model.loss]
+    for loss in losses:
+        reduction = getattr(loss, "reduction", "sum_over_batch_size")
+        if isinstance(loss, keras.losses.Loss) and reduction != "sum_over_batch_size":
+            raise ValueError(
+                "GradientLogger(per_example=True) needs losses with reduction='sum_over_batch_size' (the batch gradient is then "
+                f"the mean of the examples' own gradients). Received: {type(loss).__name__} with reduction={reduction!r}"
+            )
+    if getattr(model, "jit_compile", False) is True:
+        raise ValueError(
+            "GradientLogger(per_example=True) does not support XLA yet: its buffer of per-example norms grows with the widest "
+            "batch, which a compiled XLA step cannot do. Received: a model compiled with jit_compile=True (Keras's "
+            "jit_compile='auto' picks it on a GPU). Compile with jit_compile=False"
+        )
+    if getattr(model, "_distribute_strategy", None) is not None:
+        raise ValueError("GradientLogger(per_example=True) does not support a tf.distribute strategy yet. Received a model built under one")
+    return dense, generic
+
+
+class PerExampleTaps:
+    """The hooks that record each layer's inputs and output deltas in the traced train step.
+
+    Args:
+        model: the model (see `check_model`, which is called here).
+
+    Attributes:
+        dense: list of `(layer, kernel_index, bias_index or None)`: closed form.
+        generic: list of `(layer, [variable indices])`: the vectorized fallback.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.dense, self.generic = check_model(model)
+        self._pending = {}  # layer position (Dense first, then generic) -> list of records
+        self._stack = []  # the records of the Dense calls running now
+        self._calls = {}  # generic layer position -> its own (unhooked) call
+
+    def hooks(self, hooks):
+        """`hooks` (the capture's list of `(object, attribute, replacement)`) with, per Dense layer,
+        a hook on `call` (wrapping the capture's own hook on it, if any) and one on `activation`."""
+        hooks = list(hooks)
+        for k, (layer, _, _) in enumerate(self.dense):
+            at = next((i for i, (obj, name, _) in enumerate(hooks) if obj is layer and name == "call"), None)
+            inner = layer.call if at is None else hooks[at][2]
+            entry = (layer, "call", self._call_hook(inner, k, layer))
+            if at is None:
+                hooks.append(entry)
+            else:
+                hooks[at] = entry
+            hooks.append((layer, "activation", self._activation_hook(layer.activation)))
+        for k, (layer, _) in enumerate(self.generic, start=len(self.dense)):
+            at = next((i for i, (obj, name, _) in enumerate(hooks) if obj is layer and name == "call"), None)
+            inner = layer.call if at is None else hooks[at][2]
+            self._calls[k] = layer.call
+            entry = (layer, "call", self._generic_hook(inner, k, layer))
+            if at is None:
+                hooks.append(entry)
+            else:
+                hooks[at] = entry
+        return hooks
+
+    def _keep(self, inputs, args, kwargs):
+        """Whether a call belongs to the step being traced (a training call on tensors)."""
+        training = kwargs.get("training", None)
+        keep = tf.is_tensor(inputs) and not isinstance(inputs, keras.KerasTensor) and training is not False
+        return keep and not (tf.executing_eagerly() and not self.model.run_eagerly)
+
+    def _generic_hook(self, call, k, layer):
+        def hooked_call(inputs, *args, **kwargs):
+            outputs = call(inputs, *args, **kwargs)
+            if not self._keep(inputs, args, kwargs):
+                return outputs
+            extra = [a for a in (*args, *kwargs.values()) if tf.is_tensor(a)]
+            if extra or not tf.is_tensor(outputs) or hasattr(outputs, "_keras_logits"):
+                why = (
+                    "it was called with tensor arguments besides its input (a mask or a state)"
+                    if extra
+                    else "its output carries the logits of a sigmoid or softmax for the loss"
+                    if tf.is_tensor(outputs)
+                    else "its output is not one tensor"
+                )
+                raise ValueError(
+                    f"GradientLogger(per_example=True) cannot recompute layer {layer.name!r} ({type(layer).__name__}) per example: "
+                    f"{why}. Use per_example=False"
+                )
+            record = {"a": inputs, "d": [], "kwargs": {key: v for key, v in kwargs.items() if key != "mask"}}
+
+            @tf.custom_gradient
+            def tap(y):
+                def grad(dy):
+                    record["d"].append(dy)  # (batch, ...): dL/doutput of this step
+                    return dy
+
+                return tf.identity(y), grad
+
+            kept = self._pending.setdefault(k, [])
+            kept[:] = [r for r in kept if _in_this_graph(r["a"])] + [record]
+            return tap(outputs)
+
+        return hooked_call
+
+    def _call_hook(self, call, k, layer):
+        def hooked_call(inputs, *args, **kwargs):
+            record = None
+            if self._keep(inputs, args, kwargs):
+                if inputs.shape.rank != 2:
+                    raise ValueError(
+                        "GradientLogger(per_example=True) supports Dense layers on 2-D inputs (batch, features). Received: "
+                        f"layer {layer.name!r} called on an input of shape {tuple(inputs.shape)}"
+                    )
+                record = {"a": inputs, "d": []}
+            self._stack.append(record)
+            try:
+                outputs = call(inputs, *args, **kwargs)
+            finally:
+                self._stack.pop()
+            if record is not None:
+                kept = self._pending.setdefault(k, [])
+                kept[:] = [r for r in kept if _in_this_graph(r["a"])] + [record]
+            return outputs
+
+        return hooked_call
+
+    def _activation_hook(self, activation):
+        def tapped(z):
+            record = self._stack[-1] if self._stack else None
+            if record is None:
+                return activation(z)
+
+            @tf.custom_gradient
+            def tap(z):
+                def grad(dz):
+                    record["d"].append(dz)  # (batch, units): this step's output delta
+                    return dz
+
+                return tf.identity(z), grad
+
+            return activation(tap(z))
+
+        tapped.__name__ = getattr(activation, "__name__", "activation")
+        return tapped
+
+    def take(self):
+        """The records of the step being traced: list per layer (Dense, then the others) of
+        `(input, output delta, call kwargs)` or None (not called, or not differentiated: its
+        gradient is None).
+
+        Raises:
+            ValueError: for a layer called more than once in the step (a shared layer) or
+                differentiated more than once.
+        """
+        pending, self._pending = self._pending, {}
+        out = []
+        for k, layer in enumerate([entry[0] for entry in self.dense + self.generic]):
+            records = [r for r in pending.get(k, []) if _in_this_graph(r["a"])]
+            if len(records) > 1:
+                raise ValueError(
+                    f"GradientLogger(per_example=True) does not support a layer called more than once per train step "
+                    f"(a shared layer). Received: layer {layer.name!r} called {len(records)} times"
+                )
+            if not records or not records[0]["d"]:
+                out.append(None)
+                continue
+            if len(records[0]["d"]) > 1:
+                raise ValueError(
+                    f"GradientLogger(per_example=True) needs one gradient computation per train step. Received: layer {layer.name!r} "
+                    f"differentiated {len(records[0]['d'])} times"
+                )
+            out.append((records[0]["a"], records[0]["d"][0], records[0].get("kwargs", {})))
+        return out
+
+    def statistics(self, taken, grads, scale, dtype):
+        """The per-example statistics of one step from its records and batch gradient.
+
+        Args:
+            taken: the result of `take()`.
+            grads: dict `{variable index: gradient tensor}` as handed to the optimizer (still
+                multiplied by the loss scale).
+            scale: None or the loss scale (scalar) that multiplies `grads` and the deltas.
+            dtype: the dtype to compute in.
+
+        Returns:
+            `(row, norms)`: float64 `(len(NOISE_COLUMNS),)` and `dtype` `(batch,)`, the
+            per-example gradient norms `|g_i|` over all variables of the Dense layers.
+        """
+        s = None if scale is None else tf.cast(scale, dtype)
+        batch = None
+        sq = p = None  # (batch,): |g_i|^2, and the parts of g_i . g that vary with i
+        p_shift = gg = tf.zeros((), dtype)  # the part of g_i . g common to all i; |g|^2
+        ratio_sum = count = tf.zeros((), dtype)  # GSNR summed over parameters with variance > 0
+        for (layer, jk, jb), rec in zip(self.dense, taken[: len(self.dense)], strict=True):
+            if grads.get(jk) is None:
+                continue
+            _check_seen(layer, rec)
+            a, d = tf.cast(rec[0], dtype), tf.cast(rec[1], dtype)  # (B, n_in), (B, n_out)
+            if s is not None:
+                d = d / s
+            if batch is None:
+                batch = tf.cast(tf.shape(a)[0], dtype)
+                sq = tf.zeros(tf.shape(a)[:1], dtype)
+                p = tf.zeros(tf.shape(a)[:1], dtype)
+            B = batch
+            g_w = tf.cast(tf.convert_to_tensor(grads[jk]), dtype)
+            if s is not None:
+                g_w = g_w / s
+            a2, d2 = a * a, d * d
+            d2_sum = tf.reduce_sum(d2, axis=1)  # (B,)
+            sq += B * B * tf.reduce_sum(a2, axis=1) * d2_sum
+            penalised = layer.kernel_regularizer is not None
+            p += B * _a_g_d(a, g_w, d, gram=not penalised)  # B a_i^T G d_i
+            m2_w = B * tf.matmul(a2, d2, transpose_a=True)  # (n_in, n_out): mean_i g_i^2
+            parts = [(g_w, m2_w)]
+            if penalised:
+                r_w = g_w - tf.matmul(a, d, transpose_a=True)  # the penalty's gradient (n_in, n_out)
+                sq += 2 * B * tf.reduce_sum(tf.matmul(a, r_w) * d, axis=1) + tf.reduce_sum(r_w * r_w)
+                p_shift += tf.reduce_sum(r_w * g_w)
+                parts[0] = (g_w, m2_w + 2 * r_w * (g_w - r_w) + r_w * r_w)
+            if jb is not None and grads.get(jb) is not None:
+                g_b = tf.cast(tf.convert_to_tensor(grads[jb]), dtype)
+                if s is not None:
+                    g_b = g_b / s
+                sq += B * B * d2_sum
+                p += B * tf.linalg.matvec(d, g_b)
+                m2_b = B * tf.reduce_sum(d2, axis=0)
+                if layer.bias_regularizer is not None:
+                    r_b = g_b - tf.reduce_sum(d, axis=0)
+                    sq += 2 * B * tf.linalg.matvec(d, r_b) + tf.reduce_sum(r_b * r_b)
+                    p_shift += tf.reduce_sum(r_b * g_b)
+                    m2_b = m2_b + 2 * r_b * (g_b - r_b) + r_b * r_b
+                parts.append((g_b, m2_b))
+            for g, m2 in parts:
+                g2 = g * g
+                var = m2 - g2  # per parameter: mean_i g_i^2 - g^2
+                has = var > 0
+                ratio_sum += tf.reduce_sum(tf.where(has, g2 / tf.where(has, var, tf.ones_like(var)), tf.zeros_like(var)))
+                count += tf.reduce_sum(tf.cast(has, dtype))
+                gg += tf.reduce_sum(g2)
+        for k, ((layer, js), rec) in enumerate(zip(self.generic, taken[len(self.dense) :], strict=True), start=len(self.dense)):
+            if all(grads.get(j) is None for j in js):
+                continue
+            _check_seen(layer, rec)
+            g_rows = self._vectorized(k, layer, rec, s, dtype)  # (B, P_layer)
+            if batch is None:
+                batch = tf.cast(tf.shape(g_rows)[0], dtype)
+                sq = tf.zeros(tf.shape(g_rows)[:1], dtype)
+                p = tf.zeros(tf.shape(g_rows)[:1], dtype)
+            g = tf.concat([tf.reshape(tf.cast(tf.convert_to_tensor(grads[j]), dtype), [-1]) for j in js], axis=0)  # (P_layer,)
+            if s is not None:
+                g = g / s
+            if any(value is not None for name, value in vars(layer).items() if name.endswith("_regularizer") and name != "activity_regularizer"):
+                g_rows = g_rows + (g - tf.reduce_mean(g_rows, axis=0))  # the penalty's gradient, to every example
+            sq += tf.reduce_sum(g_rows * g_rows, axis=1)
+            p += tf.linalg.matvec(g_rows, g)
+            g2 = g * g
+            var = tf.reduce_mean(g_rows * g_rows, axis=0) - g2
+            has = var > 0
+            ratio_sum += tf.reduce_sum(tf.where(has, g2 / tf.where(has, var, tf.ones_like(var)), tf.zeros_like(var)))
+            count += tf.reduce_sum(tf.cast(has, dtype))
+            gg += tf.reduce_sum(g2)
+        if batch is None:
+            return tf.fill([len(NOISE_COLUMNS)], tf.constant(float("nan"), tf.float64)), tf.zeros([0], dtype)
+        p = p + p_shift
+        row = noise_row(batch, tf.reduce_sum(sq), tf.reduce_sum(p * p), gg, ratio_sum / count)
+        return row, tf.sqrt(sq)
+
+
+    def _vectorized(self, k, layer, rec, s, dtype):
+        """`(B, P)`: each example's gradient of the layer's variables (flattened, in
+        `layer.trainable_weights` order), `B` times the vector-Jacobian product of its own call
+        with its output delta, by `tf.vectorized_map`."""
+        x, dy, kwargs = rec
+        call, variables = self._calls[k], list(layer.trainable_weights)
+        B = tf.cast(tf.shape(x)[0], dtype)
+
+        def one(pair):
+            xi, di = pair
+            with tf.GradientTape() as tape:
+                out = call(xi[None], **kwargs)
+            grads = tape.gradient(out, variables, output_gradients=tf.cast(di[None], out.dtype))
+            return tf.concat([tf.reshape(tf.cast(tf.convert_to_tensor(g), dtype), [-1]) for g in grads], axis=0)
+
+        rows = tf.vectorized_map(one, (x, dy))  # (B, P)
+        return B * (rows if s is None else rows / s)
+
+
+def _a_g_d(a, g, d, gram):
+    """`(B,)`: `a_i^T G d_i` for each example, `a` `(B, n_in)`, `G` `(n_in, n_out)`, `d` `(B, n_out)`.
+
+    Directly, `sum((A @ G) * D, axis=1)`: `B n_in n_out` multiplications. Where `G = A^T D` (no
+    weight penalty) also as `sum((A A^T) * (D D^T), axis=1)` (`a_i^T A^T D d_i = sum_j (a_i . a_j)
+    (d_j . d_i)`): `B^2 (n_in + n_out)`, fewer when `B < n_in n_out / (n_in + n_out)`; the cheaper
+    is taken at run time (B may vary)."""
+    n_in, n_out = int(a.shape[-1]), int(d.shape[-1])
+
+    def direct():
+        return tf.reduce_sum(tf.matmul(a, g) * d, axis=1)
+
+    if not gram:
+        return direct()
+
+    def kernels():
+        return tf.reduce_sum(tf.matmul(a, a, transpose_b=True) * tf.matmul(d, d, transpose_b=True), axis=1)
+
+    batch = tf.shape(a)[0]
+    return tf.cond(batch * (n_in + n_out) < n_in * n_out, kernels, direct)
+
+
+def _check_seen(layer, record):
+    if record is None:
+        raise ValueError(
+            f"GradientLogger(per_example=True) did not see layer {layer.name!r} ({type(layer).__name__}) called and differentiated "
+            "in the train step, yet it has a gradient: it runs inside a loop (an RNN cell) or outside the model's call. "
+            "Use per_example=False"
+        )
+
+
+def noise_row(B, sum_sq, sum_p2, gg, gsnr):
+    """The noise statistics of one step from the sums over its examples.
+
+    Args:
+        B: scalar, the batch size.
+        sum_sq: scalar, `sum_i |g_i|^2`.
+        sum_p2: scalar, `sum_i (g_i . g)^2`.
+        gg: scalar, `|g|^2`, g the batch gradient (the mean of the g_i).
+        gsnr: scalar, the mean GSNR.
+
+    Returns:
+        float64 tensor `(len(NOISE_COLUMNS),)` in the order of `NOISE_COLUMNS`::
+
+            norm_test          = sqrt((sum_i |g_i|^2 - B |g|^2) / ((B - 1) B |g|^2))
+            inner_product_test = sqrt((sum_i p_i^2 - B |g|^4) / ((B - 1) B |g|^4))
+            orthogonality_test = sqrt((sum_i |g_i|^2 - sum_i p_i^2 / |g|^2) / ((B - 1) B |g|^2))
+            S                  = (sum_i |g_i|^2 / B - |g|^2) / (1 - 1/B)       # trace_sigma
+            |G|^2              = (B |g|^2 - sum_i |g_i|^2 / B) / (B - 1)        # grad_sq
+            b_simple           = S / |G|^2
+
+        The square roots take negative rounding residues as 0. Every entry is NaN when `B == 1`.
+    """
+    nan = tf.constant(float("nan"), gg.dtype)
+    one = B > 1
+    Bm1 = tf.where(one, B - 1, tf.ones_like(B))
+
+    def root(x):
+        return tf.sqrt(tf.maximum(x, 0))
+
+    norm_test = root((sum_sq - B * gg) / (Bm1 * B * gg))
+    inner = root((sum_p2 - B * gg * gg) / (Bm1 * B * gg * gg))
+    orth = root((sum_sq - sum_p2 / gg) / (Bm1 * B * gg))
+    trace = (sum_sq / B - gg) / (1 - 1 / tf.where(one, B, 2 * tf.ones_like(B)))
+    grad_sq = (B * gg - sum_sq / B) / Bm1
+    by_name = {
+        "norm_test": norm_test,
+        "inner_product_test": inner,
+        "orthogonality_test": orth,
+        "gsnr": gsnr,
+        "b_simple": trace / grad_sq,
+        "trace_sigma": trace,
+        "grad_sq": grad_sq,
+    }
+    row = tf.stack([by_name[name] for name in NOISE_COLUMNS])
+    return tf.cast(tf.where(one, row, nan), tf.float64)
+
+
+def step_statistics(taps, taken, grads, scale, dtype, log_now):
+    """`taps.statistics(...)` (see `PerExampleTaps.statistics`) at the logged steps only: under
+    `tf.cond(log_now, ...)` unless every step is logged (`log_now` None). Call it before the
+    optimizer's update, so that the fallback's recomputed layers see the step's weights.
+
+    Returns:
+        `(row, norms)`; at steps not logged a NaN row and no norms.
+    """
+
+    def compute():
+        return taps.statistics(taken, grads, scale, dtype)
+
+    if log_now is None:
+        return compute()
+    return tf.cond(log_now, compute, lambda: (tf.fill([len(NOISE_COLUMNS)], tf.constant(float("nan"), tf.float64)), tf.zeros([0], dtype)))
+
+
+def write(buffers, slot, row, norms):
+    """Write one step's noise row and per-example norms into `buffers` at `slot` (the norms'
+    buffer grows, NaN-padded, when a batch is wider than any before)."""
+    buffers.noise.scatter_nd_update([[slot]], row[None])
+    v = buffers.norms
+    B, W = tf.shape(norms)[0], tf.shape(v)[1]
+
+    def grow():
+        v.assign(tf.pad(tf.convert_to_tensor(v), [[0, 0], [0, B - W]], constant_values=float("nan")))
+        return tf.constant(True)
+
+    tf.cond(B > W, grow, lambda: tf.constant(False))
+    width = tf.shape(v)[1]
+    v.scatter_nd_update([[slot]], tf.pad(tf.cast(norms, v.dtype), [[0, width - B]], constant_values=float("nan"))[None])
