@@ -22,6 +22,9 @@ from kerasbp.logger.log import CLIPPING, FOLDER_LOG, STATS, GradientLog, gradien
 #: Column of each statistic in a row of `stats`.
 STATS_INDEX = {name: i for i, name in enumerate(STATS)}
 
+#: The Keras backends whose train step the logger can capture (`capture.capture_for`).
+BACKENDS = ("tensorflow", "jax", "torch")
+
 #: Rows of the statistics buffer at least: the host reads it only every few hundred steps.
 MIN_STATS_ROWS = 256
 
@@ -35,7 +38,7 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
     """Records the gradients the optimizer applies, at every `every_n_steps`-th step of `fit`.
 
     It works with a plain `model.fit(..., callbacks=[logger])` on any compiled Keras model with
-    the TensorFlow backend (and with `kerasbp.train`). A row is one train step (one batch handed
+    the TensorFlow, JAX or torch backend (and with `kerasbp.train` on TensorFlow). A row is one train step (one batch handed
     to the optimizer). Per logged step it records the gradient of the loss handed to
     `optimizer.apply_gradients` in the train step, divided by the loss scale in effect
     (`LossScaleOptimizer`, also the one `compile` adds under the `mixed_float16` policy, or
@@ -111,7 +114,8 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
 
     Raises:
         TypeError, ValueError: for bad arguments.
-        RuntimeError: at `fit` on a backend other than TensorFlow, or a model without optimizer.
+        RuntimeError: at `fit` on a backend other than those in `BACKENDS`, with
+            `tensorboard_dir` on a backend other than TensorFlow, or a model without optimizer.
         ValueError: at `fit` with a `keras.optimizers.MultiOptimizer`; under a `tf.distribute`
             strategy other than `MirroredStrategy` (or a one-worker
             `MultiWorkerMirroredStrategy`), or with a `LossScaleOptimizer` or gradient
@@ -172,11 +176,15 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
 
     # ----------------------------------------------------------------- attaching to the model
     def on_train_begin(self, logs=None):
-        if keras.backend.backend() != "tensorflow":
+        if keras.backend.backend() not in BACKENDS:
             raise RuntimeError(
-                f"GradientLogger supports the TensorFlow backend only; Keras is running on {keras.backend.backend()!r}. "
-                "Set KERAS_BACKEND=tensorflow before importing keras."
+                f"GradientLogger supports the backends {list(BACKENDS)}; Keras is running on {keras.backend.backend()!r}. "
+                "Set KERAS_BACKEND to one of them before importing keras."
             )
+        if self.per_example and keras.backend.backend() != "tensorflow":
+            raise ValueError(f"GradientLogger(per_example=True) needs the TensorFlow backend; Keras is running on {keras.backend.backend()!r}")
+        if self.tensorboard_dir is not None and keras.backend.backend() != "tensorflow":
+            raise RuntimeError(f"GradientLogger(tensorboard_dir=...) needs the TensorFlow backend; Keras is running on {keras.backend.backend()!r}")
         model = self.model
         optimizer = getattr(model, "optimizer", None)
         if optimizer is None:

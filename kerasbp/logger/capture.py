@@ -927,8 +927,23 @@ def capture_for(model, optimizer, steps_per_execution, **options):
     per_optimizer = _CAPTURES.setdefault(model, weakref.WeakKeyDictionary()).setdefault(optimizer, {})
     key = (steps_per_execution, *sorted(options.items()))
     if key not in per_optimizer:
-        per_optimizer[key] = TensorFlowCapture(model, optimizer, **options)
+        per_optimizer[key] = _capture_class()(model, optimizer, **options)
     return per_optimizer[key]
+
+
+def _capture_class():
+    """The capture class of Keras's backend: `TensorFlowCapture`, `JaxCapture`
+    (`kerasbp/logger/capture_jax.py`) or `TorchCapture` (`kerasbp/logger/capture_torch.py`)."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        from kerasbp.logger.capture_jax import JaxCapture
+
+        return JaxCapture
+    if backend == "torch":
+        from kerasbp.logger.capture_torch import TorchCapture
+
+        return TorchCapture
+    return TensorFlowCapture
 
 
 def attached_capture(model):
