@@ -220,6 +220,7 @@ def test_plot_curvature_draws_lambda_max_and_the_threshold():
         plot_curvature(probe, ax="left")
 
 
+@pytest.mark.slow  # checks only that the benchmark script runs (tests/test_benchmarks.py does so for run.py by default)
 def test_curvature_benchmark_quick_run(tmp_path):
     import json
     import subprocess

@@ -595,6 +595,7 @@ def test_plot_gradient_noise_draws_every_statistic(tmp_path):
 # ---------------------------------------------------------------- the benchmark
 
 
+@pytest.mark.slow  # checks only that the benchmark script runs (tests/test_benchmarks.py does so for run.py by default)
 def test_benchmark_quick_run_writes_its_figures(tmp_path):
     # speed is measured by the script, never asserted here
     import json

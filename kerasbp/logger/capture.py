@@ -58,12 +58,9 @@ import tensorflow as tf
 
 from kerasbp.logger import per_example as per_example_module
 from kerasbp.logger import replicas
+from kerasbp.logger.hooks import ATTACHED, ROW, InstalledHooks, applied_same, leaf_optimizer, snapshot_variables
 from kerasbp.logger.log import NOISE_COLUMNS, REPLICA_STATS, STATS
 
-#: The per-step values written beside the statistics, one float64 row per logged step.
-ROW = ("step", "iterations", "loss", "learning_rate", "loss_scale", "applied", "skipped", "clipped")
-
-_MISSING = object()
 
 
 def _graph():
@@ -80,56 +77,6 @@ def _in_this_graph(tensor):
 
 def _sum_squares(g, dtype):
     return 2 * tf.nn.l2_loss(tf.cast(g, dtype))  # one operation, no temporary
-
-
-def leaf_optimizer(optimizer):
-    """The optimizer whose update rule runs: the inner one of a `LossScaleOptimizer`.
-
-    Raises:
-        ValueError: for a `keras.optimizers.MultiOptimizer` (alone or inside a
-            `LossScaleOptimizer`): its sub-optimizers each apply their own update with their own
-            learning rate, iterations and clipping, which one row per step cannot hold.
-    """
-    leaf = optimizer.inner_optimizer if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) else optimizer
-    multi = getattr(keras.optimizers, "MultiOptimizer", None)
-    if multi is not None and isinstance(leaf, multi):
-        raise ValueError(
-            "GradientLogger does not support keras.optimizers.MultiOptimizer: its sub-optimizers apply separate updates "
-            "with separate learning rates, iterations and clipping, which one logged row per train step cannot hold. "
-            f"Received: optimizer={optimizer.__class__.__name__}({leaf.__class__.__name__}). Compile the model with one optimizer"
-        )
-    return leaf
-
-
-def snapshot_variables(optimizer):
-    """The optimizer state that snapshots record: `optimizer.variables`, then any variable that
-    the innermost optimizer holds without tracking it (Keras 3.15 builds the inner optimizer of a
-    `LossScaleOptimizer` without dependency tracking, so Nadam's `u_product` is missing from
-    `optimizer.variables` there, yet its update needs it).
-
-    Returns:
-        list of Keras variables.
-    """
-    variables = list(optimizer.variables)
-    seen = {id(v) for v in variables}
-    for value in vars(leaf_optimizer(optimizer)).values():
-        if isinstance(value, keras.Variable) and id(value) not in seen:
-            variables.append(value)
-            seen.add(id(value))
-    return variables
-
-
-def applied_same(optimizer):
-    """Whether the update rule of `optimizer` receives the (unscaled) loss gradient itself: a
-    Keras optimizer without clipping or gradient accumulation. Loss scaling does not count: Keras
-    divides by the scale with the same operation as the logger does, so the two are equal bit
-    for bit. Then the applied gradients are neither reduced nor stored a second time."""
-    leaf = leaf_optimizer(optimizer)
-    return not (
-        leaf.gradient_accumulation_steps
-        or any(getattr(leaf, name, None) for name in ("clipnorm", "global_clipnorm", "clipvalue"))
-        or not type(leaf).__module__.startswith("keras.src.optimizers")
-    )
 
 
 class DeviceBuffers:
@@ -263,7 +210,7 @@ def _clipping_acted(optimizer, grads, dtype):
     return None
 
 
-class TensorFlowCapture:
+class TensorFlowCapture(InstalledHooks):
     """Hooks on one model's optimizer that write each logged train step into `DeviceBuffers`.
 
     Build it with `capture_for`, which reuses one per model, optimizer and options.
@@ -351,31 +298,22 @@ class TensorFlowCapture:
         """Install the hooks and the hooked train function on the model."""
         if self.attached:
             return
-        for obj, name, hook in self._hooks:
-            self._installed.append((obj, name, obj.__dict__.get(name, _MISSING)))
-            object.__setattr__(obj, name, hook)  # no Keras tracking of a function attribute
+        self._install(self._hooks)
         self._plain_train_function = self.model.train_function
         if self._train_function is None:
             self.model.make_train_function(force=True)
             self._train_function = self.model.train_function
         self.model.train_function = self._train_function
         self.attached = True
-        _ATTACHED[self.model] = self
 
     def detach(self):
         """Remove the hooks and give the model back the train function it had."""
         if not self.attached:
             return
-        for obj, name, prior in reversed(self._installed):
-            if prior is _MISSING:
-                obj.__dict__.pop(name, None)
-            else:
-                object.__setattr__(obj, name, prior)
-        self._installed = []
+        self._uninstall()
         self.model.train_function = self._plain_train_function
         self._plain_train_function = None
         self.attached = False
-        _ATTACHED.pop(self.model, None)
 
     def start_run(self, first_step=0):
         """A run starts: forget alive units and any non-finite step, and move the train-step
@@ -912,8 +850,6 @@ def _step_counter(optimizer, leaf):
 #: model -> optimizer -> options -> TensorFlowCapture. Weak keys: an entry goes with its model
 #: or optimizer, and is never mistaken for a later object that happens to get the same id.
 _CAPTURES = weakref.WeakKeyDictionary()
-#: model -> the capture attached to it now.
-_ATTACHED = weakref.WeakKeyDictionary()
 #: optimizer -> its train-step counter.
 _COUNTERS = weakref.WeakKeyDictionary()
 
@@ -948,11 +884,11 @@ def _capture_class():
 
 def attached_capture(model):
     """The capture attached to `model` now, or None. `kerasbp.train` keys its traced loops on it."""
-    return _ATTACHED.get(model)
+    return ATTACHED.get(model)
 
 
 def detach(model):
     """Remove any capture's hooks from `model` (e.g. left by an interrupted `fit`)."""
-    capture = _ATTACHED.get(model)
+    capture = ATTACHED.get(model)
     if capture is not None:
         capture.detach()

@@ -45,12 +45,11 @@ import weakref
 
 import jax
 import jax.numpy as jnp
-import keras
 import numpy as np
 from keras import ops
 
 from kerasbp.logger import statistics
-from kerasbp.logger.capture import _ATTACHED, _MISSING, ROW, applied_same, leaf_optimizer, snapshot_variables
+from kerasbp.logger.hooks import ROW, HookedCapture
 from kerasbp.logger.log import STATS
 
 #: optimizer -> the number the next train step gets, left by the last capture detached from it.
@@ -106,7 +105,7 @@ class _Buffers:
                 add(self.optimizer_state[k], (capacity, *v.shape), v.dtype)
 
 
-class JaxCapture:
+class JaxCapture(HookedCapture):
     """Hooks on one model's train step and optimizer that write each logged step into buffers
     that the optimizer carries through the jitted step (JAX backend).
 
@@ -130,27 +129,12 @@ class JaxCapture:
     """
 
     def __init__(self, model, optimizer, every_n_steps, capacity, keep_full, snapshots, tracked, per_example=False, per_replica=False):
-        for name, value in (("per_example", per_example), ("per_replica", per_replica)):
-            if value:
-                raise ValueError(
-                    f"GradientLogger({name}=True) needs the TensorFlow backend; Keras is running on {keras.backend.backend()!r}. "
-                    f"Received: {name}=True"
-                )
-        self.model, self.optimizer, self.every_n_steps = model, optimizer, every_n_steps
-        self.model_vars = list(model.trainable_weights)
-        self.dtype = "float64" if any(v.dtype == "float64" for v in self.model_vars) else "float32"
-        self.leaf = leaf_optimizer(optimizer)
-        self.loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-        self.applied_same = applied_same(optimizer)
+        super().__init__(model, optimizer, every_n_steps, snapshots, per_example, per_replica)
         self.tracked = tuple(tracked)
-        self.snapshot_vars = snapshot_variables(optimizer) if snapshots else None
         self.buffers = _Buffers(self.leaf, self.model_vars, capacity, keep_full, not self.applied_same, self.dtype, tracked, self.snapshot_vars)
-        self.missing = []
-        self.attached = False
         self._warned = set()
         self._trace = None  # while the wrapped train step is traced: what the hooks found
         self._positions = None  # name -> index in optimizer.variables (while attached)
-        self._installed = []
         self._train_function = None
         self._plain_train_function = None
 
@@ -171,16 +155,13 @@ class JaxCapture:
         if positions != self._positions:  # traced with other positions: trace again
             self._train_function = None
         self._positions = positions
-        for obj, name, hook in self._hooks():
-            self._installed.append((obj, name, obj.__dict__.get(name, _MISSING)))
-            object.__setattr__(obj, name, hook)  # no Keras tracking of a function attribute
+        self._install(self._hooks())
         self._plain_train_function = self.model.train_function
         if self._train_function is None:
             self.model.make_train_function(force=True)
             self._train_function = self.model.train_function
         self.model.train_function = self._train_function
         self.attached = True
-        _ATTACHED[self.model] = self
 
     def detach(self):
         """Remove the hooks and the buffers from the optimizer (keeping their values), and give
@@ -191,19 +172,13 @@ class JaxCapture:
         if state is not None:  # the trainer has not written the state back yet (an interrupted fit)
             for name, v in self.buffers.variables.items():
                 v.assign(state[self._positions[name]])
-        for obj, name, prior in reversed(self._installed):
-            if prior is _MISSING:
-                obj.__dict__.pop(name, None)
-            else:
-                object.__setattr__(obj, name, prior)
-        self._installed = []
+        self._uninstall()
         for v in self.buffers.variables.values():
             self.leaf._untrack_variable(v)
         self.model.train_function = self._plain_train_function
         self._plain_train_function = None
         self.attached = False
         _NEXT_STEP[self.optimizer] = int(self._value("counter"))
-        _ATTACHED.pop(self.model, None)
 
     def start_run(self, first_step=0):
         """A run starts: forget alive units and any non-finite step, and move the train-step

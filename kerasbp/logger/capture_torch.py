@@ -18,13 +18,12 @@ Keras refuses `steps_per_execution > 1` on torch.
 import warnings
 import weakref
 
-import keras
 import numpy as np
 import torch
 from keras import ops
 
 from kerasbp.logger import statistics
-from kerasbp.logger.capture import _ATTACHED, _MISSING, ROW, applied_same, leaf_optimizer, snapshot_variables
+from kerasbp.logger.hooks import ROW, HookedCapture
 from kerasbp.logger.log import STATS
 
 #: optimizer -> the number the next train step gets, left by the last capture detached from it.
@@ -61,7 +60,7 @@ class _Buffers:
             self.optimizer_state = [zeros((capacity, *v.shape), v.value.dtype) for v in snapshot_vars]
 
 
-class TorchCapture:
+class TorchCapture(HookedCapture):
     """Hooks on one model's optimizer that write each logged train step into device buffers
     (torch backend). Build it with `kerasbp.logger.capture.capture_for`. Implements the
     interface of `TensorFlowCapture`.
@@ -81,29 +80,14 @@ class TorchCapture:
     """
 
     def __init__(self, model, optimizer, every_n_steps, capacity, keep_full, snapshots, tracked, per_example=False, per_replica=False):
-        for name, value in (("per_example", per_example), ("per_replica", per_replica)):
-            if value:
-                raise ValueError(
-                    f"GradientLogger({name}=True) needs the TensorFlow backend; Keras is running on {keras.backend.backend()!r}. "
-                    f"Received: {name}=True"
-                )
-        self.model, self.optimizer, self.every_n_steps = model, optimizer, every_n_steps
-        self.model_vars = list(model.trainable_weights)
-        self.dtype = "float64" if any(v.dtype == "float64" for v in self.model_vars) else "float32"
-        self.leaf = leaf_optimizer(optimizer)
-        self.loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-        self.applied_same = applied_same(optimizer)
-        self.snapshot_vars = snapshot_variables(optimizer) if snapshots else None
+        super().__init__(model, optimizer, every_n_steps, snapshots, per_example, per_replica)
         device = self.model_vars[0].value.device
         self.buffers = _Buffers(self.model_vars, capacity, keep_full, not self.applied_same, self.dtype, tracked, self.snapshot_vars, device)
-        self.missing = []
-        self.attached = False
         self._count = 0  # rows written (host-side: every step is eager)
         self._counter = 0  # the next train step's number
         self._warned = set()
         self._pending = {}
         self._found = None  # while the hooked apply runs: what the inner hooks found
-        self._installed = []
 
     @property
     def count(self):
@@ -114,25 +98,16 @@ class TorchCapture:
         """Install the hooks."""
         if self.attached:
             return
-        for obj, name, hook in self._hooks():
-            self._installed.append((obj, name, obj.__dict__.get(name, _MISSING)))
-            object.__setattr__(obj, name, hook)
+        self._install(self._hooks())
         self.attached = True
-        _ATTACHED[self.model] = self
 
     def detach(self):
         """Remove the hooks."""
         if not self.attached:
             return
-        for obj, name, prior in reversed(self._installed):
-            if prior is _MISSING:
-                obj.__dict__.pop(name, None)
-            else:
-                object.__setattr__(obj, name, prior)
-        self._installed = []
+        self._uninstall()
         self.attached = False
         _NEXT_STEP[self.optimizer] = self._counter
-        _ATTACHED.pop(self.model, None)
 
     def start_run(self, first_step=0):
         """A run starts: forget alive units and any non-finite step, and move the train-step

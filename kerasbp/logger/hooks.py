@@ -1,0 +1,123 @@
+"""What every backend's capture shares, without TensorFlow: the optimizer whose update rule
+runs, what snapshots and `applied_same` mean, the per-step row, the registry of attached
+captures, and `HookedCapture`, the base of the JAX and torch captures (which install their
+hooks as plain attributes and take them off again).
+"""
+
+import weakref
+
+import keras
+
+#: The per-step values written beside the statistics, one float64 row per logged step.
+ROW = ("step", "iterations", "loss", "learning_rate", "loss_scale", "applied", "skipped", "clipped")
+
+#: model -> the capture attached to it now.
+ATTACHED = weakref.WeakKeyDictionary()
+
+_MISSING = object()
+
+
+def leaf_optimizer(optimizer):
+    """The optimizer whose update rule runs: the inner one of a `LossScaleOptimizer`.
+
+    Raises:
+        ValueError: for a `keras.optimizers.MultiOptimizer` (alone or inside a
+            `LossScaleOptimizer`): its sub-optimizers each apply their own update with their own
+            learning rate, iterations and clipping, which one row per step cannot hold.
+    """
+    leaf = optimizer.inner_optimizer if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) else optimizer
+    multi = getattr(keras.optimizers, "MultiOptimizer", None)
+    if multi is not None and isinstance(leaf, multi):
+        raise ValueError(
+            "GradientLogger does not support keras.optimizers.MultiOptimizer: its sub-optimizers apply separate updates "
+            "with separate learning rates, iterations and clipping, which one logged row per train step cannot hold. "
+            f"Received: optimizer={optimizer.__class__.__name__}({leaf.__class__.__name__}). Compile the model with one optimizer"
+        )
+    return leaf
+
+
+def snapshot_variables(optimizer):
+    """The optimizer state that snapshots record: `optimizer.variables`, then any variable that
+    the innermost optimizer holds without tracking it (Keras 3.15 builds the inner optimizer of a
+    `LossScaleOptimizer` without dependency tracking, so Nadam's `u_product` is missing from
+    `optimizer.variables` there, yet its update needs it).
+
+    Returns:
+        list of Keras variables.
+    """
+    variables = list(optimizer.variables)
+    seen = {id(v) for v in variables}
+    for value in vars(leaf_optimizer(optimizer)).values():
+        if isinstance(value, keras.Variable) and id(value) not in seen:
+            variables.append(value)
+            seen.add(id(value))
+    return variables
+
+
+def applied_same(optimizer):
+    """Whether the update rule of `optimizer` receives the (unscaled) loss gradient itself: a
+    Keras optimizer without clipping or gradient accumulation. Loss scaling does not count: Keras
+    divides by the scale with the same operation as the logger does, so the two are equal bit
+    for bit. Then the applied gradients are neither reduced nor stored a second time."""
+    leaf = leaf_optimizer(optimizer)
+    return not (
+        leaf.gradient_accumulation_steps
+        or any(getattr(leaf, name, None) for name in ("clipnorm", "global_clipnorm", "clipvalue"))
+        or not type(leaf).__module__.startswith("keras.src.optimizers")
+    )
+
+
+class InstalledHooks:
+    """Mixin: hooks installed as instance attributes (`_install`) and put back (`_uninstall`);
+    the model is registered in `ATTACHED` meanwhile. Needs `self.model` and `self._installed = []`."""
+
+    def _install(self, hooks):
+        """Set each `(obj, name, hook)` as an attribute, remembering what was there."""
+        for obj, name, hook in hooks:
+            self._installed.append((obj, name, obj.__dict__.get(name, _MISSING)))
+            object.__setattr__(obj, name, hook)  # no Keras tracking of a function attribute
+        ATTACHED[self.model] = self
+
+    def _uninstall(self):
+        """Put back what `_install` replaced."""
+        for obj, name, prior in reversed(self._installed):
+            if prior is _MISSING:
+                obj.__dict__.pop(name, None)
+            else:
+                object.__setattr__(obj, name, prior)
+        self._installed = []
+        ATTACHED.pop(self.model, None)
+
+
+class HookedCapture(InstalledHooks):
+    """Base of the JAX and torch captures: the settings every capture reads from the model and
+    its optimizer, and hooks installed as instance attributes.
+
+    Args:
+        model: a compiled, built `keras.Model`.
+        optimizer: its optimizer (built).
+        every_n_steps: int, log the train steps whose 0-based number is a multiple of it.
+        snapshots: bool, keep the weights and optimizer variables before each logged step.
+        per_example, per_replica: bool; True is refused (TensorFlow only).
+
+    Raises:
+        ValueError: for `per_example=True` or `per_replica=True`, or a `MultiOptimizer`.
+    """
+
+    def __init__(self, model, optimizer, every_n_steps, snapshots, per_example=False, per_replica=False):
+        for name, value in (("per_example", per_example), ("per_replica", per_replica)):
+            if value:
+                raise ValueError(
+                    f"GradientLogger({name}=True) needs the TensorFlow backend; Keras is running on {keras.backend.backend()!r}. "
+                    f"Received: {name}=True"
+                )
+        self.model, self.optimizer, self.every_n_steps = model, optimizer, every_n_steps
+        self.model_vars = list(model.trainable_weights)
+        self.dtype = "float64" if any(v.dtype == "float64" for v in self.model_vars) else "float32"
+        self.leaf = leaf_optimizer(optimizer)
+        self.loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+        self.applied_same = applied_same(optimizer)
+        self.snapshot_vars = snapshot_variables(optimizer) if snapshots else None
+        self.missing = []
+        self.attached = False
+        self._installed = []
