@@ -35,7 +35,8 @@ _EXIT_TRAINING = """exit status:
   1    training diverged: the loss or a gradient became NaN/Inf; the message names the epoch and
        optimizer step (the same step that health() names on the saved log, which ends there)
   2    bad input: one line on stderr, naming the option
-  130  interrupted (Ctrl-C); the gradient log is saved first"""
+  130  interrupted (Ctrl-C); the gradient log of the steps that ran is saved first
+  143  stopped by SIGTERM (e.g. a job scheduler's time limit); the log is saved likewise"""
 
 _LOG_HELP = (
     "save the gradient log: PATH.npz holds the whole log (read it back with "
@@ -245,7 +246,7 @@ exit status:
   0    every teacher-forced step agrees within the dtype's tolerances
   1    some step does not (the summary names it)
   2    bad input: one line on stderr, naming the option
-  130  interrupted (Ctrl-C)"""
+  130  interrupted (Ctrl-C); 143 stopped by SIGTERM"""
 
 _REPORT_EPILOG = """what the page holds:
   the run's summary and a table per variable; health() with the figure behind each flag
@@ -306,7 +307,7 @@ def main_linear(argv=None):
         print(_linear_text(r))
         if r["devices"] > 1:
             print(_parallel_text(r))
-        saved = _log_saved(kwargs.get("log_gradients"))
+        saved = None if r.get("log_error") else _log_saved(kwargs.get("log_gradients"))  # a failed save is said on stderr
         if saved:
             print(saved)
 
@@ -315,7 +316,13 @@ def main_linear(argv=None):
 
 def _parallel_text(r):
     """The line about data-parallel training (`--devices N`)."""
-    noise = "n/a (no step split evenly)" if r["noise_scale"] is None else f"{r['noise_scale']:.4g} examples"
+    scale = r["noise_scale"]
+    if scale is None:
+        noise = "n/a (no step split evenly)"
+    elif scale <= 0:  # the estimate of |G|^2 came out negative: the gradient is mostly noise here
+        noise = f"{scale:.4g}: not meaningful (the true gradient's estimated size came out negative; the batches' gradients are mostly noise)"
+    else:
+        noise = f"{scale:.4g} examples"
     return f"data-parallel over {r['devices']} replicas (MirroredStrategy); gradient noise scale B_simple from the replicas: {noise}"
 
 
@@ -387,7 +394,7 @@ def main_xor(argv=None):
         print("learned XOR: yes" if r["learned"] else "learned XOR: NO - some outputs are on the wrong side of 0.5; try more --epochs or another --seed")
         if r["devices"] > 1:
             print(_parallel_text(r))
-        saved = _log_saved(kwargs.get("log_gradients"))
+        saved = None if r.get("log_error") else _log_saved(kwargs.get("log_gradients"))  # a failed save is said on stderr
         if saved:
             print(saved)
 

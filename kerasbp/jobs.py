@@ -198,6 +198,8 @@ def _fit(model, X, y, epochs, batch_size, log_gradients, hint, strategy=None):
                     keeper.writer.remove()
                 elif sys.exc_info()[0] is not None:  # interrupted: say it now, the result will not be printed
                     print(f"error: {log_error}", file=sys.stderr)
+            if log_gradients and log_error is None and sys.exc_info()[0] is not None:
+                print(f"gradient log of the {len(logger.steps)} logged steps that ran saved to {log_gradients}", file=sys.stderr)
     losses = np.asarray(history.history["loss"])  # (epochs_run,)
     health = logger.health()  # names the first logged step whose loss or gradient is NaN/Inf
     if health.nonfinite or not np.all(np.isfinite(losses)):

@@ -95,6 +95,7 @@ def test_a_signal_stops_the_script_and_keeps_the_log(tmp_path, sig, moment, stat
         return
     # The log holds every step that ran, in order (none when stopped while tracing), and no sidecar.
     saved = load_gradient_log(log)
+    assert f"gradient log of the {len(saved)} logged steps that ran saved to {log}" in err
     assert len(saved) > 0 or moment == "tracing"
     np.testing.assert_array_equal(saved.steps, np.arange(len(saved)) * saved.every_n_steps)
     assert not os.path.exists(sidecar.sidecar_path(log))
@@ -133,6 +134,7 @@ def test_a_full_disk_costs_the_log_not_the_results(tmp_path, monkeypatch, capsys
     out, err = capsys.readouterr()
     assert status == 1
     assert "learned XOR" in out or "did not learn" in out  # the results were printed
+    assert "saved to" not in out  # and nothing claims the log was saved
     lines = err.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith(f"error: could not save the gradient log to {str(log)!r}: No space left on device (it needs about ")

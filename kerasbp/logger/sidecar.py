@@ -140,7 +140,7 @@ def recover(path):
         else:
             arrays[key] = _concatenate([p[key] for p in parts if key in p])
     warnings.warn(
-        f"{os.fspath(path)!r} was not written (the run was interrupted): recovered {len(arrays['steps'])} logged steps "
+        f"{os.fspath(path)!r} was not written (the run was killed, or its final save failed): recovered {len(arrays['steps'])} logged steps "
         f"from its sidecar {sidecar_path(path)!r}",
         RuntimeWarning,
         stacklevel=2,
