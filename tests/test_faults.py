@@ -46,7 +46,7 @@ def _wait_for_chunks(log, proc, n=1, timeout=180):
 
 #: When each test sends its signal: (what to wait for, then seconds more).
 MOMENTS = {
-    "importing": (None, 2.5),  # TensorFlow is still being imported
+    "importing": (None, 2.5),  # TensorFlow is still being imported (on a loaded 2-core machine)
     "tracing": ("sidecar", 0.0),  # the logger has started (its sidecar exists) and the loop is being traced
     "early": (1, 0.5),  # one sidecar chunk: training
     "late": (3, 0.5),  # three chunks: several seconds of training
@@ -90,8 +90,8 @@ def test_a_signal_stops_the_script_and_keeps_the_log(tmp_path, sig, moment, stat
     assert code == status, err
     assert err.strip().splitlines()[-1] == f"interrupted ({'SIGTERM' if sig == signal.SIGTERM else 'Ctrl-C'})"
     assert delay < 20  # generous: the delay measured on an idle 2-core machine is in the closing note
-    if moment == "importing":
-        assert not log.exists() and not os.path.exists(sidecar.sidecar_path(log))
+    if moment == "importing" and not log.exists():  # (on a fast machine it may have started training by then)
+        assert not os.path.exists(sidecar.sidecar_path(log))
         return
     # The log holds every step that ran, in order (none when stopped while tracing), and no sidecar.
     saved = load_gradient_log(log)
