@@ -49,7 +49,7 @@ import numpy as np
 from keras import ops
 
 from kerasbp.logger import statistics
-from kerasbp.logger.hooks import ROW, HookedCapture
+from kerasbp.logger.hooks import ROW, HookedCapture, host_rows
 from kerasbp.logger.log import STATS
 
 #: optimizer -> the number the next train step gets, left by the last capture detached from it.
@@ -225,37 +225,17 @@ class JaxCapture(HookedCapture):
         def rows(names):
             return None if names is None else [self._value(name)[slots] for name in names]
 
-        table = self._value("rows")[slots].astype(np.float64)  # (n, len(ROW))
-        col = {name: table[:, i] for i, name in enumerate(ROW)}
-        steps = self._value("steps")[slots].astype(np.int64)  # (n, 2)
-        applied = col["applied"] > 0
-        stats = self._value("stats")[slots].astype(np.float64)
-        stats[~applied, :, STATS.index("applied_norm")] = np.nan
-        applied_full = rows(buf.applied)
-        if applied_full is not None:
-            for a in applied_full:
-                a[~applied] = np.nan
-        return {
-            "steps": steps[:, 0],
-            "iterations": steps[:, 1],
-            "losses": col["loss"],
-            "learning_rates": np.where(applied, col["learning_rate"], np.nan),
-            "loss_scales": col["loss_scale"],
-            "applied": applied,
-            "skipped": col["skipped"] > 0,
-            "clipped": (col["clipped"] > 0) & applied,
-            "stats": stats,
-            "full": rows(buf.full),
-            "applied_full": applied_full,
-            "alive": [None if name is None else self._value(name).astype(bool) for name in buf.alive],
-            "weights": rows(buf.weights),
-            "optimizer_state": rows(buf.optimizer_state),
-            "noise": None,  # per_example=True is TensorFlow only
-            "per_example_norms": None,
-            "replica_noise": None,  # tf.distribute strategies are TensorFlow only
-            "replica_stats": None,
-            "replica_full": None,
-        }
+        return host_rows(
+            self._value("rows")[slots].astype(np.float64),  # (n, len(ROW))
+            self._value("steps")[slots].astype(np.int64),  # (n, 2)
+            self._value("stats")[slots].astype(np.float64),
+            STATS.index("applied_norm"),
+            rows(buf.full),
+            rows(buf.applied),
+            [None if name is None else self._value(name).astype(bool) for name in buf.alive],
+            rows(buf.weights),
+            rows(buf.optimizer_state),
+        )
 
     # --------------------------------------------------------------------------- reading values
     def _live_state(self):

@@ -23,7 +23,7 @@ import torch
 from keras import ops
 
 from kerasbp.logger import statistics
-from kerasbp.logger.hooks import ROW, HookedCapture
+from kerasbp.logger.hooks import ROW, HookedCapture, host_rows
 from kerasbp.logger.log import STATS
 
 #: optimizer -> the number the next train step gets, left by the last capture detached from it.
@@ -150,37 +150,17 @@ class TorchCapture(HookedCapture):
         def rows(tensors):
             return None if tensors is None else [host(t) for t in tensors]
 
-        table = host(buf.rows)
-        col = {name: table[:, i] for i, name in enumerate(ROW)}
-        steps = host(buf.steps)
-        applied = col["applied"] > 0
-        stats = host(buf.stats).astype(np.float64)
-        stats[~applied, :, STATS.index("applied_norm")] = np.nan
-        applied_full = rows(buf.applied)
-        if applied_full is not None:
-            for a in applied_full:
-                a[~applied] = np.nan
-        return {
-            "steps": steps[:, 0],
-            "iterations": steps[:, 1],
-            "losses": col["loss"],
-            "learning_rates": np.where(applied, col["learning_rate"], np.nan),
-            "loss_scales": col["loss_scale"],
-            "applied": applied,
-            "skipped": col["skipped"] > 0,
-            "clipped": (col["clipped"] > 0) & applied,
-            "stats": stats,
-            "full": rows(buf.full),
-            "applied_full": applied_full,
-            "alive": [None if a is None else a.cpu().numpy().copy() for a in buf.alive],
-            "weights": rows(buf.weights),
-            "optimizer_state": rows(buf.optimizer_state),
-            "noise": None,  # per_example=True is TensorFlow only
-            "per_example_norms": None,
-            "replica_noise": None,  # tf.distribute strategies are TensorFlow only
-            "replica_stats": None,
-            "replica_full": None,
-        }
+        return host_rows(
+            host(buf.rows),  # (n, len(ROW))
+            host(buf.steps),  # (n, 2)
+            host(buf.stats).astype(np.float64),
+            STATS.index("applied_norm"),
+            rows(buf.full),
+            rows(buf.applied),
+            [None if a is None else a.cpu().numpy().copy() for a in buf.alive],
+            rows(buf.weights),
+            rows(buf.optimizer_state),
+        )
 
     def _warn_once(self, key, message):
         if key not in self._warned:

@@ -7,6 +7,7 @@ hooks as plain attributes and take them off again).
 import weakref
 
 import keras
+import numpy as np
 
 #: The per-step values written beside the statistics, one float64 row per logged step.
 ROW = ("step", "iterations", "loss", "learning_rate", "loss_scale", "applied", "skipped", "clipped")
@@ -121,3 +122,38 @@ class HookedCapture(InstalledHooks):
         self.missing = []
         self.attached = False
         self._installed = []
+
+
+def host_rows(table, steps, stats, applied_index, full, applied_full, alive, weights, optimizer_state):
+    """The rows a capture's `read` returns (see `TensorFlowCapture.read`), from host arrays:
+    `table` `(n, len(ROW))`, `steps` `(n, 2)` (train step, iterations), `stats`
+    `(n, n_variables, n_stats)` float64 and `applied_index` its `applied_norm` column, and the
+    optional lists `full`, `applied_full`, `alive`, `weights`, `optimizer_state`. Where no update
+    was applied, the learning rate, `applied_norm` and the applied gradients become NaN and
+    `clipped` False. Without TensorFlow: per-example and replica rows are None."""
+    col = {name: table[:, i] for i, name in enumerate(ROW)}
+    applied = col["applied"] > 0
+    stats[~applied, :, applied_index] = np.nan
+    for a in applied_full or []:
+        a[~applied] = np.nan
+    return {
+        "steps": steps[:, 0],
+        "iterations": steps[:, 1],
+        "losses": col["loss"],
+        "learning_rates": np.where(applied, col["learning_rate"], np.nan),
+        "loss_scales": col["loss_scale"],
+        "applied": applied,
+        "skipped": col["skipped"] > 0,
+        "clipped": (col["clipped"] > 0) & applied,
+        "stats": stats,
+        "full": full,
+        "applied_full": applied_full,
+        "alive": alive,
+        "weights": weights,
+        "optimizer_state": optimizer_state,
+        "noise": None,  # per_example=True is TensorFlow only
+        "per_example_norms": None,
+        "replica_noise": None,  # tf.distribute strategies are TensorFlow only
+        "replica_stats": None,
+        "replica_full": None,
+    }
