@@ -28,17 +28,21 @@ def wide_data(n_samples, seed=0):
     return rng.normal(size=(n_samples, 784)).astype("float32"), rng.integers(0, 10, size=(n_samples, 1))
 
 
-def paired_rounds(runs, repeats):
-    """Time `runs` (dict name -> callable) in paired rounds; return dict name -> list of seconds."""
+def paired_rounds(runs, repeats, with_cpu=False):
+    """Time `runs` (dict name -> callable) in paired rounds; return dict name -> list of wall
+    seconds, and with `with_cpu` also the same for the process's CPU time (all threads), which
+    is steadier than wall time on a machine others load: `(wall, cpu)`."""
     for run in runs.values():
         run()  # warm-up: tracing
     times = {name: [] for name in runs}
+    cpu = {name: [] for name in runs}
     for _ in range(repeats):
         for name, run in runs.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             run()
             times[name].append(time.perf_counter() - start)
-    return times
+            cpu[name].append(time.process_time() - start_cpu)
+    return (times, cpu) if with_cpu else times
 
 
 def paired_ratios(times, base):

@@ -25,23 +25,12 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
-import time
 
 import kerasbp.native_logs  # noqa: F401  (first: TensorFlow starts without its native log lines)
 import kerasbp as kb
 import keras
-import numpy as np
-
-
-def wide_model():
-    """784-256-256-10, relu, SGD, sparse categorical cross-entropy from logits (as `run.py`)."""
-    model = keras.Sequential(
-        [keras.Input((784,)), keras.layers.Dense(256, activation="relu"), keras.layers.Dense(256, activation="relu"), keras.layers.Dense(10)]
-    )
-    model.compile(keras.optimizers.SGD(0.01), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    return model
+from paired import paired_ratios, paired_rounds, summary, wide_data, wide_model
 
 
 def bench_per_example(n_samples, epochs, repeats, batch_size=128):
@@ -52,9 +41,7 @@ def bench_per_example(n_samples, epochs, repeats, batch_size=128):
         "ratios": the ratio of each round, "cpu_seconds", "cpu_ratio_to_fit": the same for the
         process's CPU time (all threads), steadier than wall time on a machine others load}}`.
     """
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(n_samples, 784)).astype("float32")
-    y = rng.integers(0, 10, size=(n_samples, 1))
+    X, y = wide_data(n_samples)
     variants = {
         "fit": None,
         "fit_logger_stats_every_step": lambda: kb.GradientLogger(),
@@ -66,26 +53,11 @@ def bench_per_example(n_samples, epochs, repeats, batch_size=128):
         model = wide_model()
         callbacks = [make_logger()] if make_logger else []
         runs[name] = lambda model=model, callbacks=callbacks: model.fit(X, y, epochs=epochs, batch_size=batch_size, callbacks=callbacks, verbose=0)
-        runs[name]()  # warm-up: tracing
-    times = {name: [] for name in runs}
-    cpu = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            start, start_cpu = time.perf_counter(), time.process_time()
-            run()
-            times[name].append(time.perf_counter() - start)
-            cpu[name].append(time.process_time() - start_cpu)
-    out = {}
-    for name, t in times.items():
-        ratios = [a / b for a, b in zip(t, times["fit"], strict=True)]
-        cpu_ratios = [a / b for a, b in zip(cpu[name], cpu["fit"], strict=True)]
-        out[name] = {
-            "seconds": statistics.median(t),
-            "ratio_to_fit": statistics.median(ratios),
-            "ratios": ratios,
-            "cpu_seconds": statistics.median(cpu[name]),
-            "cpu_ratio_to_fit": statistics.median(cpu_ratios),
-        }
+    times, cpu = paired_rounds(runs, repeats, with_cpu=True)
+    out = summary(times, "fit")
+    cpu_summary = summary(cpu, "fit")
+    for name, ratios in paired_ratios(times, "fit").items():
+        out[name] |= {"ratios": ratios, "cpu_seconds": cpu_summary[name]["seconds"], "cpu_ratio_to_fit": cpu_summary[name]["ratio_to_fit"]}
     return out
 
 
