@@ -58,7 +58,7 @@ import tensorflow as tf
 
 from kerasbp.logger import per_example as per_example_module
 from kerasbp.logger import replicas
-from kerasbp.logger.hooks import ATTACHED, ROW, InstalledHooks, applied_same, leaf_optimizer, snapshot_variables
+from kerasbp.logger.hooks import ATTACHED, ROW, InstalledHooks, applied_same, leaf_optimizer, ring_slots, snapshot_variables
 from kerasbp.logger.log import NOISE_COLUMNS, REPLICA_STATS, STATS
 
 
@@ -360,13 +360,7 @@ class TensorFlowCapture(InstalledHooks):
             RuntimeError: if more than `capacity` rows were written since `start`.
         """
         buf = self.buffers
-        if stop - start > buf.capacity:
-            raise RuntimeError(
-                f"GradientLogger lost {stop - start - buf.capacity} logged steps: {stop - start} steps ran between two reads but "
-                f"the buffer holds {buf.capacity}. Was the model trained on with this logger's hooks still attached after an "
-                "interrupted fit? Call logger.detach() after an interruption"
-            )
-        slots = np.arange(start, stop) % buf.capacity
+        slots = ring_slots(start, stop, buf.capacity)
 
         def rows(variables):
             return None if variables is None else [v.numpy()[slots] for v in variables]

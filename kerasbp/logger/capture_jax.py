@@ -49,7 +49,7 @@ import numpy as np
 from keras import ops
 
 from kerasbp.logger import statistics
-from kerasbp.logger.hooks import ROW, HookedCapture, host_rows
+from kerasbp.logger.hooks import ROW, HookedCapture, host_rows, ring_slots
 from kerasbp.logger.log import STATS
 
 #: optimizer -> the number the next train step gets, left by the last capture detached from it.
@@ -214,13 +214,7 @@ class JaxCapture(HookedCapture):
             RuntimeError: if more than `capacity` rows were written since `start`.
         """
         buf = self.buffers
-        if stop - start > buf.capacity:
-            raise RuntimeError(
-                f"GradientLogger lost {stop - start - buf.capacity} logged steps: {stop - start} steps ran between two reads but "
-                f"the buffer holds {buf.capacity}. Was the model trained on with this logger's hooks still attached after an "
-                "interrupted fit? Call logger.detach() after an interruption"
-            )
-        slots = np.arange(start, stop) % buf.capacity
+        slots = ring_slots(start, stop, buf.capacity)
 
         def rows(names):
             return None if names is None else [self._value(name)[slots] for name in names]

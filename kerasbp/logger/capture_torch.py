@@ -23,7 +23,7 @@ import torch
 from keras import ops
 
 from kerasbp.logger import statistics
-from kerasbp.logger.hooks import ROW, HookedCapture, host_rows
+from kerasbp.logger.hooks import ROW, HookedCapture, host_rows, ring_slots
 from kerasbp.logger.log import STATS
 
 #: optimizer -> the number the next train step gets, left by the last capture detached from it.
@@ -136,13 +136,7 @@ class TorchCapture(HookedCapture):
             RuntimeError: if more than `capacity` rows were written since `start`.
         """
         buf = self.buffers
-        if stop - start > buf.capacity:
-            raise RuntimeError(
-                f"GradientLogger lost {stop - start - buf.capacity} logged steps: {stop - start} steps ran between two reads but "
-                f"the buffer holds {buf.capacity}. Was the model trained on with this logger's hooks still attached after an "
-                "interrupted fit? Call logger.detach() after an interruption"
-            )
-        slots = torch.as_tensor(np.arange(start, stop) % buf.capacity, device=buf.rows.device)
+        slots = torch.as_tensor(ring_slots(start, stop, buf.capacity), device=buf.rows.device)
 
         def host(t):
             return t.index_select(0, slots).detach().cpu().numpy().copy()

@@ -157,3 +157,18 @@ def host_rows(table, steps, stats, applied_index, full, applied_full, alive, wei
         "replica_stats": None,
         "replica_full": None,
     }
+
+
+def ring_slots(start, stop, capacity):
+    """The ring-buffer slots of rows `start` to `stop` (ints): `np.arange(start, stop) % capacity`.
+
+    Raises:
+        RuntimeError: if more than `capacity` rows were written since `start` (rows were lost).
+    """
+    if stop - start > capacity:
+        raise RuntimeError(
+            f"GradientLogger lost {stop - start - capacity} logged steps: {stop - start} steps ran between two reads but "
+            f"the buffer holds {capacity}. Was the model trained on with this logger's hooks still attached after an "
+            "interrupted fit? Call logger.detach() after an interruption"
+        )
+    return np.arange(start, stop) % capacity
