@@ -57,7 +57,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerasbp.logger import per_example as per_example_module
-from kerasbp.logger import replicas
+from kerasbp.logger import replicas, statistics
 from kerasbp.logger.hooks import ATTACHED, ROW, InstalledHooks, applied_same, leaf_optimizer, ring_slots, snapshot_variables
 from kerasbp.logger.log import NOISE_COLUMNS, REPLICA_STATS, STATS
 
@@ -194,20 +194,6 @@ def step_statistics(grads, weight_squares, update_squares, dtype, tracked, scale
         "applied_norm": tf.sqrt(squares if applied_squares is None else tf.cast(applied_squares, dtype)),
     }
     return tf.stack([by_name[name] for name in STATS], axis=1), nonzero  # (n_variables, len(STATS))
-
-
-def _clipping_acted(optimizer, grads, dtype):
-    """Scalar bool tensor: `optimizer._clip_gradients` changes `grads` (its threshold is exceeded),
-    or None when the optimizer does not clip. Keras clips with the first of `clipnorm`,
-    `global_clipnorm`, `clipvalue` that is set."""
-    present = [g for g in grads if g is not None]
-    if optimizer.clipnorm and optimizer.clipnorm > 0:  # per tensor: |g| > clipnorm
-        return tf.reduce_any(tf.stack([tf.sqrt(_sum_squares(g, dtype)) > optimizer.clipnorm for g in present]))
-    if optimizer.global_clipnorm and optimizer.global_clipnorm > 0:  # sqrt(sum |g|^2) > global_clipnorm
-        return tf.sqrt(tf.add_n([_sum_squares(g, dtype) for g in present])) > optimizer.global_clipnorm
-    if optimizer.clipvalue and optimizer.clipvalue > 0:  # some |entry| > clipvalue
-        return tf.reduce_any(tf.stack([tf.reduce_max(tf.abs(tf.cast(g, dtype))) > optimizer.clipvalue for g in present]))
-    return None
 
 
 class TensorFlowCapture(InstalledHooks):
@@ -494,7 +480,7 @@ class TensorFlowCapture(InstalledHooks):
         def clip_gradients(grads):
             ctx = self._ctx
             if ctx is not None:
-                ctx["clip_acted"] = _clipping_acted(leaf, grads, dtype)
+                ctx["clip_acted"] = statistics.clipping_acted(leaf, grads, dtype)
             return original["clip"](grads)
 
         def all_reduce_sum_gradients(grads_and_vars):
