@@ -11,7 +11,7 @@ Module map:
     training      train: many tiny epochs in one compiled loop
     curvature     HessianProbe (callback): the Hessian's largest eigenvalue and trace inside fit
     backprop      explain_backprop: the chain rule layer by layer, Keras beside NumPy
-    comparison    compare and ComparisonReport: Keras against the twin, step by step
+    comparison    compare: Keras against the twin, step by step (comparison_report: ComparisonReport, NumPy only)
     reference     the NumPy twin: activations, losses, NumpyMLP, optimizers, gradient_check
     plotting      matplotlib figures
     jobs, cli     the training jobs behind scripts/ and their command lines
@@ -34,7 +34,7 @@ _EXPORTS = {
     "HessianProbe": "kerasbp.curvature",
     "plot_gradient_noise": "kerasbp.plotting",
     "compare": "kerasbp.comparison",
-    "ComparisonReport": "kerasbp.comparison",
+    "ComparisonReport": "kerasbp.comparison_report",
     "explain_backprop": "kerasbp.backprop",
     "xor_data": "kerasbp.data",
     "linear_data": "kerasbp.data",

@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerasbp.checks import check_xy
-from kerasbp.comparison import relative_difference
+from kerasbp.comparison_report import relative_difference
 from kerasbp.models import keras_loss
 from kerasbp.reference import NumpyMLP, get_loss
 
@@ -41,7 +41,7 @@ class Term:
         numpy: float array, by the NumPy twin.
         max_abs_diff: float, the largest absolute difference.
         max_rel_diff: float, `max_abs_diff` divided by the largest magnitude of the Keras value
-            (`kerasbp.comparison.relative_difference`: 0 when both are 0, inf when only the
+            (`kerasbp.comparison_report.relative_difference`: 0 when both are 0, inf when only the
             Keras value is all zeros).
     """
 

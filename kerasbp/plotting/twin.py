@@ -3,6 +3,7 @@
 import numpy as np
 
 from kerasbp.checks import check_bool
+from kerasbp.comparison_report import ComparisonReport
 from kerasbp.plotting._common import _legend, _positive, _runs, _two_panels
 
 
@@ -116,8 +117,6 @@ def plot_comparison(report, axes=None, title=None):
     Raises:
         TypeError: if `report` is not a `ComparisonReport` or `axes` is not a pair of Axes.
     """
-    from kerasbp.comparison import ComparisonReport  # imports Keras: only when a report is drawn
-
     if not isinstance(report, ComparisonReport):
         raise TypeError(f"`report` must be a kerasbp.ComparisonReport. Received: report={report!r}")
     fig, ax_loss, ax_diff = _two_panels(axes)
