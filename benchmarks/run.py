@@ -207,18 +207,27 @@ def bench_in_step_cost(updates, repeats, jit_compile=False):
     optimizer = model.optimizer
     optimizer.build(model.trainable_weights)
     rng = np.random.default_rng(0)
-    grads = [tf.constant(rng.normal(size=w.shape).astype("float32") * 1e-3) for w in model.trainable_weights]
+    sources = [tf.Variable(rng.normal(size=w.shape).astype("float32") * 1e-3) for w in model.trainable_weights]
 
     def make_loop():
         @tf.function(jit_compile=jit_compile)
         def loop():
-            for _ in tf.range(updates):
+            for i in tf.range(updates):
+                # Gradients that change from update to update: constant ones would let Grappler
+                # fold the statistics away, and XLA hoist them out of the loop. The factor costs
+                # no pass of its own under XLA (fused into each consumer); in a graph the
+                # gradient is read from its variable as it is.
+                if jit_compile:
+                    factor = 1.0 + tf.cast(i % 3, tf.float32)
+                    grads = [s * factor for s in sources]
+                else:
+                    grads = [s.read_value() for s in sources]
                 optimizer.apply(grads, model.trainable_weights)
 
         return loop
 
     plain = make_loop()
-    hooks = capture.capture_for(model, optimizer, steps_per_execution=1, every_n_steps=1, capacity=256, keep_full=False, snapshots=False, tracked=(False,) * len(grads))
+    hooks = capture.capture_for(model, optimizer, steps_per_execution=1, every_n_steps=1, capacity=256, keep_full=False, snapshots=False, tracked=(False,) * len(sources))
     hooks.attach()
     hooked = make_loop()
     with warnings.catch_warnings():  # no loss in a bare loop of updates: the logger says so once

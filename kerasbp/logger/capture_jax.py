@@ -40,6 +40,7 @@ kernel's gradient column is nonzero (the layers' outputs live inside `value_and_
 Float64 needs JAX's 64-bit mode (`JAX_ENABLE_X64=1`), as any float64 Keras model on JAX does.
 """
 
+import math
 import warnings
 import weakref
 
@@ -49,8 +50,7 @@ import numpy as np
 from keras import ops
 
 from kerasbp.logger import statistics
-from kerasbp.logger.hooks import ROW, HookedCapture, host_rows, ring_slots
-from kerasbp.logger.log import STATS
+from kerasbp.logger.hooks import RAW, ROW, HookedCapture, host_rows, ring_slots
 
 #: optimizer -> the number the next train step gets, left by the last capture detached from it.
 _NEXT_STEP = weakref.WeakKeyDictionary()
@@ -80,7 +80,7 @@ class _Buffers:
         add("first_nonfinite", (), "int32")
         add("rows", (capacity, len(ROW)), wide)
         add("steps", (capacity, 2), "int32")  # step and iterations, exact
-        add("stats", (capacity, n, len(STATS)), dtype)
+        add("stats", (capacity, n, len(RAW)), dtype)
         add("scratch", (3 + n,), wide)
         self.full = self.applied = self.weights = self.optimizer_state = None
         if keep_full:
@@ -222,8 +222,9 @@ class JaxCapture(HookedCapture):
         return host_rows(
             self._value("rows")[slots].astype(np.float64),  # (n, len(ROW))
             self._value("steps")[slots].astype(np.int64),  # (n, 2)
-            self._value("stats")[slots].astype(np.float64),
-            STATS.index("applied_norm"),
+            self._value("stats")[slots],  # (n, n_variables, len(RAW))
+            [math.prod(v.shape) for v in self.model_vars],
+            self.applied_same,
             rows(buf.full),
             rows(buf.applied),
             [None if name is None else self._value(name).astype(bool) for name in buf.alive],
@@ -386,8 +387,10 @@ class JaxCapture(HookedCapture):
         weight_squares = ops.stack([statistics.sum_squares(w, dtype) for w in before])
         update_squares = ops.stack([statistics.sum_squares(ops.cast(a, dtype) - ops.cast(b, dtype), dtype) for a, b in zip(after, before, strict=True)])
         tracked = [name is not None for name in buf.alive]
-        values, nonzero = statistics.step_statistics(grads, weight_squares, update_squares, dtype, tracked, scale=scale, applied_squares=applied_sq)
-        finite_grads = jnp.all(values[:, STATS.index("nonfinite")] == 0)
+        table, nonzero = statistics.step_reductions(grads, dtype, tracked)
+        applied_column = table[:, 1] if applied_sq is None else ops.cast(applied_sq, dtype)  # unread with applied_same
+        values = ops.concatenate([table, ops.stack([weight_squares, update_squares, applied_column], axis=1)], axis=1)  # (n, len(RAW))
+        finite_grads = jnp.all(table[:, RAW.index("nonfinite")] == 0)
         skipped = jnp.logical_and(~finite_grads, ~applied) if self.loss_scaling else jnp.asarray(False)
         finite = jnp.logical_or(jnp.logical_and(finite_grads, jnp.isfinite(loss)), skipped)
         for name, units in zip(buf.alive, nonzero, strict=True):

@@ -15,16 +15,15 @@ nonzero; the weights before the step are copied to measure the weight change (`u
 Keras refuses `steps_per_execution > 1` on torch.
 """
 
+import math
 import warnings
 import weakref
 
-import numpy as np
 import torch
 from keras import ops
 
 from kerasbp.logger import statistics
-from kerasbp.logger.hooks import ROW, HookedCapture, host_rows, ring_slots
-from kerasbp.logger.log import STATS
+from kerasbp.logger.hooks import RAW, ROW, HookedCapture, host_rows, ring_slots
 
 #: optimizer -> the number the next train step gets, left by the last capture detached from it.
 _NEXT_STEP = weakref.WeakKeyDictionary()
@@ -36,7 +35,7 @@ class _Buffers:
     Attributes:
         capacity: int.
         rows: float64 `(capacity, len(ROW))`; steps: int64 `(capacity, 2)` (step, iterations);
-        stats: `(capacity, n_variables, len(STATS))`; full, applied, weights, optimizer_state:
+        stats: `(capacity, n_variables, len(RAW))`, the reductions behind the statistics; full, applied, weights, optimizer_state:
         lists of `(capacity, *shape)` or None; alive: list of bool `(units,)` or None.
     """
 
@@ -49,7 +48,7 @@ class _Buffers:
         self.capacity = capacity
         self.rows = zeros((capacity, len(ROW)), torch.float64)
         self.steps = zeros((capacity, 2), torch.int64)
-        self.stats = zeros((capacity, n, len(STATS)), torch_dtype)
+        self.stats = zeros((capacity, n, len(RAW)), torch_dtype)
         self.first_nonfinite = torch.tensor(-1, dtype=torch.int64, device=device)
         self.full = [zeros((capacity, *v.shape), torch_dtype) for v in model_vars] if keep_full else None
         self.applied = [zeros((capacity, *v.shape), torch_dtype) for v in model_vars] if keep_full and keep_applied else None
@@ -147,8 +146,9 @@ class TorchCapture(HookedCapture):
         return host_rows(
             host(buf.rows),  # (n, len(ROW))
             host(buf.steps),  # (n, 2)
-            host(buf.stats).astype(np.float64),
-            STATS.index("applied_norm"),
+            host(buf.stats),  # (n, n_variables, len(RAW))
+            [math.prod(v.shape) for v in self.model_vars],
+            self.applied_same,
             rows(buf.full),
             rows(buf.applied),
             [None if a is None else a.cpu().numpy().copy() for a in buf.alive],
@@ -268,7 +268,7 @@ class TorchCapture(HookedCapture):
         lr = found.get("lr", torch.tensor(float("nan"), dtype=torch.float64))
         clipped = found.get("clipped")
         clipped = torch.tensor(False, device=device) if clipped is None else clipped
-        values = torch.full((n, len(STATS)), float("nan"), dtype=getattr(torch, dtype), device=device)
+        values = torch.full((n, len(RAW)), float("nan"), dtype=getattr(torch, dtype), device=device)
         finite_grads = torch.tensor(True, device=device)
         if present:
             tracked = [buf.alive[j] is not None for j in present]
@@ -278,15 +278,14 @@ class TorchCapture(HookedCapture):
             weight_squares = torch.stack(torch._foreach_norm(before)) ** 2
             changes = torch._foreach_sub([self.model_vars[j].value.detach().to(compute) for j in present], before)
             update_squares = torch.stack(torch._foreach_norm(changes)) ** 2
-            applied_squares = None
-            if not self.applied_same:
+            table, nonzero = statistics.step_reductions([loss_grads[j] for j in present], dtype, tracked)
+            if self.applied_same:
+                applied_squares = table[:, 1]  # unread: the host takes the loss gradient's norm
+            else:
                 squares = found.get("squares", {})
                 applied_squares = torch.stack([squares.get(j, torch.zeros((), dtype=getattr(torch, dtype), device=device)) for j in present])
-            stats, nonzero = statistics.step_statistics(
-                [loss_grads[j] for j in present], weight_squares, update_squares, dtype, tracked, scale=scale, applied_squares=applied_squares
-            )
-            values[present] = stats
-            finite_grads = torch.all(stats[:, STATS.index("nonfinite")] == 0)
+            values[present] = torch.cat([table, torch.stack([weight_squares, update_squares, applied_squares.to(table.dtype)], dim=1)], dim=1)
+            finite_grads = torch.all(table[:, RAW.index("nonfinite")] == 0)
             for j, units in zip(present, nonzero, strict=True):
                 if units is not None:
                     buf.alive[j] |= units
