@@ -167,7 +167,7 @@ def finish_statistics(raw, loss_scales, sizes, applied_same):
     squares = column["sum_squares"] / (scale * scale)
     mean = column["sum"] / scale / size
     low, high = column["min"] / scale, column["max"] / scale
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         weight_norm = np.sqrt(column["weight_squares"])
         by_name = {
             "norm": np.sqrt(squares),
