@@ -183,8 +183,8 @@ def check_every_feature_with_streaming_and_steps_per_execution():
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "log")
         logger = kb.GradientLogger(record="full", snapshots=True, every_n_steps=2, path=path)
-        model.fit(X, y, batch_size=4, epochs=3, shuffle=False, callbacks=[logger], verbose=0)
-        assert logger.steps.tolist() == list(range(0, 12, 2)) and logger.epochs.tolist() == [0, 0, 1, 1, 2, 2], logger.steps
+        model.fit(X, y, batch_size=4, epochs=2, shuffle=False, callbacks=[logger], verbose=0)
+        assert logger.steps.tolist() == [0, 2, 4, 6] and logger.epochs.tolist() == [0, 0, 1, 1], logger.steps
         grads = logger.gradients()
         assert isinstance(grads[0], np.memmap)
         for k, (value, want, _) in enumerate(twin_steps(model, logger, X, y, 4, "mse")):
@@ -226,7 +226,7 @@ def check_logged_fit_trains_as_an_unlogged_fit():
     # Adam without clipping: the same weights and optimizer variables, bit for bit, with the
     # logger recording all it can. With global_clipnorm the logger also reads the clipped
     # gradient, and XLA compiles the partitioned step with other fusions: the weights then agree
-    # to float32 rounding only (measured: one ulp, 7.5e-9, on one bias after 12 steps), so
+    # to float32 rounding only (measured: one ulp, 7.5e-9, on one bias after 8 or 12 steps), so
     # within 1e-6 relative.
     X, y = regression_data(seed=2)
     for clipping, rtol in (({}, 0.0), ({"global_clipnorm": 1.0}, 1e-6)):
@@ -234,7 +234,7 @@ def check_logged_fit_trains_as_an_unlogged_fit():
         for callbacks in ([], [kb.GradientLogger(record="full", snapshots=True)]):
             model = kb.dense_model([2, 8, 1], ["relu", "linear"], seed=3)
             model.compile(optimizer=keras.optimizers.Adam(learning_rate=0.01, **clipping), loss="mse")
-            model.fit(X, y, batch_size=4, epochs=3, shuffle=False, callbacks=callbacks, verbose=0)
+            model.fit(X, y, batch_size=4, epochs=2, shuffle=False, callbacks=callbacks, verbose=0)
             results.append(model.get_weights() + [keras.ops.convert_to_numpy(v) for v in model.optimizer.variables])
         assert len(results[0]) == len(results[1])  # no buffer left in the optimizer
         for i, (a, b) in enumerate(zip(*results, strict=True)):
