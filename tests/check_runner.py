@@ -61,5 +61,7 @@ def run_script(script, out, names, timeout_s, env=None):
         tail = done.stderr[-3000:]
     except subprocess.TimeoutExpired as e:
         tail = f"timed out after {timeout_s} s: {(e.stderr or b'')[-3000:]!r}"
-    results = json.loads(open(out).read()) if os.path.exists(out) else {}
-    return results, tail
+    if not os.path.exists(out):
+        return {}, tail
+    with open(out) as f:
+        return json.load(f), tail
