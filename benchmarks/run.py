@@ -45,7 +45,7 @@ import numpy as np
 import tensorflow as tf
 from kerasbp.logger import capture
 from kerasbp.reference import SGD, NumpyMLP
-from paired import paired_rounds, summary, wide_data, wide_model
+from paired import fit_runs, paired_rounds, summary, wide_data, wide_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -99,11 +99,7 @@ def bench_overhead(n_samples, epochs, repeats):
         "fit_logger_stats_every_step": lambda: kb.GradientLogger(),
         "fit_logger_full_every_50": lambda: kb.GradientLogger(record="full", every_n_steps=50),
     }
-    runs = {}
-    for name, make_logger in variants.items():
-        model = wide_model()
-        callbacks = [make_logger()] if make_logger else []
-        runs[name] = lambda model=model, callbacks=callbacks: model.fit(X, y, epochs=epochs, batch_size=128, callbacks=callbacks, verbose=0)
+    runs = fit_runs(variants, X, y, epochs)
     return summary(paired_rounds(runs, repeats), "fit")
 
 

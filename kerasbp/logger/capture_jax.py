@@ -38,6 +38,16 @@ Differences from TensorFlow: `value_and_grad` gives a zero gradient (never None)
 the loss does not depend on, so `missing` stays empty; relu units count as alive where their
 kernel's gradient column is nonzero (the layers' outputs live inside `value_and_grad`).
 Float64 needs JAX's 64-bit mode (`JAX_ENABLE_X64=1`), as any float64 Keras model on JAX does.
+
+Under a `keras.distribution` (`DataParallel`): Keras jits the train step once for the whole device
+mesh (GSPMD, `make_train_function` in `keras/src/backend/jax/trainer.py`), with the batch sharded
+along its first axis and the state kept in the shardings of the variables. The loss is the global
+batch's mean, so the `grads` that reach `stateless_apply` are already reduced over the devices:
+the global batch's gradient, which is what a row holds, and clipping acts on it after the
+reduction (unlike `tf.distribute`, where each replica clips its own share first). No replica's
+own gradient exists in that program, so `per_replica=True` is refused. The buffers are laid out
+replicated on the distribution's mesh (`replicated_layout`) and pass through the step, as the
+optimizer's own variables do, in the shardings Keras records for `optimizer.variables`.
 """
 
 import math
@@ -46,6 +56,7 @@ import weakref
 
 import jax
 import jax.numpy as jnp
+import keras
 import numpy as np
 from keras import ops
 
@@ -54,6 +65,46 @@ from kerasbp.logger.hooks import RAW, ROW, HookedCapture, host_rows, ring_slots
 
 #: optimizer -> the number the next train step gets, left by the last capture detached from it.
 _NEXT_STEP = weakref.WeakKeyDictionary()
+
+
+def replicated_layout(shape):
+    """The layout of a buffer of `shape` under the `keras.distribution` in effect: a whole copy
+    on every device of the distribution's mesh, or None without a distribution.
+
+    `DataParallel` lays out every variable so anyway; the explicit layout keeps a
+    `ModelParallel` layout map from sharding a buffer whose path one of its patterns matches.
+
+    Args:
+        shape: tuple of ints.
+
+    Returns:
+        `keras.distribution.TensorLayout` or None.
+    """
+    distribution = keras.distribution.distribution()
+    if distribution is None:
+        return None
+    return keras.distribution.TensorLayout([None] * len(shape), distribution.device_mesh)
+
+
+def check_distribution(per_replica):
+    """Refuse what the step under a `keras.distribution` cannot show.
+
+    Args:
+        per_replica: bool, `GradientLogger(per_replica=...)`.
+
+    Raises:
+        ValueError: for `per_replica=True` under a distribution: the jitted step sees only the
+            reduced gradient, never a replica's share.
+    """
+    distribution = keras.distribution.distribution()
+    if per_replica and distribution is not None:
+        name = type(distribution).__name__
+        raise ValueError(
+            f"GradientLogger(per_replica=True) is not available under keras.distribution.{name} on JAX: the jitted train "
+            "step sees only the gradient already reduced over the devices (the global batch's), never one replica's share. "
+            f"Received: per_replica=True, distribution={name} over {distribution.device_mesh.devices.size} devices. "
+            "Use per_replica=False (the logged gradient is the global batch's)"
+        )
 
 
 class _Buffers:
@@ -71,7 +122,7 @@ class _Buffers:
         wide = "float64" if jax.config.jax_enable_x64 else "float32"
 
         def add(name, shape, dt):
-            v = leaf.add_variable(shape, initializer="zeros", dtype=dt, name=f"kerasbp_{name}")
+            v = leaf.add_variable(shape, initializer="zeros", dtype=dt, layout=replicated_layout(shape), name=f"kerasbp_{name}")
             leaf._untrack_variable(v)  # joins the optimizer only while attached
             self.variables[name] = v
 
@@ -123,12 +174,14 @@ class JaxCapture(HookedCapture):
         snapshots: bool, keep the weights and optimizer variables before each logged step.
         tracked: tuple of bool per variable: track its alive units (relu kernels).
         per_example: bool; True is refused (per-example statistics are TensorFlow only).
+        per_replica: bool; True is refused (under a `keras.distribution` by its name).
 
     Raises:
         ValueError: for `per_example=True` or `per_replica=True`.
     """
 
     def __init__(self, model, optimizer, every_n_steps, capacity, keep_full, snapshots, tracked, per_example=False, per_replica=False):
+        check_distribution(per_replica)
         super().__init__(model, optimizer, every_n_steps, snapshots, per_example, per_replica)
         self.tracked = tuple(tracked)
         self.buffers = _Buffers(self.leaf, self.model_vars, capacity, keep_full, not self.applied_same, self.dtype, tracked, self.snapshot_vars)
