@@ -111,7 +111,8 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
             precision, LoRA or quantized Dense layers, Dense layers on inputs that are not 2-D,
             a layer called twice per step, a loss reduction other than
             `"sum_over_batch_size"`, XLA (`jit_compile=True`), a `tf.distribute` strategy.
-            Defaults to False.
+            TensorFlow and torch (`kerasbp/logger/per_example_torch.py`: Dense layers only,
+            eager steps); refused by name on JAX. Defaults to False.
         per_replica: bool, also record each replica's gradient as its `apply` received it
             (`replica_stat()`; with `record="full"` also `replica_gradients()`, streamed to
             `path` when given). Without a strategy the model is one replica. Defaults to False.
@@ -185,8 +186,8 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
                 f"GradientLogger supports the backends {list(BACKENDS)}; Keras is running on {keras.backend.backend()!r}. "
                 "Set KERAS_BACKEND to one of them before importing keras."
             )
-        if self.per_example and keras.backend.backend() != "tensorflow":
-            raise ValueError(f"GradientLogger(per_example=True) needs the TensorFlow backend; Keras is running on {keras.backend.backend()!r}")
+        if self.per_example and keras.backend.backend() not in ("tensorflow", "torch"):
+            raise ValueError(f"GradientLogger(per_example=True) needs the TensorFlow or torch backend; Keras is running on {keras.backend.backend()!r}")
         if self.tensorboard_dir is not None and keras.backend.backend() != "tensorflow":
             raise RuntimeError(f"GradientLogger(tensorboard_dir=...) needs the TensorFlow backend; Keras is running on {keras.backend.backend()!r}")
         model = self.model
@@ -199,7 +200,11 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
                 "start it with keras.Input(shape) or call model.build(input_shape) first"
             )
         capture.leaf_optimizer(optimizer)  # refuses a MultiOptimizer
-        if self.per_example:
+        if self.per_example and keras.backend.backend() == "torch":
+            from kerasbp.logger.per_example_torch import check_torch_model
+
+            check_torch_model(model)  # refuses what has no per-example gradients on torch, by name
+        elif self.per_example:
             per_example.check_model(model)  # refuses what has no per-example gradients, by name
         strategy = replicas.strategy_of(model)
         n_replicas = replicas.check_strategy(strategy)  # refuses multi-worker and other strategies

@@ -23,7 +23,7 @@ import weakref
 import torch
 from keras import ops
 
-from kerasbp.logger import statistics
+from kerasbp.logger import per_example_torch, statistics
 from kerasbp.logger.hooks import RAW, ROW, HookedCapture, host_rows, ring_slots
 
 def _reductions(grads, dtype, tracked):
@@ -51,10 +51,11 @@ class _Buffers:
         capacity: int.
         rows: float64 `(capacity, len(ROW))`; steps: int64 `(capacity, 2)` (step, iterations);
         stats: `(capacity, n_variables, len(RAW))`, the reductions behind the statistics; full, applied, weights, optimizer_state:
-        lists of `(capacity, *shape)` or None; alive: list of bool `(units,)` or None.
+        lists of `(capacity, *shape)` or None; alive: list of bool `(units,)` or None; noise, norms: the
+        per-example statistics `(capacity, len(NOISE_COLUMNS))` and norms `(capacity, width)`, or None.
     """
 
-    def __init__(self, model_vars, capacity, keep_full, keep_applied, dtype, tracked, snapshot_vars, device):
+    def __init__(self, model_vars, capacity, keep_full, keep_applied, dtype, tracked, snapshot_vars, device, per_example=False):
         def zeros(shape, dt):
             return torch.zeros(tuple(shape), dtype=dt, device=device)
 
@@ -69,6 +70,9 @@ class _Buffers:
         self.applied = [zeros((capacity, *v.shape), torch_dtype) for v in model_vars] if keep_full and keep_applied else None
         self.alive = [zeros(v.shape[-1:], torch.bool) if track else None for v, track in zip(model_vars, tracked, strict=True)]
         self.weights = self.optimizer_state = None
+        self.noise = self.norms = None
+        if per_example:
+            self.noise, self.norms = per_example_torch.buffers(capacity, torch_dtype, device)
         if snapshot_vars is not None:
             self.weights = [zeros((capacity, *v.shape), v.value.dtype) for v in model_vars]
             self.optimizer_state = [zeros((capacity, *v.shape), v.value.dtype) for v in snapshot_vars]
@@ -87,21 +91,26 @@ class TorchCapture(HookedCapture):
         keep_full: bool, keep whole gradients.
         snapshots: bool, keep the weights and optimizer variables before each logged step.
         tracked: tuple of bool per variable: track its alive units (relu kernels).
-        per_example: bool; True is refused (per-example statistics are TensorFlow only).
+        per_example: bool, also the per-example statistics of Dense layers
+            (`kerasbp/logger/per_example_torch.py`).
 
     Raises:
-        ValueError: for `per_example=True` or `per_replica=True`.
+        ValueError: for `per_replica=True`; with `per_example=True`, for what
+            `per_example_torch.check_torch_model` refuses.
     """
+
+    supports_per_example = True
 
     def __init__(self, model, optimizer, every_n_steps, capacity, keep_full, snapshots, tracked, per_example=False, per_replica=False):
         super().__init__(model, optimizer, every_n_steps, snapshots, per_example, per_replica)
         device = self.model_vars[0].value.device
-        self.buffers = _Buffers(self.model_vars, capacity, keep_full, not self.applied_same, self.dtype, tracked, self.snapshot_vars, device)
+        self.buffers = _Buffers(self.model_vars, capacity, keep_full, not self.applied_same, self.dtype, tracked, self.snapshot_vars, device, per_example)
         self._count = 0  # rows written (host-side: every step is eager)
         self._counter = 0  # the next train step's number
         self._warned = set()
         self._pending = {}
         self._found = None  # while the hooked apply runs: what the inner hooks found
+        self.taps = per_example_torch.TorchTaps(model, lambda: self._counter % self.every_n_steps == 0) if per_example else None
 
     @property
     def count(self):
@@ -158,7 +167,7 @@ class TorchCapture(HookedCapture):
         def rows(tensors):
             return None if tensors is None else [host(t) for t in tensors]
 
-        return host_rows(
+        rows_read = host_rows(
             host(buf.rows),  # (n, len(ROW))
             host(buf.steps),  # (n, 2)
             host(buf.stats),  # (n, n_variables, len(RAW))
@@ -170,6 +179,10 @@ class TorchCapture(HookedCapture):
             rows(buf.weights),
             rows(buf.optimizer_state),
         )
+        if buf.noise is not None:
+            rows_read["noise"] = host(buf.noise)
+            rows_read["per_example_norms"] = host(buf.norms).astype("float64")
+        return rows_read
 
     def _warn_once(self, key, message):
         if key not in self._warned:
@@ -227,6 +240,8 @@ class TorchCapture(HookedCapture):
             computed = self._pending.pop("computed", None)
             loss = loss if loss is not None else computed
             if step % self.every_n_steps:
+                if self.taps is not None:
+                    self.taps.forget()
                 return original["apply"](grads, trainable_variables)
             grads = list(grads)
             tvars = list(trainable_variables) if trainable_variables is not None else list(optimizer._trainable_variables)
@@ -254,6 +269,7 @@ class TorchCapture(HookedCapture):
                 for j in present:
                     g = by_index[j].detach().to(getattr(torch, self.dtype))
                     buf.full[j][slot] = g if scale is None else g / torch.as_tensor(scale, dtype=g.dtype, device=g.device)
+            noise = self.taps.statistics(by_index, scale, self.dtype) if self.taps is not None else None
             befores = [v.value.detach().clone() for v in model_vars]
             state_before = [v.value.detach().clone() for v in self.snapshot_vars] if buf.weights is not None else None
             self._found = found = {}
@@ -261,10 +277,10 @@ class TorchCapture(HookedCapture):
                 result = original["apply"](grads, trainable_variables)
             finally:
                 self._found = None
-            self._write(step, loss, scale, present, reduced, befores, state_before, found)
+            self._write(step, loss, scale, present, reduced, befores, state_before, found, noise)
             return result
 
-        return [
+        return ([] if self.taps is None else self.taps.hooks()) + [
             (optimizer, "apply", apply),
             (optimizer, "scale_loss", scale_loss),
             (leaf, "_backend_update_step", backend_update_step),
@@ -273,7 +289,7 @@ class TorchCapture(HookedCapture):
         ]
 
     @torch.no_grad()
-    def _write(self, step, loss, scale, present, reduced, befores, state_before, found):
+    def _write(self, step, loss, scale, present, reduced, befores, state_before, found, noise=None):
         buf, dtype, n = self.buffers, self.dtype, len(self.model_vars)
         device = buf.rows.device
         slot = self._count % buf.capacity
@@ -333,6 +349,8 @@ class TorchCapture(HookedCapture):
         buf.steps[slot, 0] = step
         buf.steps[slot, 1] = iterations.to(torch.int64)
         buf.stats[slot] = values.to(buf.stats.dtype)
+        if noise is not None:
+            per_example_torch.write(buf, slot, *noise)
         first = buf.first_nonfinite
         first.copy_(torch.where(torch.logical_and(~finite, first < 0), torch.tensor(step, device=device), first))
         self._count += 1

@@ -108,19 +108,27 @@ class HookedCapture(InstalledHooks):
         optimizer: its optimizer (built).
         every_n_steps: int, log the train steps whose 0-based number is a multiple of it.
         snapshots: bool, keep the weights and optimizer variables before each logged step.
-        per_example, per_replica: bool; True is refused (TensorFlow only).
+        per_example: bool; True is refused unless the subclass sets `supports_per_example`.
+        per_replica: bool; True is refused (TensorFlow only).
 
     Raises:
-        ValueError: for `per_example=True` or `per_replica=True`, or a `MultiOptimizer`.
+        ValueError: for `per_example=True` where unsupported, `per_replica=True`, or a `MultiOptimizer`.
     """
 
+    #: Whether the subclass computes per-example statistics (`per_example=True`).
+    supports_per_example = False
+
     def __init__(self, model, optimizer, every_n_steps, snapshots, per_example=False, per_replica=False):
-        for name, value in (("per_example", per_example), ("per_replica", per_replica)):
-            if value:
-                raise ValueError(
-                    f"GradientLogger({name}=True) needs the TensorFlow backend; Keras is running on {keras.backend.backend()!r}. "
-                    f"Received: {name}=True"
-                )
+        if per_example and not self.supports_per_example:
+            raise ValueError(
+                f"GradientLogger(per_example=True) needs the TensorFlow or torch backend; Keras is running on {keras.backend.backend()!r}. "
+                "Received: per_example=True"
+            )
+        if per_replica:
+            raise ValueError(
+                f"GradientLogger(per_replica=True) needs the TensorFlow backend; Keras is running on {keras.backend.backend()!r}. "
+                "Received: per_replica=True"
+            )
         self.model, self.optimizer, self.every_n_steps = model, optimizer, every_n_steps
         self.model_vars = list(model.trainable_weights)
         self.dtype = "float64" if any(v.dtype == "float64" for v in self.model_vars) else "float32"
@@ -191,7 +199,8 @@ def host_rows(table, steps, raw, sizes, applied_same, full, applied_full, alive,
     number of entries `sizes` and `applied_same`), and the optional lists `full`,
     `applied_full`, `alive`, `weights`, `optimizer_state`. Where no update was applied, the
     learning rate, `applied_norm` and the applied gradients become NaN and `clipped` False.
-    Without TensorFlow: per-example and replica rows are None."""
+    Without TensorFlow: per-example and replica rows are None (the torch capture fills in its
+    per-example rows)."""
     col = {name: table[:, i] for i, name in enumerate(ROW)}
     applied = col["applied"] > 0
     stats = finish_statistics(raw, col["loss_scale"], sizes, applied_same)
@@ -213,7 +222,7 @@ def host_rows(table, steps, raw, sizes, applied_same, full, applied_full, alive,
         "alive": alive,
         "weights": weights,
         "optimizer_state": optimizer_state,
-        "noise": None,  # per_example=True is TensorFlow only
+        "noise": None,  # filled in by a capture with per_example=True
         "per_example_norms": None,
         "replica_noise": None,  # tf.distribute strategies are TensorFlow only
         "replica_stats": None,

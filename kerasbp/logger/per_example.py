@@ -32,7 +32,7 @@ sigmoid or softmax output layer that is not Dense).
 differentiated (its activation is replaced, during `fit` only, by `activation(tap(z))` where
 `tap` is an identity whose gradient function keeps `dz`), both in the train step being traced;
 the capture's `apply` hook then computes the statistics in the same graph (`step_statistics`,
-`noise_row`) and writes them with the step's row (`write`). The
+`per_example_ops`) and writes them with the step's row (`write`). The
 Dropout mask is the one the step used: `A` and `D` come from the step's own forward and
 backward pass. Everything is restored after `fit`.
 
@@ -48,6 +48,7 @@ import kerasbp.native_logs  # noqa: F401  (first: TensorFlow starts without its 
 import keras
 import tensorflow as tf
 
+from kerasbp.logger import per_example_ops
 from kerasbp.logger.log import NOISE_COLUMNS
 
 
@@ -326,6 +327,11 @@ class PerExampleTaps:
             per-example gradient norms `|g_i|` over all variables of the Dense layers.
         """
         s = None if scale is None else tf.cast(scale, dtype)
+
+        def unscaled(x):
+            x = tf.cast(tf.convert_to_tensor(x), dtype)
+            return x if s is None else x / s
+
         batch = None
         sq = p = None  # (batch,): |g_i|^2, and the parts of g_i . g that vary with i
         p_shift = gg = tf.zeros((), dtype)  # the part of g_i . g common to all i; |g|^2
@@ -334,49 +340,13 @@ class PerExampleTaps:
             if grads.get(jk) is None:
                 continue
             _check_seen(layer, rec)
-            a, d = tf.cast(rec[0], dtype), tf.cast(rec[1], dtype)  # (B, n_in), (B, n_out)
-            if s is not None:
-                d = d / s
+            a, d = tf.cast(rec[0], dtype), unscaled(rec[1])  # (B, n_in), (B, n_out)
+            g_b = unscaled(grads[jb]) if jb is not None and grads.get(jb) is not None else None
+            terms = per_example_ops.dense_terms(a, d, unscaled(grads[jk]), g_b, layer.kernel_regularizer is not None, layer.bias_regularizer is not None)
             if batch is None:
                 batch = tf.cast(tf.shape(a)[0], dtype)
-                sq = tf.zeros(tf.shape(a)[:1], dtype)
-                p = tf.zeros(tf.shape(a)[:1], dtype)
-            B = batch
-            g_w = tf.cast(tf.convert_to_tensor(grads[jk]), dtype)
-            if s is not None:
-                g_w = g_w / s
-            a2, d2 = a * a, d * d
-            d2_sum = tf.reduce_sum(d2, axis=1)  # (B,)
-            sq += B * B * tf.reduce_sum(a2, axis=1) * d2_sum
-            penalised = layer.kernel_regularizer is not None
-            p += B * _a_g_d(a, g_w, d, gram=not penalised)  # B a_i^T G d_i
-            m2_w = B * tf.matmul(a2, d2, transpose_a=True)  # (n_in, n_out): mean_i g_i^2
-            parts = [(g_w, m2_w)]
-            if penalised:
-                r_w = g_w - tf.matmul(a, d, transpose_a=True)  # the penalty's gradient (n_in, n_out)
-                sq += 2 * B * tf.reduce_sum(tf.matmul(a, r_w) * d, axis=1) + tf.reduce_sum(r_w * r_w)
-                p_shift += tf.reduce_sum(r_w * g_w)
-                parts[0] = (g_w, m2_w + 2 * r_w * (g_w - r_w) + r_w * r_w)
-            if jb is not None and grads.get(jb) is not None:
-                g_b = tf.cast(tf.convert_to_tensor(grads[jb]), dtype)
-                if s is not None:
-                    g_b = g_b / s
-                sq += B * B * d2_sum
-                p += B * tf.linalg.matvec(d, g_b)
-                m2_b = B * tf.reduce_sum(d2, axis=0)
-                if layer.bias_regularizer is not None:
-                    r_b = g_b - tf.reduce_sum(d, axis=0)
-                    sq += 2 * B * tf.linalg.matvec(d, r_b) + tf.reduce_sum(r_b * r_b)
-                    p_shift += tf.reduce_sum(r_b * g_b)
-                    m2_b = m2_b + 2 * r_b * (g_b - r_b) + r_b * r_b
-                parts.append((g_b, m2_b))
-            for g, m2 in parts:
-                g2 = g * g
-                var = m2 - g2  # per parameter: mean_i g_i^2 - g^2
-                has = var > 0
-                ratio_sum += tf.reduce_sum(tf.where(has, g2 / tf.where(has, var, tf.ones_like(var)), tf.zeros_like(var)))
-                count += tf.reduce_sum(tf.cast(has, dtype))
-                gg += tf.reduce_sum(g2)
+                sq = p = tf.zeros(tf.shape(a)[:1], dtype)
+            sq, p, p_shift, ratio_sum, count, gg = tuple(x + y for x, y in zip((sq, p, p_shift, ratio_sum, count, gg), terms, strict=True))
         for k, ((layer, js), rec) in enumerate(zip(self.generic, taken[len(self.dense) :], strict=True), start=len(self.dense)):
             if all(grads.get(j) is None for j in js):
                 continue
@@ -386,23 +356,17 @@ class PerExampleTaps:
                 batch = tf.cast(tf.shape(g_rows)[0], dtype)
                 sq = tf.zeros(tf.shape(g_rows)[:1], dtype)
                 p = tf.zeros(tf.shape(g_rows)[:1], dtype)
-            g = tf.concat([tf.reshape(tf.cast(tf.convert_to_tensor(grads[j]), dtype), [-1]) for j in js], axis=0)  # (P_layer,)
-            if s is not None:
-                g = g / s
+            g = tf.concat([tf.reshape(unscaled(grads[j]), [-1]) for j in js], axis=0)  # (P_layer,)
             if any(value is not None for name, value in vars(layer).items() if name.endswith("_regularizer") and name != "activity_regularizer"):
                 g_rows = g_rows + (g - tf.reduce_mean(g_rows, axis=0))  # the penalty's gradient, to every example
             sq += tf.reduce_sum(g_rows * g_rows, axis=1)
             p += tf.linalg.matvec(g_rows, g)
-            g2 = g * g
-            var = tf.reduce_mean(g_rows * g_rows, axis=0) - g2
-            has = var > 0
-            ratio_sum += tf.reduce_sum(tf.where(has, g2 / tf.where(has, var, tf.ones_like(var)), tf.zeros_like(var)))
-            count += tf.reduce_sum(tf.cast(has, dtype))
-            gg += tf.reduce_sum(g2)
+            r, c, s2 = per_example_ops.gsnr_terms(g, tf.reduce_mean(g_rows * g_rows, axis=0))
+            ratio_sum, count, gg = ratio_sum + r, count + c, gg + s2
         if batch is None:
             return tf.fill([len(NOISE_COLUMNS)], tf.constant(float("nan"), tf.float64)), tf.zeros([0], dtype)
         p = p + p_shift
-        row = noise_row(batch, tf.reduce_sum(sq), tf.reduce_sum(p * p), gg, ratio_sum / count)
+        row = per_example_ops.noise_row(batch, tf.reduce_sum(sq), tf.reduce_sum(p * p), gg, ratio_sum / count)
         return row, tf.sqrt(sq)
 
 
@@ -425,28 +389,6 @@ class PerExampleTaps:
         return B * (rows if s is None else rows / s)
 
 
-def _a_g_d(a, g, d, gram):
-    """`(B,)`: `a_i^T G d_i` for each example, `a` `(B, n_in)`, `G` `(n_in, n_out)`, `d` `(B, n_out)`.
-
-    Directly, `sum((A @ G) * D, axis=1)`: `B n_in n_out` multiplications. Where `G = A^T D` (no
-    weight penalty) also as `sum((A A^T) * (D D^T), axis=1)` (`a_i^T A^T D d_i = sum_j (a_i . a_j)
-    (d_j . d_i)`): `B^2 (n_in + n_out)`, fewer when `B < n_in n_out / (n_in + n_out)`; the cheaper
-    is taken at run time (B may vary)."""
-    n_in, n_out = int(a.shape[-1]), int(d.shape[-1])
-
-    def direct():
-        return tf.reduce_sum(tf.matmul(a, g) * d, axis=1)
-
-    if not gram:
-        return direct()
-
-    def kernels():
-        return tf.reduce_sum(tf.matmul(a, a, transpose_b=True) * tf.matmul(d, d, transpose_b=True), axis=1)
-
-    batch = tf.shape(a)[0]
-    return tf.cond(batch * (n_in + n_out) < n_in * n_out, kernels, direct)
-
-
 def _check_seen(layer, record):
     if record is None:
         raise ValueError(
@@ -454,53 +396,6 @@ def _check_seen(layer, record):
             "in the train step, yet it has a gradient: it runs inside a loop (an RNN cell) or outside the model's call. "
             "Use per_example=False"
         )
-
-
-def noise_row(B, sum_sq, sum_p2, gg, gsnr):
-    """The noise statistics of one step from the sums over its examples.
-
-    Args:
-        B: scalar, the batch size.
-        sum_sq: scalar, `sum_i |g_i|^2`.
-        sum_p2: scalar, `sum_i (g_i . g)^2`.
-        gg: scalar, `|g|^2`, g the batch gradient (the mean of the g_i).
-        gsnr: scalar, the mean GSNR.
-
-    Returns:
-        float64 tensor `(len(NOISE_COLUMNS),)` in the order of `NOISE_COLUMNS`::
-
-            norm_test          = sqrt((sum_i |g_i|^2 - B |g|^2) / ((B - 1) B |g|^2))
-            inner_product_test = sqrt((sum_i p_i^2 - B |g|^4) / ((B - 1) B |g|^4))
-            orthogonality_test = sqrt((sum_i |g_i|^2 - sum_i p_i^2 / |g|^2) / ((B - 1) B |g|^2))
-            S                  = (sum_i |g_i|^2 / B - |g|^2) / (1 - 1/B)       # trace_sigma
-            |G|^2              = (B |g|^2 - sum_i |g_i|^2 / B) / (B - 1)        # grad_sq
-            b_simple           = S / |G|^2
-
-        The square roots take negative rounding residues as 0. Every entry is NaN when `B == 1`.
-    """
-    nan = tf.constant(float("nan"), gg.dtype)
-    one = B > 1
-    Bm1 = tf.where(one, B - 1, tf.ones_like(B))
-
-    def root(x):
-        return tf.sqrt(tf.maximum(x, 0))
-
-    norm_test = root((sum_sq - B * gg) / (Bm1 * B * gg))
-    inner = root((sum_p2 - B * gg * gg) / (Bm1 * B * gg * gg))
-    orth = root((sum_sq - sum_p2 / gg) / (Bm1 * B * gg))
-    trace = (sum_sq / B - gg) / (1 - 1 / tf.where(one, B, 2 * tf.ones_like(B)))
-    grad_sq = (B * gg - sum_sq / B) / Bm1
-    by_name = {
-        "norm_test": norm_test,
-        "inner_product_test": inner,
-        "orthogonality_test": orth,
-        "gsnr": gsnr,
-        "b_simple": trace / grad_sq,
-        "trace_sigma": trace,
-        "grad_sq": grad_sq,
-    }
-    row = tf.stack([by_name[name] for name in NOISE_COLUMNS])
-    return tf.cast(tf.where(one, row, nan), tf.float64)
 
 
 def step_statistics(taps, taken, grads, scale, dtype, log_now):

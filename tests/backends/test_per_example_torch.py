@@ -1,0 +1,49 @@
+"""`GradientLogger(per_example=True)` on the torch backend against brute force (the NumPy twin's
+gradient of each example's own loss): every per-example norm and statistic, and the mean of the
+per-example gradients equals the logged batch gradient. Skipped unless `KERAS_BACKEND=torch`.
+
+Tolerances: those of a float32 model in tests/test_per_example.py (`float32_rtol`, `gsnr_rtol`
+with float32's eps), for float64 models too: Keras 3.15 on torch computes part of a float64
+model in float32 (`keras.backend.result_type` maps float64 to float32 off TensorFlow; see
+tests/backends/test_backend_logger.py), so such a model matches the twin to float32 precision
+only. On TensorFlow the same checks hold to 1e-10 in float64.
+"""
+
+import os
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: per_example_checks
+
+from kerasbp import GradientLogger, compile_model  # noqa: E402
+from kerasbp.logger.log import NOISE  # noqa: E402
+from per_example_checks import check_against_brute_force, data, mlp  # noqa: E402
+
+pytestmark = pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch backend tests: run with KERAS_BACKEND=torch")
+
+
+@pytest.mark.parametrize(
+    "loss, dtype",
+    [("mse", "float64"), ("binary_crossentropy", "float32"), ("categorical_crossentropy", "float64")],
+    ids=["mse-float64", "bce-float32", "cce-float64"],
+)
+def test_norms_and_statistics_equal_brute_force(loss, dtype, request):
+    if dtype == "float64":
+        request.getfixturevalue("float64")
+    # 23 samples in batches of 6: three of 6 and a partial one of 5, over 2 epochs = 8 steps;
+    # relu, tanh, sigmoid hidden layers (`per_example_checks.mlp`) with a dead relu unit.
+    X, y = data(23, 4, loss, dtype=dtype)
+    model = compile_model(mlp(loss), "sgd", learning_rate=0.1, loss=loss)
+    kernel, bias = model.layers[0].get_weights()
+    bias[0] = -50.0
+    model.layers[0].set_weights([kernel, bias])
+    logger = GradientLogger(per_example=True, snapshots=True, record="full")
+    model.fit(X, y, epochs=2, batch_size=6, shuffle=False, callbacks=[logger], verbose=0)
+    assert logger.steps.tolist() == list(range(8))
+    assert logger.per_example_norms().shape == (8, 6)
+    assert sorted(logger.noise) == sorted(NOISE) and all(a.dtype == np.float64 and a.shape == (8,) for a in logger.noise.values())
+    assert np.isfinite(logger.noise_scale())
+    check_against_brute_force(logger, model, X, y, loss, 6, "float32")
