@@ -29,10 +29,10 @@ import pytest
 
 import keras
 import tensorflow as tf
-from kerasbp import GradientLogger, NumpyMLP, compile_model, dense_model, load_gradient_log
+from kerasbp import GradientLogger, NumpyMLP, compile_model, load_gradient_log
 from kerasbp.logger import sidecar
 from kerasbp.logger.log import NOISE
-from per_example_checks import EPS32, batches, check_against_brute_force, data, definitions, float32_rtol, gsnr_rtol, mlp, per_example_gradients
+from per_example_checks import batches, check_against_brute_force, data, definitions, gsnr_rtol, mlp, per_example_gradients
 
 # ---------------------------------------------------------------- against brute force
 

@@ -504,9 +504,14 @@ def test_mixed_float16_overflow_skips_are_rows_not_errors():
     assert logger.first_nonfinite is None and logger.health().skipped == int(logger.skipped.sum())
 
 
-@pytest.mark.parametrize("kwargs, error", [({"per_example": True}, ValueError), ({"tensorboard_dir": "tb"}, RuntimeError)], ids=["per-example", "tensorboard"])
-def test_tensorflow_only_options_are_refused_by_name(kwargs, error, tmp_path):
+REFUSED = [({"tensorboard_dir": "tb"}, RuntimeError, "the TensorFlow backend")]
+if BACKEND == "jax":  # per_example=True works on torch: tests/backends/test_per_example_torch.py
+    REFUSED.append(({"per_example": True}, ValueError, "the TensorFlow or torch backend"))
+
+
+@pytest.mark.parametrize("kwargs, error, needs", REFUSED, ids=[next(iter(c[0])) for c in REFUSED])
+def test_tensorflow_only_options_are_refused_by_name(kwargs, error, needs, tmp_path):
     kwargs = {k: str(tmp_path / v) if k == "tensorboard_dir" else v for k, v in kwargs.items()}
     model = compile_model(linear_model(2, seed=0), "sgd")
-    with pytest.raises(error, match=f"needs the TensorFlow backend; Keras is running on '{BACKEND}'"):
+    with pytest.raises(error, match=f"needs {needs}; Keras is running on '{BACKEND}'"):
         model.fit(LIN_X, LIN_Y, epochs=1, callbacks=[GradientLogger(**kwargs)], verbose=0)

@@ -47,3 +47,34 @@ def test_norms_and_statistics_equal_brute_force(loss, dtype, request):
     assert sorted(logger.noise) == sorted(NOISE) and all(a.dtype == np.float64 and a.shape == (8,) for a in logger.noise.values())
     assert np.isfinite(logger.noise_scale())
     check_against_brute_force(logger, model, X, y, loss, 6, "float32")
+
+
+def test_every_n_steps_loss_scaling_and_sample_weights():
+    # Steps 0, 2, 4, 6 logged; the deltas and gradients carry the loss scale (2^15), divided out;
+    # example i's loss is weighed by its sample weight, as Keras weighs it.
+    X, y = data(20, 4, "binary_crossentropy", seed=6)
+    w = np.random.default_rng(2).uniform(0.2, 3.0, size=20).astype("float32")
+    model = mlp("binary_crossentropy")
+    model.compile(keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.05)), "binary_crossentropy")
+    logger = GradientLogger(per_example=True, every_n_steps=2, snapshots=True, record="full")
+    model.fit(X, y, sample_weight=w, epochs=2, batch_size=6, shuffle=False, callbacks=[logger], verbose=0)  # 4 steps per epoch
+    assert logger.steps.tolist() == [0, 2, 4, 6] and logger.loss_scales[0] == 2.0**15
+    check_against_brute_force(logger, model, X, y, "binary_crossentropy", 6, "float32", sample_weight=w)
+
+
+@pytest.mark.parametrize(
+    "layer, compile_kwargs, match",
+    [
+        (keras.layers.BatchNormalization(), {}, "through BatchNormalization layer"),
+        (keras.layers.LayerNormalization(), {}, "on the torch backend supports Dense layers only. Received: layer .* \\(LayerNormalization\\)"),
+        (None, {"jit_compile": True}, "needs eager train steps"),
+    ],
+    ids=["batch-norm", "layer-norm", "jit-compile"],
+)
+def test_what_torch_cannot_do_is_refused_by_name(layer, compile_kwargs, match):
+    layers = [keras.Input((4,)), keras.layers.Dense(3, activation="tanh"), *([layer] if layer is not None else []), keras.layers.Dense(1)]
+    model = keras.Sequential(layers)
+    model.compile("sgd", "mse", **compile_kwargs)
+    X, y = data(8, 4, "mse")
+    with pytest.raises(ValueError, match=match):
+        model.fit(X, y[:, :1], epochs=1, callbacks=[GradientLogger(per_example=True)], verbose=0)
