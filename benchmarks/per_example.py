@@ -65,7 +65,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     repeats = args.repeats or (1 if args.quick else 7)
     sizes = dict(n_samples=512, epochs=1) if args.quick else dict(n_samples=20_000, epochs=2)
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}, keras {keras.__version__}"
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}, keras {keras.__version__} on {keras.backend.backend()}"
     results = {"machine": machine, "repeats": repeats, "sizes": sizes}
     results["per_example"] = bench_per_example(sizes["n_samples"], sizes["epochs"], repeats)
     print(f"Per-example statistics every step: 784-256-256-10, {sizes['n_samples']} samples, batch 128, {sizes['epochs']} epochs ({machine})")

@@ -11,6 +11,10 @@ them. The one exception: a step whose gradient has NaN or Inf entries (seen from
 squares, one device-to-host read per logged step) counts them. Train steps that are not
 logged (`every_n_steps`) cost one Python comparison.
 
+With `per_example=True` the Dense layers' inputs and pre-activation deltas of a logged step are
+recorded by hooks (`per_example_torch.TorchTaps`) and the per-example statistics are computed in
+the `apply` hook, before the update, on the device.
+
 Differences from TensorFlow: relu units count as alive where their kernel's gradient column is
 nonzero; the weights before the step are copied to measure the weight change (`update_ratio`).
 Keras refuses `steps_per_execution > 1` on torch.
@@ -143,6 +147,8 @@ class TorchCapture(HookedCapture):
             if alive is not None:
                 alive.zero_()
         self.buffers.first_nonfinite.fill_(-1)
+        if self.taps is not None:
+            self.taps.forget()  # what an interrupted step recorded
         iterations = int(ops.convert_to_numpy(self.leaf._iterations))
         self._counter = max(self._counter, _NEXT_STEP.get(self.optimizer, 0), iterations, int(first_step))
         return self._counter
