@@ -5,7 +5,7 @@ tests/test_per_example.py's docstring)."""
 
 import numpy as np
 
-from kerasbp import NumpyMLP, dense_model
+from kerasbp import GradientLogger, NumpyMLP, compile_model, dense_model
 from kerasbp.logger.log import NOISE
 
 EPS32 = float(np.finfo("float32").eps)
@@ -141,3 +141,26 @@ def mlp(loss, seed=3):
     (`kerasbp.logger.per_example_ops.a_g_d`)."""
     units, out = OUTPUTS[loss]
     return dense_model([4, 16, 12, 5, units], ["relu", "tanh", "sigmoid", out], seed=seed)
+
+
+def check_mlp(loss, dtype, tolerance_dtype):
+    """Fit `mlp(loss)` (a dead relu unit: its parameters' per-example variance is zero, left out
+    of the GSNR) with `GradientLogger(per_example=True)` on 23 samples in batches of 6 (three of 6
+    and a partial one of 5) for 2 epochs, 8 steps, and check every step against brute force with
+    the tolerances of `tolerance_dtype`. Set the float64 policy first for a float64 model.
+
+    Returns:
+        the logger.
+    """
+    X, y = data(23, 4, loss, dtype=dtype)
+    model = compile_model(mlp(loss), "sgd", learning_rate=0.1, loss=loss)
+    kernel, bias = model.layers[0].get_weights()
+    bias[0] = -50.0
+    model.layers[0].set_weights([kernel, bias])
+    logger = GradientLogger(per_example=True, snapshots=True, record="full")
+    model.fit(X, y, epochs=2, batch_size=6, shuffle=False, callbacks=[logger], verbose=0)
+    assert logger.steps.tolist() == list(range(8))
+    assert logger.per_example_norms().shape == (8, 6)
+    assert sorted(logger.noise) == sorted(NOISE) and all(a.dtype == np.float64 and a.shape == (8,) for a in logger.noise.values())
+    check_against_brute_force(logger, model, X, y, loss, 6, tolerance_dtype)
+    return logger

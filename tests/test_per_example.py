@@ -32,7 +32,7 @@ import tensorflow as tf
 from kerasbp import GradientLogger, NumpyMLP, compile_model, load_gradient_log
 from kerasbp.logger import sidecar
 from kerasbp.logger.log import NOISE
-from per_example_checks import batches, check_against_brute_force, data, definitions, gsnr_rtol, mlp, per_example_gradients
+from per_example_checks import batches, check_against_brute_force, check_mlp, data, definitions, gsnr_rtol, mlp, per_example_gradients
 
 # ---------------------------------------------------------------- against brute force
 
@@ -42,18 +42,7 @@ from per_example_checks import batches, check_against_brute_force, data, definit
 def test_norms_and_statistics_equal_brute_force(loss, dtype, request):
     if dtype == "float64":
         request.getfixturevalue("float64")
-    # 23 samples in batches of 6: three of 6 and a partial one of 5, over 2 epochs = 8 steps.
-    X, y = data(23, 4, loss, dtype=dtype)
-    model = compile_model(mlp(loss), "sgd", learning_rate=0.1, loss=loss)
-    kernel, bias = model.layers[0].get_weights()
-    bias[0] = -50.0  # a dead relu unit: its parameters' per-example variance is zero, left out of the GSNR
-    model.layers[0].set_weights([kernel, bias])
-    logger = GradientLogger(per_example=True, snapshots=True, record="full")
-    model.fit(X, y, epochs=2, batch_size=6, shuffle=False, callbacks=[logger], verbose=0)
-    assert logger.steps.tolist() == list(range(8))
-    assert logger.per_example_norms().shape == (8, 6)
-    assert sorted(logger.noise) == sorted(NOISE) and all(a.dtype == np.float64 and a.shape == (8,) for a in logger.noise.values())
-    check_against_brute_force(logger, model, X, y, loss, 6, dtype)
+    check_mlp(loss, dtype, dtype)
 
 
 def test_sample_weights_weigh_each_example(float64):
