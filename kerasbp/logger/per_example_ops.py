@@ -40,7 +40,7 @@ def gsnr_terms(g, m2):
     g2 = g * g
     var = m2 - g2
     has = var > 0
-    ratio = ops.where(has, g2 / ops.where(has, var, ops.ones_like(var)), ops.zeros_like(var))
+    ratio = ops.where(has, g2 / var, 0.0)  # the quotients where var <= 0 (inf, NaN) are not selected
     return ops.sum(ratio), ops.sum(ops.cast(has, g.dtype)), ops.sum(g2)
 
 
