@@ -149,7 +149,7 @@ def train(
         ValueError: for a model made under a `tf.distribute` strategy (or trained inside one's
             scope): the compiled loop calls `train_step` without `strategy.run`, so it would
             neither split the batch over the replicas nor all-reduce their gradients; use
-            `model.fit`.
+            `model.fit`. Likewise on JAX under a `keras.distribution`.
 
     Example:
         >>> from kerasbp import xor_data, xor_model, compile_model
@@ -167,8 +167,7 @@ def train(
         raise TypeError(f"`model` must be a keras.Model. Received: model={model!r}")
     if getattr(model, "optimizer", None) is None or not getattr(model, "compiled", False):
         raise ValueError("`model` must be compiled before training: call compile_model(model, ...) first")
-    if backend == "tensorflow":
-        loops.check_model(model)
+    loops.check_model(model)
     epochs = check_positive_int("epochs", epochs)
     batch_size = 32 if batch_size is None else check_positive_int("batch_size", batch_size)
     if not (isinstance(jit_compile, bool) or jit_compile == "auto"):

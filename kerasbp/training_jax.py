@@ -22,6 +22,21 @@ import numpy as np
 _LOOPS = weakref.WeakKeyDictionary()
 
 
+def check_model(model):
+    """Refuse training under a `keras.distribution`: the loop is jitted without the shardings
+    `fit` gives its step, so it would not split the batches over the devices.
+
+    Raises:
+        ValueError: when a `keras.distribution` is in effect, naming it.
+    """
+    distribution = keras.distribution.distribution()
+    if distribution is not None:
+        raise ValueError(
+            f"kerasbp.train does not support keras.distribution on JAX: {type(distribution).__name__} is in effect, and "
+            "train's jitted loop does not shard the batches over its devices. Use model.fit (GradientLogger records it)"
+        )
+
+
 def _groups(model):
     """The model's variables in the order of the train step's state."""
     return (model.trainable_variables, model.non_trainable_variables, model.optimizer.variables, model.metrics_variables)

@@ -22,7 +22,11 @@ _LOOPS = weakref.WeakKeyDictionary()
 
 
 def check_model(model):
-    """Refuse a model made under a `tf.distribute` strategy (see `kerasbp.train`, Raises)."""
+    """Refuse a model made under a `tf.distribute` strategy.
+
+    Raises:
+        ValueError: naming the strategy (see `kerasbp.train`).
+    """
     strategy = replicas.strategy_of(model)
     if strategy is not None:
         raise ValueError(

@@ -8,6 +8,10 @@ import numpy as np
 from keras import ops
 
 
+def check_model(model):
+    """Nothing to refuse on torch: each step is `fit`'s own."""
+
+
 def make_run(model, data, batch_size, max_epochs, jit, capture, halt, own_step):
     """The function `run(n_epochs) -> (n_ran, {name: array (n_ran,)})` that trains up to
     `n_epochs` epochs of `data`. Arguments as `kerasbp.training_tf.make_run`; `jit`,

@@ -143,3 +143,16 @@ def test_later_calls_trace_nothing_new():
     assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 1000 + 1001 + 7 + 300
     kb.train(model, X, y, epochs=3, batch_size=3, callbacks=[GradientLogger()])  # other batching: a new loop
     assert len(traces) > n_traced
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="keras.distribution on JAX")
+def test_a_keras_distribution_is_refused_by_name():
+    X, y = xor_data()
+    model = compile_model(xor_model(seed=0), "sgd")
+    keras.distribution.set_distribution(keras.distribution.DataParallel())
+    try:
+        with pytest.raises(ValueError, match="does not support keras.distribution on JAX: DataParallel"):
+            kb.train(model, X, y, epochs=2, batch_size=4)
+    finally:
+        keras.distribution.set_distribution(None)
+    kb.train(model, X, y, epochs=2, batch_size=4)  # without it, it trains
