@@ -28,6 +28,18 @@ def wide_data(n_samples, seed=0):
     return rng.normal(size=(n_samples, 784)).astype("float32"), rng.integers(0, 10, size=(n_samples, 1))
 
 
+def fit_runs(variants, X, y, epochs, make_model=wide_model, batch_size=128):
+    """dict name -> a callable that runs `model.fit` once on `(X, y)` without progress output:
+    each variant's own model from `make_model()` and, unless its entry in `variants` (dict name ->
+    a function of no argument that makes a callback, or None) is None, its own callback."""
+    runs = {}
+    for name, make_callback in variants.items():
+        model = make_model()
+        callbacks = [make_callback()] if make_callback else []
+        runs[name] = lambda model=model, callbacks=callbacks: model.fit(X, y, epochs=epochs, batch_size=batch_size, callbacks=callbacks, verbose=0)
+    return runs
+
+
 def paired_rounds(runs, repeats, with_cpu=False):
     """Time `runs` (dict name -> callable) in paired rounds; return dict name -> list of wall
     seconds, and with `with_cpu` also the same for the process's CPU time (all threads), which

@@ -30,7 +30,7 @@ import sys
 import kerasbp.native_logs  # noqa: F401  (first: TensorFlow starts without its native log lines)
 import kerasbp as kb
 import keras
-from paired import paired_ratios, paired_rounds, summary, wide_data, wide_model
+from paired import fit_runs, paired_ratios, paired_rounds, summary, wide_data
 
 
 def bench_per_example(n_samples, epochs, repeats, batch_size=128):
@@ -48,11 +48,7 @@ def bench_per_example(n_samples, epochs, repeats, batch_size=128):
         "fit_logger_per_example_every_step": lambda: kb.GradientLogger(per_example=True),
         "fit_logger_per_example_every_10": lambda: kb.GradientLogger(per_example=True, every_n_steps=10),
     }
-    runs = {}
-    for name, make_logger in variants.items():
-        model = wide_model()
-        callbacks = [make_logger()] if make_logger else []
-        runs[name] = lambda model=model, callbacks=callbacks: model.fit(X, y, epochs=epochs, batch_size=batch_size, callbacks=callbacks, verbose=0)
+    runs = fit_runs(variants, X, y, epochs, batch_size=batch_size)
     times, cpu = paired_rounds(runs, repeats, with_cpu=True)
     out = summary(times, "fit")
     cpu_summary = summary(cpu, "fit")

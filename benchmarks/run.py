@@ -47,7 +47,7 @@ import numpy as np
 import tensorflow as tf
 from kerasbp.logger import capture
 from kerasbp.reference import SGD, NumpyMLP
-from paired import paired_rounds, summary, wide_data, wide_model
+from paired import fit_runs, paired_rounds, summary, wide_data, wide_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -101,11 +101,7 @@ def bench_overhead(n_samples, epochs, repeats):
         "fit_logger_stats_every_step": lambda: kb.GradientLogger(),
         "fit_logger_full_every_50": lambda: kb.GradientLogger(record="full", every_n_steps=50),
     }
-    runs = {}
-    for name, make_logger in variants.items():
-        model = wide_model()
-        callbacks = [make_logger()] if make_logger else []
-        runs[name] = lambda model=model, callbacks=callbacks: model.fit(X, y, epochs=epochs, batch_size=128, callbacks=callbacks, verbose=0)
+    runs = fit_runs(variants, X, y, epochs)
     return summary(paired_rounds(runs, repeats), "fit")
 
 
@@ -200,27 +196,38 @@ def bench_time_to_result(epochs, repeats):
     return {name: {"seconds": s, "ratio_to_numpy_twin": s / base} for name, s in out.items()}
 
 
-def bench_in_step_cost(updates, repeats, jit_compile=False):
+def bench_in_step_cost(updates, repeats, jit_compile=False, optimizer="SGD"):
     """Per optimizer update on 784-256-256-10: microseconds without and with the capture, in a
-    `tf.function` (`jit_compile=False`: TensorFlow's graph executor) or compiled by XLA (what
-    `fit` uses by default on TensorFlow: `jit_compile="auto"`)."""
+    `tf.function` (`jit_compile=False`: TensorFlow's graph executor, what `fit` uses on a
+    machine without a GPU) or compiled by XLA (what `fit` uses with a GPU, and `kerasbp.train`
+    for long runs). `optimizer`: the name of a Keras optimizer class (default learning rate)."""
     model = wide_model()
+    model.compile(getattr(keras.optimizers, optimizer)(), model.loss)
     model.build((None, 784))
     optimizer = model.optimizer
     optimizer.build(model.trainable_weights)
     rng = np.random.default_rng(0)
-    grads = [tf.constant(rng.normal(size=w.shape).astype("float32") * 1e-3) for w in model.trainable_weights]
+    sources = [tf.Variable(rng.normal(size=w.shape).astype("float32") * 1e-3) for w in model.trainable_weights]
 
     def make_loop():
         @tf.function(jit_compile=jit_compile)
         def loop():
-            for _ in tf.range(updates):
+            for i in tf.range(updates):
+                # Gradients that change from update to update: constant ones would let Grappler
+                # fold the statistics away, and XLA hoist them out of the loop. The factor costs
+                # no pass of its own under XLA (fused into each consumer); in a graph the
+                # gradient is read from its variable as it is.
+                if jit_compile:
+                    factor = 1.0 + tf.cast(i % 3, tf.float32)
+                    grads = [s * factor for s in sources]
+                else:
+                    grads = [s.read_value() for s in sources]
                 optimizer.apply(grads, model.trainable_weights)
 
         return loop
 
     plain = make_loop()
-    hooks = capture.capture_for(model, optimizer, steps_per_execution=1, every_n_steps=1, capacity=256, keep_full=False, snapshots=False, tracked=(False,) * len(grads))
+    hooks = capture.capture_for(model, optimizer, steps_per_execution=1, every_n_steps=1, capacity=256, keep_full=False, snapshots=False, tracked=(False,) * len(sources))
     hooks.attach()
     hooked = make_loop()
     with warnings.catch_warnings():  # no loss in a bare loop of updates: the logger says so once
@@ -279,11 +286,11 @@ def main(argv=None):
     for name, r in results["time_to_result"].items():
         print(f"   {name:40}{r['seconds']:10.3f}{r['ratio_to_numpy_twin']:10.2f}")
 
-    print("5. One SGD update on 784-256-256-10, in microseconds")
+    print("5. One optimizer update on 784-256-256-10 with and without the logger's statistics, in microseconds")
     print(f"   {'':32}{'update':>10}{'logged':>10}{'added':>10}")
-    for key, jit in (("in_step_cost", False), ("in_step_cost_xla", True)):
-        results[key] = c = bench_in_step_cost(sizes["updates"], repeats, jit_compile=jit)
-        name = "XLA (fit's default)" if jit else "tf.function graph"
+    for key, optimizer, jit in (("in_step_cost", "SGD", False), ("in_step_cost_adam", "Adam", False), ("in_step_cost_xla", "SGD", True)):
+        results[key] = c = bench_in_step_cost(sizes["updates"], repeats, jit_compile=jit, optimizer=optimizer)
+        name = f"{optimizer}, {'XLA' if jit else 'tf.function graph'}"
         print(f"   {name:32}{c['update_us']:10.0f}{c['logged_update_us']:10.0f}{c['added_us']:10.0f}")
 
     return _write_json(args.json, results)

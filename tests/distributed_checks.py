@@ -23,14 +23,13 @@ import tensorflow as tf  # noqa: E402
 
 tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2)
 
-import json  # noqa: E402
 import tempfile  # noqa: E402
-import traceback  # noqa: E402
 import warnings  # noqa: E402
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from check_runner import report  # noqa: E402  (this script's folder is first on sys.path)
 import kerasbp as kb  # noqa: E402
 from kerasbp.logger import gns, replicas  # noqa: E402
 from kerasbp.reference import NumpyMLP  # noqa: E402
@@ -275,19 +274,5 @@ def check_jobs_with_devices_train_as_on_one_device():
 CHECKS = {name[len("check_") :]: f for name, f in sorted(globals().items()) if name.startswith("check_")}
 
 
-def main(argv):
-    out, names = argv[0], argv[1:] or list(CHECKS)
-    results = {}
-    for name in names:
-        try:
-            CHECKS[name]()
-            results[name] = "ok"
-        except Exception:  # noqa: BLE001  (reported to the test, which fails with it)
-            results[name] = traceback.format_exc()
-        with open(out, "w") as f:  # after each check: a timeout still reports the finished ones
-            json.dump(results, f)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(report(CHECKS, sys.argv[1:]))

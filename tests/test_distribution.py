@@ -15,6 +15,7 @@ import sys
 import numpy as np
 import pytest
 
+import check_runner
 from kerasbp import GradientLogger, compile_model, dense_model, load_gradient_log
 from kerasbp.logger import gns, replicas
 from kerasbp.logger.log import GradientLog
@@ -38,21 +39,7 @@ CHECKS = [
 @pytest.fixture(scope="module")
 def mirrored_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("distributed") / "results.json"
-    root = os.path.dirname(HERE)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
-    try:
-        done = subprocess.run(
-            [sys.executable, os.path.join(HERE, "distributed_checks.py"), str(out), *CHECKS],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT_S,
-        )
-        tail = done.stderr[-3000:]
-    except subprocess.TimeoutExpired as e:
-        tail = f"timed out after {TIMEOUT_S} s: {(e.stderr or b'')[-3000:]!r}"
-    results = json.loads(out.read_text()) if out.exists() else {}
-    return results, tail
+    return check_runner.run_script(os.path.join(HERE, "distributed_checks.py"), out, CHECKS, TIMEOUT_S)
 
 
 @pytest.mark.parametrize("check", CHECKS)

@@ -66,6 +66,10 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
     more replicas the gradient noise scale is estimated at every logged step (`noise`,
     `noise_scale()`). `MultiWorkerMirroredStrategy` over several workers and other strategies
     are refused, as are a `LossScaleOptimizer` and gradient accumulation under a strategy.
+    On JAX under `keras.distribution.DataParallel` the jitted step sees only the gradient
+    already reduced over the devices: a row holds the global batch's gradient, clipping acts
+    after the reduction, `strategy` names the distribution and `n_replicas` is 1;
+    `per_replica=True` is refused there.
 
     Args:
         every_n_steps: int >= 1, log the train steps whose 0-based number is a multiple of it.
@@ -119,8 +123,8 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
         ValueError: at `fit` with a `keras.optimizers.MultiOptimizer`; under a `tf.distribute`
             strategy other than `MirroredStrategy` (or a one-worker
             `MultiWorkerMirroredStrategy`), or with a `LossScaleOptimizer` or gradient
-            accumulation under a strategy; when a logger that holds rows is reused with another
-            number of replicas.
+            accumulation under a strategy; with `per_replica=True` under a `keras.distribution`
+            on JAX; when a logger that holds rows is reused with another number of replicas.
 
     Example:
         >>> logger = GradientLogger()
@@ -206,7 +210,10 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
                 f"this GradientLogger holds rows recorded with {self.n_replicas} replicas; the model now trains with "
                 f"{n_replicas}. Use a new logger"
             )
-        self.strategy = replicas.strategy_name(strategy)
+        # On JAX the train step under a keras.distribution is one program that sees the reduced
+        # gradient: the log names the distribution, with one replica.
+        distribution = keras.distribution.distribution() if keras.backend.backend() == "jax" else None
+        self.strategy = replicas.strategy_name(strategy) or (type(distribution).__name__ if distribution is not None else None)
         self.n_replicas = n_replicas
         next_step = int(self.steps[-1]) + 1 if had_rows else 0
         self._describe(model)

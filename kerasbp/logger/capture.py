@@ -3,8 +3,8 @@
 Keras callbacks receive metrics, never gradients, and recomputing a gradient in
 `on_train_batch_end` is wrong: the weights have already moved. `TensorFlowCapture` wraps methods
 of the optimizer instance (and of the model), so the capture runs inside the compiled train
-step, and per logged step writes the statistics (`step_statistics`, in the order of
-`kerasbp.logger.log.STATS`), one row of per-step values (`ROW`) and, if asked, the whole
+step, and per logged step writes the reductions behind the statistics (`step_reductions`, the
+columns of `kerasbp.logger.hooks.RAW`, finished into `STATS` on the host), one row of per-step values (`ROW`) and, if asked, the whole
 gradients and the weights before the step into buffers that the callback reads back now and then.
 
 A row is one train step: one call of the outer optimizer's `apply`, whatever the optimizer did
@@ -58,7 +58,7 @@ import tensorflow as tf
 
 from kerasbp.logger import per_example as per_example_module
 from kerasbp.logger import replicas, statistics
-from kerasbp.logger.hooks import ATTACHED, ROW, InstalledHooks, applied_same, leaf_optimizer, ring_slots, snapshot_variables
+from kerasbp.logger.hooks import RAW, ATTACHED, ROW, InstalledHooks, applied_same, finish_statistics, leaf_optimizer, ring_slots, snapshot_variables
 from kerasbp.logger.log import NOISE_COLUMNS, REPLICA_STATS, STATS
 
 
@@ -75,8 +75,8 @@ def _in_this_graph(tensor):
     return getattr(tensor, "graph", None) is tf.compat.v1.get_default_graph()
 
 
-def _sum_squares(g, dtype):
-    return 2 * tf.nn.l2_loss(tf.cast(g, dtype))  # one operation, no temporary
+#: The columns of `RAW` that a replica's gradient alone gives (its `REPLICA_STATS`).
+REPLICA_RAW = RAW[:5]
 
 
 class DeviceBuffers:
@@ -97,8 +97,8 @@ class DeviceBuffers:
         n_replicas: int, replicas of the `tf.distribute` strategy (1 without one). With more
             than one, `replica_noise` `(capacity, n_replicas, 2)` holds each replica's batch
             size and `|g_r|^2` (for the gradient noise scale). Defaults to 1.
-        per_replica: bool, also hold each replica's gradient statistics `replica_stats`
-            `(capacity, n_replicas, n_variables, len(REPLICA_STATS))` and, with `keep_full`, its
+        per_replica: bool, also hold the reductions of each replica's gradient `replica_stats`
+            `(capacity, n_replicas, n_variables, len(REPLICA_RAW))` and, with `keep_full`, its
             whole gradients `replica_full` `(capacity, n_replicas, *shape)`. Defaults to False.
     """
 
@@ -115,7 +115,7 @@ class DeviceBuffers:
         # not a loss-scale skip, or -1.
         self.first_nonfinite = replicas.plain_variable(tf.constant(-1, tf.int64), name="kerasbp_first_nonfinite")
         self.rows = var((capacity, len(ROW)), tf.float64, "rows")
-        self.stats = var((capacity, n, len(STATS)), dtype, "stats")
+        self.stats = var((capacity, n, len(RAW)), dtype, "stats")
         self.full = [var((capacity, *v.shape), dtype, f"grad_{j}") for j, v in enumerate(variables)] if keep_full else None
         self.applied = [var((capacity, *v.shape), dtype, f"applied_{j}") for j, v in enumerate(variables)] if keep_full and keep_applied else None
         self.alive = [var(v.shape[-1:], tf.bool, f"alive_{j}") if track else None for j, (v, track) in enumerate(zip(variables, tracked, strict=True))]
@@ -132,68 +132,50 @@ class DeviceBuffers:
             self.weights = [var((capacity, *v.shape), v.dtype, f"weights_{j}") for j, v in enumerate(variables)]
             self.optimizer_state = [var((capacity, *v.shape), v.dtype, f"optimizer_{j}") for j, v in enumerate(optimizer_variables)]
         self.replica_noise = var((capacity, n_replicas, 2), tf.float64, "replica_noise") if n_replicas > 1 else None
-        self.replica_stats = var((capacity, n_replicas, n, len(REPLICA_STATS)), dtype, "replica_stats") if per_replica else None
+        self.replica_stats = var((capacity, n_replicas, n, len(REPLICA_RAW)), dtype, "replica_stats") if per_replica else None
         self.replica_full = [var((capacity, n_replicas, *v.shape), dtype, f"replica_{j}") for j, v in enumerate(variables)] if per_replica and keep_full else None
 
 
-def step_statistics(grads, weight_squares, update_squares, dtype, tracked, scale=None, applied_squares=None):
-    """The `STATS` of every gradient, and whether each unit's gradient was nonzero.
+def squares_each(tensors, dtype):
+    """Tensor `(len(tensors),)`: the sum of squares of each tensor, computed in `dtype`."""
+    return 2 * tf.stack([tf.nn.l2_loss(tf.cast(t, dtype)) for t in tensors])  # one `2 *` for all
 
-    Written for few operations and few passes over memory, which is what costs on a CPU: per
-    variable, four reductions of the gradient (its sum and sum of squares, its minimum and
-    maximum), and one more where the units whose gradient is nonzero are tracked; then the
-    arithmetic on those numbers for all variables at once. The standard deviation is
-    `sqrt(E[g^2] - E[g]^2)`, whose relative error grows like `(mean / std)^2` times the dtype's
-    epsilon. NaN/Inf entries are counted (one more pass) only at steps where some sum of
-    squares is not finite. The loss scale divides the reduced numbers, not the gradients: exact
-    for the powers of two that `LossScaleOptimizer` uses.
+
+def step_reductions(grads, dtype, tracked):
+    """The first five `RAW` columns of every gradient, and whether each unit's gradient was nonzero.
+
+    Written for few operations and few passes over memory, which is what costs on a CPU (in a
+    TensorFlow graph each operation also costs a few microseconds to run): per variable, four
+    reductions of the gradient (its sum and sum of squares, its minimum and maximum), and one
+    more where the units whose gradient is nonzero are tracked. NaN/Inf entries are counted
+    (one more pass) only at steps where some sum of squares is not finite. Everything else
+    (norms, mean, standard deviation, the loss scale's division) is arithmetic on these numbers,
+    done on the host by `hooks.finish_statistics`.
 
     Args:
-        grads: list of tensors, the gradient of each variable (still multiplied by `scale`).
-        weight_squares: tensor `(n_variables,)`, the sum of squares of each variable before the step.
-        update_squares: tensor `(n_variables,)`, the sum of squares of each variable's change.
+        grads: list of tensors, the gradient of each variable (still multiplied by the loss scale).
         dtype: the dtype to compute in.
         tracked: list of bools, per variable: whether to find its units with a nonzero gradient.
-        scale: None, or a scalar (tensor or float): the loss scale that multiplies `grads`.
-        applied_squares: None (the update rule received `grads` themselves), or a tensor
-            `(n_variables,)`: the sum of squares of the gradient the update rule received.
 
     Returns:
-        `(stats, nonzero)`: a tensor `(n_variables, len(STATS))`, and a list with, per
-        variable, None or (if tracked) a bool tensor over its last axis (units): some gradient
-        entry of that unit was nonzero.
+        `(table, nonzero)`: a tensor `(n_variables, 5)` (sum, sum of squares, min, max, count of
+        NaN/Inf entries), and a list with, per variable, None or (if tracked) a bool tensor over
+        its last axis (units): some gradient entry of that unit was nonzero.
     """
+    n = len(grads)
     raw, nonzero = [], []
     for g, track in zip(grads, tracked, strict=True):
         g = tf.cast(g, dtype)
         rest = list(range(g.shape.rank - 1))
         nonzero.append(tf.reduce_any(tf.not_equal(g, 0), axis=rest) if track else None)  # (units,)
-        raw += [tf.reduce_sum(g), 2 * tf.nn.l2_loss(g), tf.reduce_min(g), tf.reduce_max(g)]
-    total, squares, low, high = tf.unstack(tf.reshape(tf.stack(raw), [len(grads), 4]), axis=1)  # each (n_variables,)
+        raw += [tf.reduce_sum(g), tf.nn.l2_loss(g), tf.reduce_min(g), tf.reduce_max(g)]
+    table = tf.reshape(tf.stack(raw), [n, 4]) * tf.constant([1, 2, 1, 1], dtype)  # l2_loss is half the sum of squares
     counts = tf.cond(
-        tf.reduce_all(tf.math.is_finite(squares)),
-        lambda: tf.zeros([len(grads)], dtype),
-        lambda: tf.stack([tf.reduce_sum(tf.cast(tf.logical_not(tf.math.is_finite(tf.cast(g, dtype))), dtype)) for g in grads]),
+        tf.reduce_all(tf.math.is_finite(table[:, 1])),
+        lambda: tf.zeros([n, 1], dtype),
+        lambda: tf.stack([tf.reduce_sum(tf.cast(tf.logical_not(tf.math.is_finite(tf.cast(g, dtype))), dtype)) for g in grads])[:, None],
     )
-    if scale is not None:
-        s = tf.cast(scale, dtype)
-        total, squares, low, high = total / s, squares / (s * s), low / s, high / s
-    size = tf.constant([float(np.prod(g.shape)) for g in grads], dtype)  # (n_variables,)
-    mean = total / size
-    weight_norm = tf.sqrt(tf.cast(weight_squares, dtype))
-    by_name = {
-        "norm": tf.sqrt(squares),
-        "mean": mean,
-        "std": tf.sqrt(tf.maximum(squares / size - mean * mean, 0)),
-        "min": low,
-        "max": high,
-        "max_abs": tf.maximum(tf.abs(low), tf.abs(high)),
-        "nonfinite": counts,
-        "weight_norm": weight_norm,
-        "update_ratio": tf.sqrt(tf.cast(update_squares, dtype)) / weight_norm,
-        "applied_norm": tf.sqrt(squares if applied_squares is None else tf.cast(applied_squares, dtype)),
-    }
-    return tf.stack([by_name[name] for name in STATS], axis=1), nonzero  # (n_variables, len(STATS))
+    return tf.concat([table, counts], axis=1), nonzero
 
 
 class TensorFlowCapture(InstalledHooks):
@@ -354,7 +336,8 @@ class TensorFlowCapture(InstalledHooks):
         table = buf.rows.numpy()[slots]  # (n, len(ROW))
         col = {name: table[:, i] for i, name in enumerate(ROW)}
         applied = col["applied"] > 0
-        stats = buf.stats.numpy()[slots].astype(np.float64)
+        sizes = [int(np.prod(v.shape)) for v in self.model.trainable_weights]
+        stats = finish_statistics(buf.stats.numpy()[slots], col["loss_scale"], sizes, self.applied_same)
         stats[~applied, :, STATS.index("applied_norm")] = np.nan
         applied_full = rows(buf.applied)
         if applied_full is not None:
@@ -378,9 +361,16 @@ class TensorFlowCapture(InstalledHooks):
             "noise": None if buf.noise is None else buf.noise.numpy()[slots],
             "per_example_norms": None if buf.norms is None else buf.norms.numpy()[slots].astype(np.float64),
             "replica_noise": None if buf.replica_noise is None else buf.replica_noise.numpy()[slots],
-            "replica_stats": None if buf.replica_stats is None else buf.replica_stats.numpy()[slots].astype(np.float64),
+            "replica_stats": None if buf.replica_stats is None else self._replica_stats(buf.replica_stats.numpy()[slots], col["loss_scale"], sizes),
             "replica_full": rows(buf.replica_full),
         }
+
+    @staticmethod
+    def _replica_stats(raw, loss_scales, sizes):
+        """`REPLICA_STATS` `(n, n_replicas, n_variables, len(REPLICA_STATS))` from the replicas' `REPLICA_RAW`."""
+        padded = np.concatenate([raw, np.full((*raw.shape[:-1], len(RAW) - len(REPLICA_RAW)), np.nan)], axis=-1)
+        stats = finish_statistics(padded, loss_scales[:, None], sizes, applied_same=True)
+        return stats[..., [STATS.index(name) for name in REPLICA_STATS]]
 
     # ----------------------------------------------------------------------------- the hooks
     def _warn_once(self, key, message):
@@ -468,14 +458,14 @@ class TensorFlowCapture(InstalledHooks):
                 increments.setdefault(updated[id(variable)], []).append((1, tf.cast(value, variable.dtype) - tf.convert_to_tensor(variable)))
             return original["assign"](variable, value)
 
-        def change_squares(j):
-            """|dw|^2 of variable j from its captured increments (signs matter only when there are several)."""
+        def change(j):
+            """Variable j's change in the step from its captured increments (signs matter only when there are several)."""
             parts = increments.get(j)
             if not parts:
                 return tf.zeros((), dtype)
             if len(parts) == 1:
-                return _sum_squares(parts[0][1], dtype)
-            return _sum_squares(tf.add_n([tf.cast(v, dtype) if sign > 0 else -tf.cast(v, dtype) for sign, v in parts]), dtype)
+                return parts[0][1]
+            return tf.add_n([tf.cast(v, dtype) if sign > 0 else -tf.cast(v, dtype) for sign, v in parts])
 
         def clip_gradients(grads):
             ctx = self._ctx
@@ -515,10 +505,9 @@ class TensorFlowCapture(InstalledHooks):
                 "grads": {j: tf.convert_to_tensor(g) for j, g in pairs},
             }
             if not self.applied_same:
-                squares = {j: _sum_squares(g, dtype) for j, g in found["grads"].items()}
-                found["applied_sq"] = tf.stack([squares.get(j, tf.zeros((), dtype)) for j in range(n)])
+                found["applied_sq"] = squares_each([found["grads"].get(j, tf.zeros((), dtype)) for j in range(n)], dtype)
             if from_increments:
-                found["update_sq"] = tf.stack([change_squares(j) for j in range(n)])
+                found["update_sq"] = squares_each([change(j) for j in range(n)], dtype)
             increments.clear()
             if ctx["graph"] is _graph():
                 ctx["direct"] = found
@@ -572,8 +561,6 @@ class TensorFlowCapture(InstalledHooks):
                 return tf.convert_to_tensor(optimizer.dynamic_scale)
             return optimizer.loss_scale_factor or None
 
-        replica_columns = [STATS.index(name) for name in REPLICA_STATS]
-
         def replica_payload(by_index, present, loss, batch, ctx, outputs):
             """What one replica hands to the first through `replicas.gather` (same structure from each)."""
             found = ctx.get("direct") or {}
@@ -603,20 +590,18 @@ class TensorFlowCapture(InstalledHooks):
                 return
             s = None if scale is None else tf.cast(scale, dtype)
             if buf.replica_noise is not None:
-                squares = tf.stack([tf.add_n([_sum_squares(replica_grads[j][r], dtype) for j in present]) for r in range(n_replicas)])  # (R,)
+                squares = tf.stack([tf.reduce_sum(squares_each([replica_grads[j][r] for j in present], dtype)) for r in range(n_replicas)])  # (R,)
                 if s is not None:
                     squares = squares / (s * s)
                 noise = tf.stack([tf.cast(batch_sizes, tf.float64), tf.cast(squares, tf.float64)], axis=1)  # (R, 2)
                 buf.replica_noise.scatter_nd_update([[slot]], noise[None])
             if buf.replica_stats is not None:
-                zeros = tf.zeros([len(present)], dtype)
                 per = []
                 for r in range(n_replicas):
-                    values, _ = step_statistics([replica_grads[j][r] for j in present], zeros, zeros, dtype, [False] * len(present), scale=scale)
-                    values = tf.gather(values, replica_columns, axis=1)  # (len(present), len(REPLICA_STATS))
-                    rows = tf.fill([n, len(replica_columns)], tf.constant(float("nan"), dtype))
+                    values, _ = step_reductions([replica_grads[j][r] for j in present], dtype, [False] * len(present))  # (len(present), len(REPLICA_RAW))
+                    rows = tf.fill([n, len(REPLICA_RAW)], tf.constant(float("nan"), dtype))
                     per.append(values if len(present) == n else tf.tensor_scatter_nd_update(rows, [[j] for j in present], values))
-                buf.replica_stats.scatter_nd_update([[slot]], tf.stack(per)[None])  # (1, R, n, len(REPLICA_STATS))
+                buf.replica_stats.scatter_nd_update([[slot]], tf.stack(per)[None])  # (1, R, n, len(REPLICA_RAW))
             if buf.replica_full is not None:
                 for j in present:
                     g = tf.stack([tf.cast(part, dtype) for part in replica_grads[j]])  # (R, *shape)
@@ -650,7 +635,7 @@ class TensorFlowCapture(InstalledHooks):
             noise = None if taken is None else per_example_module.step_statistics(self.taps, taken, by_index, scale, dtype, log_now)
 
             def weight_squares():
-                return tf.stack([_sum_squares(v.value, dtype) for v in model_vars])
+                return squares_each([v.value for v in model_vars], dtype)
 
             squares = weight_squares() if every_n == 1 else tf.cond(log_now, weight_squares, lambda: tf.zeros([n], dtype))
             befores = None if from_increments else [tf.identity(v.value) for v in model_vars]
@@ -658,7 +643,10 @@ class TensorFlowCapture(InstalledHooks):
             ctx = {"graph": _graph(), "log_now": log_now}
             self._ctx = ctx
             try:
-                result = original["apply"](grads, trainable_variables)
+                # The update waits for the weights' sums of squares: while a read of a weight is
+                # still in use, TensorFlow copies the whole variable before updating it in place.
+                with tf.control_dependencies([squares]):
+                    result = original["apply"](grads, trainable_variables)
             finally:
                 self._ctx = None
             iterations = tf.cast(optimizer.iterations, tf.int64)  # after the step
@@ -707,25 +695,21 @@ class TensorFlowCapture(InstalledHooks):
             def write():
                 slot = tf.math.floormod(buf.count, buf.capacity)
                 grads_present = [loss_gradient(j) for j in present]
-                rows = tf.fill([n, len(STATS)], tf.constant(float("nan"), dtype))
+                rows = tf.fill([n, len(RAW)], tf.constant(float("nan"), dtype))
                 finite_grads = tf.constant(True)
                 if present:
                     tracked = [buf.alive[j] is not None and j not in outputs for j in present]
+                    pick = (lambda t: t) if len(present) == n else (lambda t: tf.gather(t, present))
                     if update_sq is not None:
-                        changes = tf.gather(update_sq, present)
+                        changes = pick(update_sq)
                     else:
-                        changes = tf.stack([_sum_squares(model_vars[j].value - befores[j], dtype) for j in present])
-                    values, nonzero = step_statistics(
-                        grads_present,
-                        tf.gather(squares, present),
-                        changes,
-                        dtype,
-                        tracked,
-                        scale=scale,
-                        applied_squares=None if applied_sq is None else tf.gather(applied_sq, present),
-                    )
+                        changes = squares_each([model_vars[j].value - befores[j] for j in present], dtype)
+                    table, nonzero = step_reductions(grads_present, dtype, tracked)
+                    # With `applied_same` the host reads `applied_norm` from the sum of squares.
+                    applied_column = table[:, 1] if applied_sq is None else pick(applied_sq)
+                    values = tf.concat([table, tf.stack([pick(squares), changes, applied_column], axis=1)], axis=1)  # (len(present), len(RAW))
                     rows = values if len(present) == n else tf.tensor_scatter_nd_update(rows, [[j] for j in present], values)
-                    finite_grads = tf.reduce_all(tf.equal(values[:, STATS.index("nonfinite")], 0))
+                    finite_grads = tf.reduce_all(tf.equal(table[:, RAW.index("nonfinite")], 0))
                     for j, units in zip(present, nonzero, strict=True):
                         if units is not None:
                             buf.alive[j].assign(tf.logical_or(buf.alive[j], units))

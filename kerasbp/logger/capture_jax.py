@@ -38,22 +38,73 @@ Differences from TensorFlow: `value_and_grad` gives a zero gradient (never None)
 the loss does not depend on, so `missing` stays empty; relu units count as alive where their
 kernel's gradient column is nonzero (the layers' outputs live inside `value_and_grad`).
 Float64 needs JAX's 64-bit mode (`JAX_ENABLE_X64=1`), as any float64 Keras model on JAX does.
+
+Under a `keras.distribution` (`DataParallel`): Keras jits the train step once for the whole device
+mesh (GSPMD, `make_train_function` in `keras/src/backend/jax/trainer.py`), with the batch sharded
+along its first axis and the state kept in the shardings of the variables. The loss is the global
+batch's mean, so the `grads` that reach `stateless_apply` are already reduced over the devices:
+the global batch's gradient, which is what a row holds, and clipping acts on it after the
+reduction (unlike `tf.distribute`, where each replica clips its own share first). No replica's
+own gradient exists in that program, so `per_replica=True` is refused. The buffers are laid out
+replicated on the distribution's mesh (`replicated_layout`) and pass through the step, as the
+optimizer's own variables do, in the shardings Keras records for `optimizer.variables`.
 """
 
+import math
 import warnings
 import weakref
 
 import jax
 import jax.numpy as jnp
+import keras
 import numpy as np
 from keras import ops
 
 from kerasbp.logger import statistics
-from kerasbp.logger.hooks import ROW, HookedCapture, host_rows, ring_slots
-from kerasbp.logger.log import STATS
+from kerasbp.logger.hooks import RAW, ROW, HookedCapture, host_rows, ring_slots
 
 #: optimizer -> the number the next train step gets, left by the last capture detached from it.
 _NEXT_STEP = weakref.WeakKeyDictionary()
+
+
+def replicated_layout(shape):
+    """The layout of a buffer of `shape` under the `keras.distribution` in effect: a whole copy
+    on every device of the distribution's mesh, or None without a distribution.
+
+    `DataParallel` lays out every variable so anyway; the explicit layout keeps a
+    `ModelParallel` layout map from sharding a buffer whose path one of its patterns matches.
+
+    Args:
+        shape: tuple of ints.
+
+    Returns:
+        `keras.distribution.TensorLayout` or None.
+    """
+    distribution = keras.distribution.distribution()
+    if distribution is None:
+        return None
+    return keras.distribution.TensorLayout([None] * len(shape), distribution.device_mesh)
+
+
+def check_distribution(per_replica):
+    """Refuse what the step under a `keras.distribution` cannot show.
+
+    Args:
+        per_replica: bool, `GradientLogger(per_replica=...)`.
+
+    Raises:
+        ValueError: for `per_replica=True` under a distribution: the jitted step sees only the
+            reduced gradient, never a replica's share.
+    """
+    distribution = keras.distribution.distribution()
+    if per_replica and distribution is not None:
+        name = type(distribution).__name__
+        raise ValueError(
+            f"GradientLogger(per_replica=True) is not available under keras.distribution.{name} on JAX: the jitted train "
+            "step sees only the gradient already reduced over the devices (the global batch's), never one replica's share. "
+            f"Received: per_replica=True, distribution={name} over {distribution.device_mesh.devices.size} devices. "
+            "Use per_replica=False (the logged gradient is the global batch's)"
+        )
 
 
 class _Buffers:
@@ -71,7 +122,7 @@ class _Buffers:
         wide = "float64" if jax.config.jax_enable_x64 else "float32"
 
         def add(name, shape, dt):
-            v = leaf.add_variable(shape, initializer="zeros", dtype=dt, name=f"kerasbp_{name}")
+            v = leaf.add_variable(shape, initializer="zeros", dtype=dt, layout=replicated_layout(shape), name=f"kerasbp_{name}")
             leaf._untrack_variable(v)  # joins the optimizer only while attached
             self.variables[name] = v
 
@@ -80,7 +131,7 @@ class _Buffers:
         add("first_nonfinite", (), "int32")
         add("rows", (capacity, len(ROW)), wide)
         add("steps", (capacity, 2), "int32")  # step and iterations, exact
-        add("stats", (capacity, n, len(STATS)), dtype)
+        add("stats", (capacity, n, len(RAW)), dtype)
         add("scratch", (3 + n,), wide)
         self.full = self.applied = self.weights = self.optimizer_state = None
         if keep_full:
@@ -123,12 +174,14 @@ class JaxCapture(HookedCapture):
         snapshots: bool, keep the weights and optimizer variables before each logged step.
         tracked: tuple of bool per variable: track its alive units (relu kernels).
         per_example: bool; True is refused (per-example statistics are TensorFlow only).
+        per_replica: bool; True is refused (under a `keras.distribution` by its name).
 
     Raises:
         ValueError: for `per_example=True` or `per_replica=True`.
     """
 
     def __init__(self, model, optimizer, every_n_steps, capacity, keep_full, snapshots, tracked, per_example=False, per_replica=False):
+        check_distribution(per_replica)
         super().__init__(model, optimizer, every_n_steps, snapshots, per_example, per_replica)
         self.tracked = tuple(tracked)
         self.buffers = _Buffers(self.leaf, self.model_vars, capacity, keep_full, not self.applied_same, self.dtype, tracked, self.snapshot_vars)
@@ -222,8 +275,9 @@ class JaxCapture(HookedCapture):
         return host_rows(
             self._value("rows")[slots].astype(np.float64),  # (n, len(ROW))
             self._value("steps")[slots].astype(np.int64),  # (n, 2)
-            self._value("stats")[slots].astype(np.float64),
-            STATS.index("applied_norm"),
+            self._value("stats")[slots],  # (n, n_variables, len(RAW))
+            [math.prod(v.shape) for v in self.model_vars],
+            self.applied_same,
             rows(buf.full),
             rows(buf.applied),
             [None if name is None else self._value(name).astype(bool) for name in buf.alive],
@@ -386,8 +440,10 @@ class JaxCapture(HookedCapture):
         weight_squares = ops.stack([statistics.sum_squares(w, dtype) for w in before])
         update_squares = ops.stack([statistics.sum_squares(ops.cast(a, dtype) - ops.cast(b, dtype), dtype) for a, b in zip(after, before, strict=True)])
         tracked = [name is not None for name in buf.alive]
-        values, nonzero = statistics.step_statistics(grads, weight_squares, update_squares, dtype, tracked, scale=scale, applied_squares=applied_sq)
-        finite_grads = jnp.all(values[:, STATS.index("nonfinite")] == 0)
+        table, nonzero = statistics.step_reductions(grads, dtype, tracked)
+        applied_column = table[:, 1] if applied_sq is None else ops.cast(applied_sq, dtype)  # unread with applied_same
+        values = ops.concatenate([table, ops.stack([weight_squares, update_squares, applied_column], axis=1)], axis=1)  # (n, len(RAW))
+        finite_grads = jnp.all(table[:, RAW.index("nonfinite")] == 0)
         skipped = jnp.logical_and(~finite_grads, ~applied) if self.loss_scaling else jnp.asarray(False)
         finite = jnp.logical_or(jnp.logical_and(finite_grads, jnp.isfinite(loss)), skipped)
         for name, units in zip(buf.alive, nonzero, strict=True):

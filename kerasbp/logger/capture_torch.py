@@ -5,9 +5,10 @@ Where the torch trainer applies gradients (Keras 3.15, `keras/src/backend/torch/
 `optimizer.apply([v.value.grad ...], trainable_weights)` under `torch.no_grad()`, eagerly. So
 the hooks are those of `TensorFlowCapture` (see `capture.py`), run eagerly: `apply` and
 `scale_loss` of the optimizer, `_backend_update_step` and `_clip_gradients` of the innermost
-one. Every number stays on the device (the statistics, computed with
-`kerasbp.logger.statistics.step_statistics`, the rows, the first non-finite step): the host reads
-the buffers only when the callback collects them, never once per step. Train steps that are not
+one. Every number stays on the device (the reductions behind the statistics, `_reductions`, the
+rows, the first non-finite step): the host reads the buffers only when the callback collects
+them. The one exception: a step whose gradient has NaN or Inf entries (seen from its sum of
+squares, one device-to-host read per logged step) counts them. Train steps that are not
 logged (`every_n_steps`) cost one Python comparison.
 
 Differences from TensorFlow: relu units count as alive where their kernel's gradient column is
@@ -15,16 +16,29 @@ nonzero; the weights before the step are copied to measure the weight change (`u
 Keras refuses `steps_per_execution > 1` on torch.
 """
 
+import math
 import warnings
 import weakref
 
-import numpy as np
 import torch
 from keras import ops
 
 from kerasbp.logger import statistics
-from kerasbp.logger.hooks import ROW, HookedCapture, host_rows, ring_slots
-from kerasbp.logger.log import STATS
+from kerasbp.logger.hooks import RAW, ROW, HookedCapture, host_rows, ring_slots
+
+def _reductions(grads, dtype, tracked):
+    """`kerasbp.logger.statistics.step_reductions` with torch's own operations: three per
+    variable (sum, dot with itself, `aminmax`), where `keras.ops` costs about 3 ms a step on a
+    CPU in Python overhead alone. Same arguments (with `dtype` a torch dtype) and results."""
+    flat = [g.detach().to(dtype).reshape(-1) for g in grads]
+    table = torch.stack([torch.stack([f.sum(), torch.dot(f, f), *torch.aminmax(f)]) for f in flat])  # (n, 4)
+    if bool(torch.isfinite(table[:, 1]).all()):
+        counts = torch.zeros((len(flat), 1), dtype=dtype, device=table.device)
+    else:
+        counts = torch.stack([(~torch.isfinite(f)).sum().to(dtype) for f in flat])[:, None]
+    nonzero = [(g != 0).any(dim=tuple(range(g.dim() - 1))) if track and g.dim() > 1 else ((g != 0) if track else None) for g, track in zip(grads, tracked, strict=True)]
+    return torch.cat([table, counts], dim=1), nonzero
+
 
 #: optimizer -> the number the next train step gets, left by the last capture detached from it.
 _NEXT_STEP = weakref.WeakKeyDictionary()
@@ -36,7 +50,7 @@ class _Buffers:
     Attributes:
         capacity: int.
         rows: float64 `(capacity, len(ROW))`; steps: int64 `(capacity, 2)` (step, iterations);
-        stats: `(capacity, n_variables, len(STATS))`; full, applied, weights, optimizer_state:
+        stats: `(capacity, n_variables, len(RAW))`, the reductions behind the statistics; full, applied, weights, optimizer_state:
         lists of `(capacity, *shape)` or None; alive: list of bool `(units,)` or None.
     """
 
@@ -49,7 +63,7 @@ class _Buffers:
         self.capacity = capacity
         self.rows = zeros((capacity, len(ROW)), torch.float64)
         self.steps = zeros((capacity, 2), torch.int64)
-        self.stats = zeros((capacity, n, len(STATS)), torch_dtype)
+        self.stats = zeros((capacity, n, len(RAW)), torch_dtype)
         self.first_nonfinite = torch.tensor(-1, dtype=torch.int64, device=device)
         self.full = [zeros((capacity, *v.shape), torch_dtype) for v in model_vars] if keep_full else None
         self.applied = [zeros((capacity, *v.shape), torch_dtype) for v in model_vars] if keep_full and keep_applied else None
@@ -147,8 +161,9 @@ class TorchCapture(HookedCapture):
         return host_rows(
             host(buf.rows),  # (n, len(ROW))
             host(buf.steps),  # (n, 2)
-            host(buf.stats).astype(np.float64),
-            STATS.index("applied_norm"),
+            host(buf.stats),  # (n, n_variables, len(RAW))
+            [math.prod(v.shape) for v in self.model_vars],
+            self.applied_same,
             rows(buf.full),
             rows(buf.applied),
             [None if a is None else a.cpu().numpy().copy() for a in buf.alive],
@@ -231,9 +246,14 @@ class TorchCapture(HookedCapture):
                     "GradientLogger: this train step computed its loss neither through model.compute_loss nor optimizer.scale_loss, "
                     "so the logger cannot see it: the logged losses are NaN (the gradients are exact)",
                 )
-            # Copies: the optimizer may update in place, and the next step zeroes the .grad tensors.
-            loss_grads = {j: by_index[j].detach().clone() for j in present}
             scale = optimizer.dynamic_scale.value.detach().clone() if self.loss_scaling else (optimizer.loss_scale_factor or None)
+            # Before the update, which may change the gradients in place (no copies needed).
+            reduced = _reductions([by_index[j] for j in present], getattr(torch, self.dtype), [buf.alive[j] is not None for j in present]) if present else None
+            if buf.full is not None:
+                slot = self._count % buf.capacity
+                for j in present:
+                    g = by_index[j].detach().to(getattr(torch, self.dtype))
+                    buf.full[j][slot] = g if scale is None else g / torch.as_tensor(scale, dtype=g.dtype, device=g.device)
             befores = [v.value.detach().clone() for v in model_vars]
             state_before = [v.value.detach().clone() for v in self.snapshot_vars] if buf.weights is not None else None
             self._found = found = {}
@@ -241,7 +261,7 @@ class TorchCapture(HookedCapture):
                 result = original["apply"](grads, trainable_variables)
             finally:
                 self._found = None
-            self._write(step, loss, scale, present, loss_grads, befores, state_before, found)
+            self._write(step, loss, scale, present, reduced, befores, state_before, found)
             return result
 
         return [
@@ -253,7 +273,7 @@ class TorchCapture(HookedCapture):
         ]
 
     @torch.no_grad()
-    def _write(self, step, loss, scale, present, loss_grads, befores, state_before, found):
+    def _write(self, step, loss, scale, present, reduced, befores, state_before, found):
         buf, dtype, n = self.buffers, self.dtype, len(self.model_vars)
         device = buf.rows.device
         slot = self._count % buf.capacity
@@ -268,35 +288,29 @@ class TorchCapture(HookedCapture):
         lr = found.get("lr", torch.tensor(float("nan"), dtype=torch.float64))
         clipped = found.get("clipped")
         clipped = torch.tensor(False, device=device) if clipped is None else clipped
-        values = torch.full((n, len(STATS)), float("nan"), dtype=getattr(torch, dtype), device=device)
+        values = torch.full((n, len(RAW)), float("nan"), dtype=getattr(torch, dtype), device=device)
         finite_grads = torch.tensor(True, device=device)
         if present:
-            tracked = [buf.alive[j] is not None for j in present]
             # torch's fused multi-tensor norms: one call for all variables (keras.ops per tensor costs more here)
             compute = getattr(torch, dtype)
             before = [befores[j].to(compute) for j in present]
             weight_squares = torch.stack(torch._foreach_norm(before)) ** 2
             changes = torch._foreach_sub([self.model_vars[j].value.detach().to(compute) for j in present], before)
             update_squares = torch.stack(torch._foreach_norm(changes)) ** 2
-            applied_squares = None
-            if not self.applied_same:
+            table, nonzero = reduced
+            if self.applied_same:
+                applied_squares = table[:, 1]  # unread: the host takes the loss gradient's norm
+            else:
                 squares = found.get("squares", {})
                 applied_squares = torch.stack([squares.get(j, torch.zeros((), dtype=getattr(torch, dtype), device=device)) for j in present])
-            stats, nonzero = statistics.step_statistics(
-                [loss_grads[j] for j in present], weight_squares, update_squares, dtype, tracked, scale=scale, applied_squares=applied_squares
-            )
-            values[present] = stats
-            finite_grads = torch.all(stats[:, STATS.index("nonfinite")] == 0)
+            values[present] = torch.cat([table, torch.stack([weight_squares, update_squares, applied_squares.to(table.dtype)], dim=1)], dim=1)
+            finite_grads = torch.all(table[:, RAW.index("nonfinite")] == 0)
             for j, units in zip(present, nonzero, strict=True):
                 if units is not None:
                     buf.alive[j] |= units
         loss_value = torch.tensor(float("nan"), dtype=torch.float64, device=device) if loss is None else torch.reshape(loss, ()).to(torch.float64)
         skipped = torch.logical_and(~finite_grads, torch.tensor(not applied, device=device)) if self.loss_scaling else torch.tensor(False, device=device)
         finite = torch.logical_or(torch.logical_and(finite_grads, torch.isfinite(loss_value)), skipped)
-        if buf.full is not None:
-            for j in present:
-                g = loss_grads[j].to(getattr(torch, dtype))
-                buf.full[j][slot] = g if scale is None else g / torch.as_tensor(scale, dtype=g.dtype, device=device)
         if buf.applied is not None and applied:
             for j, g in found.get("grads", {}).items():
                 buf.applied[j][slot] = g

@@ -9,6 +9,15 @@ import weakref
 import keras
 import numpy as np
 
+from kerasbp.logger.log import STATS
+
+#: What a capture reduces on the device per variable at a logged step, finished into `STATS` on
+#: the host by `finish_statistics`: the gradient's sum, sum of squares, minimum, maximum (still
+#: multiplied by the loss scale) and its count of NaN/Inf entries; the sum of squares of the
+#: weights before the step, of their change in the step, and of the gradient the update rule
+#: received. The step only reduces; the arithmetic on the reduced numbers costs nothing there.
+RAW = ("sum", "sum_squares", "min", "max", "nonfinite", "weight_squares", "update_squares", "applied_squares")
+
 #: The per-step values written beside the statistics, one float64 row per logged step.
 ROW = ("step", "iterations", "loss", "learning_rate", "loss_scale", "applied", "skipped", "clipped")
 
@@ -124,16 +133,69 @@ class HookedCapture(InstalledHooks):
         self._installed = []
 
 
-def host_rows(table, steps, stats, applied_index, full, applied_full, alive, weights, optimizer_state):
+def finish_statistics(raw, loss_scales, sizes, applied_same):
+    """`STATS` from the reductions a capture wrote (`RAW`), computed on the host in their dtype.
+
+    The arithmetic is done in the dtype the sums were reduced in (the model's), as on the
+    device: in a wider one, `E[g^2] - E[g]^2` of a constant gradient would be the rounding error
+    of `E[g^2]` instead of 0. The loss scale divides the reduced numbers (exact for the powers of
+    two that `LossScaleOptimizer` uses). The standard deviation is `sqrt(E[g^2] - E[g]^2)`, whose
+    relative error grows like `(mean / std)^2` times the dtype's epsilon; `update_ratio` is
+    `|w_after - w_before| / |w_before|`.
+
+    Args:
+        raw: float32 or float64 array `(..., n_variables, len(RAW))`, e.g. `(n, n_variables, len(RAW))` for `n`
+            logged steps; a variable without a gradient has NaN in its row.
+        loss_scales: float array broadcastable to `raw.shape[:-2]`, the loss scale of each step
+            (1.0 without loss scaling).
+        sizes: sequence of ints, the number of entries of each variable.
+        applied_same: bool, the update rule received the unscaled loss gradient itself, so
+            `applied_norm` is `norm` (the `applied_squares` column is then not read).
+
+    Returns:
+        float64 array `(..., n_variables, len(STATS))`.
+
+    Example:
+        >>> raw = np.array([[[-1.0, 25.0, -4.0, 3.0, 0.0, 4.0, 0.25, 25.0]]])  # gradient [3, -4]
+        >>> finish_statistics(raw, [1.0], [2], applied_same=True)[0, 0, :3]  # norm, mean, std
+        array([ 5. , -0.5,  3.5])
+    """
+    raw = np.asarray(raw)
+    column = {name: raw[..., i] for i, name in enumerate(RAW)}
+    scale = np.asarray(loss_scales, dtype=raw.dtype)[..., None]  # (..., 1): per step
+    size = np.asarray(sizes, dtype=raw.dtype)
+    squares = column["sum_squares"] / (scale * scale)
+    mean = column["sum"] / scale / size
+    low, high = column["min"] / scale, column["max"] / scale
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        weight_norm = np.sqrt(column["weight_squares"])
+        by_name = {
+            "norm": np.sqrt(squares),
+            "mean": mean,
+            "std": np.sqrt(np.maximum(squares / size - mean * mean, 0)),
+            "min": low,
+            "max": high,
+            "max_abs": np.maximum(np.abs(low), np.abs(high)),
+            "nonfinite": column["nonfinite"],
+            "weight_norm": weight_norm,
+            "update_ratio": np.sqrt(column["update_squares"]) / weight_norm,
+            "applied_norm": np.sqrt(squares if applied_same else column["applied_squares"]),
+        }
+    return np.stack([by_name[name] for name in STATS], axis=-1).astype(np.float64)
+
+
+def host_rows(table, steps, raw, sizes, applied_same, full, applied_full, alive, weights, optimizer_state):
     """The rows a capture's `read` returns (see `TensorFlowCapture.read`), from host arrays:
-    `table` `(n, len(ROW))`, `steps` `(n, 2)` (train step, iterations), `stats`
-    `(n, n_variables, n_stats)` float64 and `applied_index` its `applied_norm` column, and the
-    optional lists `full`, `applied_full`, `alive`, `weights`, `optimizer_state`. Where no update
-    was applied, the learning rate, `applied_norm` and the applied gradients become NaN and
-    `clipped` False. Without TensorFlow: per-example and replica rows are None."""
+    `table` `(n, len(ROW))`, `steps` `(n, 2)` (train step, iterations), `raw`
+    `(n, n_variables, len(RAW))` (finished with `finish_statistics`, given each variable's
+    number of entries `sizes` and `applied_same`), and the optional lists `full`,
+    `applied_full`, `alive`, `weights`, `optimizer_state`. Where no update was applied, the
+    learning rate, `applied_norm` and the applied gradients become NaN and `clipped` False.
+    Without TensorFlow: per-example and replica rows are None."""
     col = {name: table[:, i] for i, name in enumerate(ROW)}
     applied = col["applied"] > 0
-    stats[~applied, :, applied_index] = np.nan
+    stats = finish_statistics(raw, col["loss_scale"], sizes, applied_same)
+    stats[~applied, :, STATS.index("applied_norm")] = np.nan
     for a in applied_full or []:
         a[~applied] = np.nan
     return {

@@ -153,8 +153,10 @@ class GradientLog:
             thresholds (None where unset; all None in logs saved before it was recorded).
         per_example: bool, recorded with `GradientLogger(per_example=True)`: `noise`,
             `noise_scale()` and `per_example_norms()` hold the per-example statistics.
-        strategy: str, the class name of the `tf.distribute` strategy it was recorded under, or None.
-        n_replicas: int, that strategy's replicas in sync (1 without one).
+        strategy: str, the class name of the `tf.distribute` strategy (or, on JAX, the
+            `keras.distribution`) it was recorded under, or None.
+        n_replicas: int, that strategy's replicas in sync (1 without one, and under a
+            `keras.distribution`, whose train step sees only the reduced gradient).
         per_replica: bool, each replica's gradient was recorded too (`replica_stat`,
             `replica_gradients`).
         notes: list of str, facts about how the gradients were applied that a reader needs

@@ -1,17 +1,15 @@
-"""The per-step gradient statistics, written once with `keras.ops` for every backend.
+"""The per-step gradient reductions, written once with `keras.ops` for the JAX and torch captures.
 
-`step_statistics` computes the `kerasbp.logger.log.STATS` of one train step's gradients, in that
-order, inside the compiled train step (JAX) or on the device in the same eager step (torch):
-no host round trip. `clipping_acted` says whether an optimizer's clipping changed the
-gradients. The TensorFlow capture (`capture.py`) has its own `tf` version of both, tuned for
-TensorFlow graphs; the numbers are the same formulas.
+`step_reductions` reduces one train step's gradients to the numbers behind the
+`kerasbp.logger.log.STATS` (the columns of `kerasbp.logger.hooks.RAW`) inside the compiled train
+step (JAX) or on the device in the same eager step (torch): no host round trip; the host
+finishes them (`hooks.finish_statistics`). `clipping_acted` says whether an optimizer's clipping
+changed the gradients. The TensorFlow capture (`capture.py`) has its own `tf` version of
+`step_reductions`, with fewer graph operations; the numbers are the same.
 """
-
-import math
 
 from keras import ops
 
-from kerasbp.logger.log import STATS
 
 
 def sum_squares(g, dtype):
@@ -20,37 +18,30 @@ def sum_squares(g, dtype):
     return ops.vdot(g, g)  # one BLAS dot: faster than a square and a reduction on XLA's CPU backend
 
 
-def step_statistics(grads, weight_squares, update_squares, dtype, tracked, scale=None, applied_squares=None):
-    """The `STATS` of every gradient, and whether each unit's gradient was nonzero.
+def step_reductions(grads, dtype, tracked):
+    """The first five `hooks.RAW` columns of every gradient, and whether each unit's gradient was nonzero.
 
     Per variable: four reductions of the gradient (sum, sum of squares, minimum, maximum), and
-    one more where the units whose gradient is nonzero are tracked; then the arithmetic on those
-    numbers for all variables at once. The standard deviation is `sqrt(E[g^2] - E[g]^2)`, whose
-    relative error grows like `(mean / std)^2` times the dtype's epsilon. NaN/Inf entries are
-    counted (one more pass) only at steps where some sum of squares is not finite. The loss
-    scale divides the reduced numbers, not the gradients: exact for the powers of two that
-    `LossScaleOptimizer` uses.
+    one more where the units whose gradient is nonzero are tracked. NaN/Inf entries are counted
+    (one more pass) only at steps where some sum of squares is not finite. The arithmetic on
+    these numbers (norms, mean, standard deviation, the loss scale's division) is done on the
+    host by `hooks.finish_statistics`.
 
     Args:
-        grads: list of tensors, the gradient of each variable (still multiplied by `scale`).
-        weight_squares: tensor `(n_variables,)`, the sum of squares of each variable before the step.
-        update_squares: tensor `(n_variables,)`, the sum of squares of each variable's change.
+        grads: list of tensors, the gradient of each variable (still multiplied by the loss scale).
         dtype: str, the dtype to compute in (`"float32"` or `"float64"`).
         tracked: list of bools, per variable: whether to find its units with a nonzero gradient.
-        scale: None, or a scalar (tensor or float): the loss scale that multiplies `grads`.
-        applied_squares: None (the update rule received `grads` themselves), or a tensor
-            `(n_variables,)`: the sum of squares of the gradient the update rule received.
 
     Returns:
-        `(stats, nonzero)`: a tensor `(n_variables, len(STATS))`, and a list with, per
-        variable, None or (if tracked) a bool tensor over its last axis (units): some gradient
-        entry of that unit was nonzero.
+        `(table, nonzero)`: a tensor `(n_variables, 5)` (sum, sum of squares, min, max, count of
+        NaN/Inf entries), and a list with, per variable, None or (if tracked) a bool tensor over
+        its last axis (units): some gradient entry of that unit was nonzero.
 
     Example:
         >>> import numpy as np
-        >>> stats, _ = step_statistics([np.array([3.0, -4.0])], np.array([25.0]), np.array([1.0]), "float32", [False])
-        >>> float(ops.convert_to_numpy(stats)[0, STATS.index("norm")])
-        5.0
+        >>> table, _ = step_reductions([np.array([3.0, -4.0])], "float32", [False])
+        >>> ops.convert_to_numpy(table).tolist()
+        [[-1.0, 25.0, -4.0, 3.0, 0.0]]
     """
     n = len(grads)
     raw, nonzero = [], []
@@ -60,31 +51,12 @@ def step_statistics(grads, weight_squares, update_squares, dtype, tracked, scale
         nonzero.append(ops.any(ops.not_equal(g, 0), axis=rest) if track and rest else (ops.not_equal(g, 0) if track else None))  # (units,)
         raw += [ops.sum(g), sum_squares(g, dtype), ops.min(g), ops.max(g)]
     table = ops.reshape(ops.stack(raw), (n, 4))
-    total, squares, low, high = (table[:, i] for i in range(4))  # each (n_variables,)
     counts = ops.cond(
-        ops.all(ops.isfinite(squares)),
-        lambda: ops.zeros((n,), dtype),
-        lambda: ops.stack([ops.sum(ops.cast(ops.logical_not(ops.isfinite(ops.cast(g, dtype))), dtype)) for g in grads]),
+        ops.all(ops.isfinite(table[:, 1])),
+        lambda: ops.zeros((n, 1), dtype),
+        lambda: ops.reshape(ops.stack([ops.sum(ops.cast(ops.logical_not(ops.isfinite(ops.cast(g, dtype))), dtype)) for g in grads]), (n, 1)),
     )
-    if scale is not None:
-        s = ops.cast(scale, dtype)
-        total, squares, low, high = total / s, squares / (s * s), low / s, high / s
-    size = ops.convert_to_tensor([float(math.prod(g.shape)) for g in grads], dtype)  # (n_variables,)
-    mean = total / size
-    weight_norm = ops.sqrt(ops.cast(weight_squares, dtype))
-    by_name = {
-        "norm": ops.sqrt(squares),
-        "mean": mean,
-        "std": ops.sqrt(ops.maximum(squares / size - mean * mean, 0)),
-        "min": low,
-        "max": high,
-        "max_abs": ops.maximum(ops.abs(low), ops.abs(high)),
-        "nonfinite": counts,
-        "weight_norm": weight_norm,
-        "update_ratio": ops.sqrt(ops.cast(update_squares, dtype)) / weight_norm,
-        "applied_norm": ops.sqrt(squares if applied_squares is None else ops.cast(applied_squares, dtype)),
-    }
-    return ops.stack([by_name[name] for name in STATS], axis=1), nonzero  # (n_variables, len(STATS))
+    return ops.concatenate([table, counts], axis=1), nonzero
 
 
 def clipping_acted(optimizer, grads, dtype):
