@@ -38,7 +38,7 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
     """Records the gradients the optimizer applies, at every `every_n_steps`-th step of `fit`.
 
     It works with a plain `model.fit(..., callbacks=[logger])` on any compiled Keras model with
-    the TensorFlow, JAX or torch backend (and with `kerasbp.train` on TensorFlow). A row is one train step (one batch handed
+    the TensorFlow, JAX or torch backend (and with `kerasbp.train`). A row is one train step (one batch handed
     to the optimizer). Per logged step it records the gradient of the loss handed to
     `optimizer.apply_gradients` in the train step, divided by the loss scale in effect
     (`LossScaleOptimizer`, also the one `compile` adds under the `mixed_float16` policy, or
