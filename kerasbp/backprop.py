@@ -238,7 +238,7 @@ def _keras_backward(layers, X, y, loss_fn):
     if keras.backend.backend() == "jax":
         import jax
 
-        value, grads = jax.value_and_grad(loss_of, argnums=(0, 1, 2, 3, 4))(*points)
+        value, grads = jax.jit(jax.value_and_grad(loss_of, argnums=(0, 1, 2, 3, 4)))(*points)  # one compilation, not one per operation
     else:
         import torch
 

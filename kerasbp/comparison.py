@@ -15,7 +15,8 @@ and runs the NumPy twin (`kerasbp.reference`) beside it two ways:
   not decide `report.ok`.
 
 Each difference is measured against the scale of what it checks, and the tolerances depend on
-the dtype (`TOLERANCES`):
+the dtype (`TOLERANCES`; on JAX and torch, where Keras computes some float64 operations in
+float32, a float64 model is judged with float32's: `kerasbp.comparison_report.tolerances`):
 
 - loss: `|diff| / |Keras loss|`;
 - gradient: `max |diff|` over the size of the terms the gradient adds up over the batch
@@ -415,6 +416,7 @@ def compare(model, X, y, epochs=1, batch_size=None, loss=None, dtype=None, sampl
         OPTIMIZERS[twin_optimizer.name].keras_class,
         moving_names=[v.path for v in moving_variables],
         scheduled=scheduled,
+        backend=keras.backend.backend(),
     )
 
 
