@@ -60,7 +60,6 @@ from kerasbp.logger import per_example as per_example_module
 from kerasbp.logger import replicas, statistics
 from kerasbp.logger.hooks import RAW, ROW, InstalledHooks, applied_same, finish_statistics, leaf_optimizer, ring_slots, snapshot_variables
 from kerasbp.logger.hooks import attached_capture, capture_for  # noqa: F401  (re-exported: kerasbp.train, benchmarks)
-from kerasbp.logger.hooks import attached_capture, capture_for  # noqa: F401  (re-exported: kerasbp.train, benchmarks)
 from kerasbp.logger.log import NOISE_COLUMNS, REPLICA_STATS, STATS
 
 
