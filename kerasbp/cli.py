@@ -120,9 +120,6 @@ def _use_backend(backend, float64=False):
         float64: bool, whether the job computes in float64: on JAX, `JAX_ENABLE_X64=1` is set
             too (unless already set), as float64 on JAX needs it before JAX starts.
 
-    Returns:
-        str, the backend.
-
     Raises:
         ValueError: for an unknown `backend` (also a configured one), or when Keras is already
             imported in this process on another backend (Keras fixes it at its import).
@@ -141,7 +138,6 @@ def _use_backend(backend, float64=False):
     os.environ["KERAS_BACKEND"] = backend
     if float64 and backend == "jax":
         os.environ.setdefault("JAX_ENABLE_X64", "1")
-    return backend
 
 
 def _run(job_name, args, print_text, flags, backend=None):
