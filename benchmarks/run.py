@@ -10,7 +10,9 @@ from runs in the same process.
 
 1. XOR 2-4-1, full-batch SGD steps: the NumPy twin; Keras `fit` with one epoch per step (timed
    over 200 epochs, reported per step); `kerasbp.train` without and with `GradientLogger` stats
-   every step. Microseconds per step and ratios to the NumPy twin.
+   every step. Microseconds per step and ratios to the NumPy twin. On the Keras backend the
+   process runs (`KERAS_BACKEND=jax python benchmarks/run.py` measures JAX's, and torch's
+   likewise); tables 2-5 measure TensorFlow and run on it only.
 2. Logging overhead on a 784-256-256-10 Dense network, 20,000 random samples, batch 128, 2 epochs:
    plain `fit`, `fit` with `GradientLogger` stats every step, and with full recording every 50
    steps. The three run in turn, round after round; each ratio is the median over rounds of the
@@ -254,14 +256,18 @@ def main(argv=None):
         sizes = dict(steps=200, fit_epochs=5, n_samples=512, epochs=1, memory_steps=20, ttr_epochs=100, updates=20)
     else:
         sizes = dict(steps=10_000, fit_epochs=200, n_samples=20_000, epochs=2, memory_steps=500, ttr_epochs=1000, updates=500)
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}, keras {keras.__version__}"
-    results = {"machine": machine, "repeats": repeats, "sizes": sizes}
+    backend = keras.backend.backend()
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}, keras {keras.__version__} on {backend}"
+    results = {"machine": machine, "backend": backend, "repeats": repeats, "sizes": sizes}
 
     results["xor"] = bench_xor(sizes["steps"], sizes["fit_epochs"], repeats)
     print(f"1. XOR 2-4-1, {sizes['steps']} full-batch SGD steps ({machine})")
     print(f"   {'':32}{'us/step':>10}{'x numpy':>10}")
     for name, r in results["xor"].items():
         print(f"   {name:32}{r['us_per_step']:10.1f}{r['ratio_to_numpy']:10.2f}")
+    if backend != "tensorflow":
+        print(f"   (tables 2-5 measure TensorFlow: run them without KERAS_BACKEND={backend})")
+        return _write_json(args.json, results)
 
     results["overhead"] = bench_overhead(sizes["n_samples"], sizes["epochs"], repeats)
     print(f"2. 784-256-256-10, {sizes['n_samples']} samples, batch 128, {sizes['epochs']} epochs")
@@ -287,8 +293,13 @@ def main(argv=None):
         name = f"{optimizer}, {'XLA' if jit else 'tf.function graph'}"
         print(f"   {name:32}{c['update_us']:10.0f}{c['logged_update_us']:10.0f}{c['added_us']:10.0f}")
 
-    if args.json:
-        with open(args.json, "w") as f:
+    return _write_json(args.json, results)
+
+
+def _write_json(path, results):
+    """Write `results` to `path` when given; returns 0, the exit status."""
+    if path:
+        with open(path, "w") as f:
             json.dump(results, f, indent=2)
     return 0
 

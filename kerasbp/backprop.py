@@ -10,16 +10,20 @@ from the output to the input. For layer l with input `a_prev`, pre-activation
     dL/db      = sum of delta over the batch              (units,)
     dL/da_prev = delta @ W^T, the error passed down       (n, units_in)
 
-Keras computes each of these by automatic differentiation (a `tf.GradientTape` over the same
-forward pass, with the model's compiled loss); the NumPy twin (`kerasbp.reference.NumpyMLP`)
-computes them by hand. With a sigmoid output and binary cross-entropy, Keras's TensorFlow backend
-differentiates the logits formula, so `delta = (sigmoid(z) - y) / (n * d)` for the last layer.
+Keras computes each of these by automatic differentiation of the same forward pass, with the
+model's compiled loss, on its own backend: a `tf.GradientTape` on TensorFlow; on JAX (`jax.grad`)
+and torch (`torch.autograd.grad`) the gradient with respect to zeros added to each layer's
+input, pre-activation and activation, which is the gradient at those points. The NumPy twin
+(`kerasbp.reference.NumpyMLP`) computes them by hand. With a sigmoid output and binary
+cross-entropy, Keras's TensorFlow backend differentiates the logits formula, so
+`delta = (sigmoid(z) - y) / (n * d)` for the last layer; JAX and torch go through the clipped
+probability, as the twin does for them (`NumpyMLP(backend=...)`).
 """
 
 import kerasbp.native_logs  # noqa: F401  (first: TensorFlow starts without its native log lines)
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 from kerasbp.checks import check_xy
 from kerasbp.comparison_report import relative_difference
@@ -162,6 +166,99 @@ def explain_backprop(model, X, y, loss=None):
     keras_loss_fn = keras_loss(twin_loss)  # the same loss on the Keras side
     X, y = check_xy(X, y, n_features=twin.n_inputs, n_outputs=twin.n_outputs, dtype=keras.config.floatx())
     layers = list(model.layers)
+    value, keras_terms = _keras_backward(layers, X, y, keras_loss_fn)
+    back = twin.backward(X, y, twin_loss)
+    terms = []
+    grads = iter(back.grads)
+    twin_grads = []
+    twin_kernels = [np.asarray(layer.kernel.numpy(), dtype=twin.dtype) for layer in layers]
+    for layer in layers:
+        twin_grads.append((next(grads), next(grads) if layer.bias is not None else None))
+    for i in range(len(layers) - 1, -1, -1):
+        layer = layers[i]
+        k = keras_terms[i]
+        delta = back.deltas[i]  # (n, units)
+        kernel = twin_kernels[i]  # (units_in, units)
+        if i == len(layers) - 1:
+            numpy_dL_da = _output_error(twin, y, twin_loss)  # (n, n_outputs)
+        else:
+            numpy_dL_da = back.deltas[i + 1] @ twin_kernels[i + 1].T  # (n, units)
+        name = layer.name
+        # With a sigmoid output and cross-entropy, Keras's TensorFlow backend differentiates the
+        # logits formula, so the output activation is not on its path: no Keras dL/da to show.
+        terms.append(Term(name, "dL/da", k["dL/da"], numpy_dL_da))
+        terms.append(Term(name, "delta = dL/dz", k["delta = dL/dz"], delta))
+        terms.append(Term(name, "dL/dW", k["dL/dW"], twin_grads[i][0]))
+        if layer.bias is not None:
+            terms.append(Term(name, "dL/db", k["dL/db"], twin_grads[i][1]))
+        terms.append(Term(name, "dL/da_prev", k["dL/da_prev"], delta @ kernel.T))  # (n, units_in)
+    activations = [layer.activation.__name__ for layer in reversed(layers)]
+    return BackpropExplanation(value, back.loss, terms, [layer.name for layer in reversed(layers)], activations)
+
+
+def _output_error(twin, y, loss):
+    """`dL/d(output)` by the twin's loss gradient (the probability-space formula)."""
+    out = twin.cache[-1].a  # (n, n_outputs)
+    return loss.gradient(np.asarray(y, out.dtype).reshape(out.shape), out, check_input=False)
+
+
+def _keras_backward(layers, X, y, loss_fn):
+    """Keras's loss and its gradients on `(X, y)`, by the backend's automatic differentiation.
+
+    Args:
+        layers: list of Dense layers, first to last.
+        X: float array `(n, n_inputs)`; y: float array `(n, n_outputs)`.
+        loss_fn: the Keras loss, called as `loss_fn(y, output)`.
+
+    Returns:
+        `(loss, terms)`: the loss (float) and, per layer, a dict of NumPy arrays keyed by
+        `QUANTITIES` (`"dL/db"` only for a layer with a bias; `"dL/da"` None where Keras's
+        TensorFlow backend differentiates a sigmoid output's logits instead).
+    """
+    if keras.backend.backend() == "tensorflow":
+        return _tensorflow_backward(layers, X, y, loss_fn)
+    # JAX and torch: the gradient with respect to zeros added at each point of the forward pass
+    has_bias = [layer.bias is not None for layer in layers]
+    kernels = [layer.kernel.value for layer in layers]
+    biases = [layer.bias.value for layer in layers if layer.bias is not None]
+    shapes = [(len(X), int(layer.kernel.shape[0])) for layer in layers] + [(len(X), int(layer.kernel.shape[1])) for layer in layers]
+    zeros = [ops.zeros(shape, X.dtype) for shape in shapes]  # inputs' then outputs' (= pre-activations')
+    n = len(layers)
+
+    def loss_of(kernels, biases, at_inputs, at_zs, at_outputs):
+        a, b = ops.convert_to_tensor(X), iter(biases)
+        for i, layer in enumerate(layers):
+            z = ops.matmul(a + at_inputs[i], kernels[i])
+            if has_bias[i]:
+                z = z + next(b)
+            a = layer.activation(z + at_zs[i]) + at_outputs[i]
+        return loss_fn(ops.convert_to_tensor(y), a)
+
+    points = (kernels, biases, zeros[:n], zeros[n:], [ops.zeros_like(z) for z in zeros[n:]])
+    if keras.backend.backend() == "jax":
+        import jax
+
+        value, grads = jax.jit(jax.value_and_grad(loss_of, argnums=(0, 1, 2, 3, 4)))(*points)  # one compilation, not one per operation
+    else:
+        import torch
+
+        leaves = [t for group in points for t in group]
+        for t in leaves:
+            t.requires_grad_(True)
+        value = loss_of(*points)
+        flat = iter(torch.autograd.grad(value, leaves))
+        grads = tuple([next(flat) for _ in group] for group in points)
+    dW, db, da_prev, dz, da = ([ops.convert_to_numpy(g) for g in group] for group in grads)
+    db, terms = iter(db), []
+    for i in range(n):
+        terms.append({"dL/da": da[i], "delta = dL/dz": dz[i], "dL/dW": dW[i], "dL/db": next(db) if has_bias[i] else None, "dL/da_prev": da_prev[i]})
+    return float(ops.convert_to_numpy(value)), terms
+
+
+def _tensorflow_backward(layers, X, y, loss_fn):
+    """`_keras_backward` on TensorFlow: a `tf.GradientTape` over the forward pass, asked for the
+    gradient at each layer's input, pre-activation and activation."""
+    import tensorflow as tf
 
     with tf.GradientTape(persistent=True) as tape:
         a = tf.constant(X)
@@ -175,39 +272,19 @@ def explain_backprop(model, X, y, loss=None):
             a = layer.activation(z)  # on TF, sigmoid keeps `z` as `_keras_logits` for the loss
             zs.append(z)
             outputs.append(a)
-        value = keras_loss_fn(tf.constant(y), a)
-    back = twin.backward(X, y, twin_loss)
+        value = loss_fn(tf.constant(y), a)
     terms = []
-    grads = iter(back.grads)
-    twin_grads = []
-    twin_kernels = [np.asarray(layer.kernel.numpy(), dtype=twin.dtype) for layer in layers]
-    for layer in layers:
-        twin_grads.append((next(grads), next(grads) if layer.bias is not None else None))
-    for i in range(len(layers) - 1, -1, -1):
-        layer = layers[i]
+    for i, layer in enumerate(layers):
         dz, da, da_prev, dW = tape.gradient(value, [zs[i], outputs[i], inputs[i], layer.kernel])
-        delta = back.deltas[i]  # (n, units)
-        kernel = twin_kernels[i]  # (units_in, units)
-        if i == len(layers) - 1:
-            numpy_dL_da = _output_error(twin, y, twin_loss)  # (n, n_outputs)
-        else:
-            numpy_dL_da = back.deltas[i + 1] @ twin_kernels[i + 1].T  # (n, units)
-        name = layer.name
-        # With a sigmoid output and cross-entropy, Keras differentiates the logits formula, so
-        # the output activation is not on its path: there is no Keras dL/da to show.
-        terms.append(Term(name, "dL/da", None if da is None else da.numpy(), numpy_dL_da))
-        terms.append(Term(name, "delta = dL/dz", dz.numpy(), delta))
-        terms.append(Term(name, "dL/dW", dW.numpy(), twin_grads[i][0]))
-        if layer.bias is not None:
-            db = tape.gradient(value, layer.bias)
-            terms.append(Term(name, "dL/db", db.numpy(), twin_grads[i][1]))
-        terms.append(Term(name, "dL/da_prev", da_prev.numpy(), delta @ kernel.T))  # (n, units_in)
+        db = tape.gradient(value, layer.bias) if layer.bias is not None else None
+        terms.append(
+            {
+                "dL/da": None if da is None else da.numpy(),
+                "delta = dL/dz": dz.numpy(),
+                "dL/dW": dW.numpy(),
+                "dL/db": None if db is None else db.numpy(),
+                "dL/da_prev": da_prev.numpy(),
+            }
+        )
     del tape
-    activations = [layer.activation.__name__ for layer in reversed(layers)]
-    return BackpropExplanation(value.numpy(), back.loss, terms, [layer.name for layer in reversed(layers)], activations)
-
-
-def _output_error(twin, y, loss):
-    """`dL/d(output)` by the twin's loss gradient (the probability-space formula)."""
-    out = twin.cache[-1].a  # (n, n_outputs)
-    return loss.gradient(np.asarray(y, out.dtype).reshape(out.shape), out, check_input=False)
+    return float(value.numpy()), terms

@@ -10,8 +10,10 @@ gradient log is saved first). `--help` shows every option with its default, what
 examples and the exit statuses.
 
 The choices offered (optimizers, losses, activations) are the NumPy twin's registries, which
-import NumPy only; `kerasbp.jobs`, which imports Keras and TensorFlow, is imported once the
-arguments are parsed (in `_run`), so `--help` and usage errors answer at once.
+import NumPy only; `kerasbp.jobs`, which imports Keras (and TensorFlow on its backend), is
+imported once the arguments are parsed (in `_run`), so `--help` and usage errors answer at once.
+`--backend` picks Keras's backend (`KERAS_BACKEND`, set in `_run` before Keras is imported); its
+default, Keras's configured backend, is read without importing Keras (`kerasbp.backends`).
 
 Example:
     >>> main_xor(["--epochs", "3", "--json"])   # doctest: +SKIP
@@ -25,6 +27,8 @@ import os
 import re
 import sys
 
+from kerasbp.backends import BACKENDS, running_backend
+from kerasbp.checks import check_choice
 from kerasbp.interrupts import Terminated, exit_status, signals_as_interrupts
 from kerasbp.reference.activations import ACTIVATIONS
 from kerasbp.reference.losses import LOSS_NAMES
@@ -107,19 +111,50 @@ def _check_files(kwargs):
         check_log_path("log_gradients", kwargs["log_gradients"])
 
 
-def _run(job_name, args, print_text, flags):
-    """Run `kerasbp.jobs.<job_name>(**args)`, print the result, and map failures to exit statuses.
+def _use_backend(backend, float64=False):
+    """Make Keras run on `backend` in this process: set `KERAS_BACKEND` before Keras is imported.
+
+    Args:
+        backend: `"tensorflow"`, `"jax"` or `"torch"` (any case), or None for Keras's configured
+            backend (`kerasbp.backends.running_backend`).
+        float64: bool, whether the job computes in float64: on JAX, `JAX_ENABLE_X64=1` is set
+            too (unless already set), as float64 on JAX needs it before JAX starts.
+
+    Raises:
+        ValueError: for an unknown `backend` (also a configured one), or when Keras is already
+            imported in this process on another backend (Keras fixes it at its import).
+    """
+    if backend is None:
+        backend = running_backend()
+        if backend not in BACKENDS:
+            raise ValueError(f"Keras is configured to run on {backend!r} (KERAS_BACKEND or keras.json); choose {_names(BACKENDS)} with `backend`")
+    backend = check_choice("backend", backend, BACKENDS)
+    keras = sys.modules.get("keras")
+    if keras is not None and keras.config.backend() != backend:
+        raise ValueError(
+            f"`backend` cannot change Keras's backend here: Keras is already imported in this process and runs on "
+            f"{keras.config.backend()!r}. Received: backend={backend!r}"
+        )
+    os.environ["KERAS_BACKEND"] = backend
+    if float64 and backend == "jax":
+        os.environ.setdefault("JAX_ENABLE_X64", "1")
+
+
+def _run(job_name, args, print_text, flags, backend=None):
+    """Run `kerasbp.jobs.<job_name>(**args)` on Keras's `backend` (None: the configured one; see
+    `_use_backend`), print the result, and map failures to exit statuses.
 
     Messages name the flags typed, not the jobs' argument names (`flags`, from `_Parser.flags`).
     """
     try:
+        _use_backend(backend, float64=args.get("dtype") == "float64")
         _check_files(args)
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(_flag_message(f"error: {e}", flags).replace("\n", " "), file=sys.stderr)
         return 2
-    # The one deferred import in this module, on purpose: kerasbp.jobs imports Keras and
-    # TensorFlow (seconds), so it comes after argument parsing, and `--help` and usage errors
-    # answer without it.
+    # The one deferred import in this module, on purpose: kerasbp.jobs imports Keras (and
+    # TensorFlow on its backend; seconds), so it comes after argument parsing and after
+    # KERAS_BACKEND is set, and `--help` and usage errors answer without it.
     from kerasbp import jobs
 
     try:
@@ -153,6 +188,16 @@ def _log_saved(path):
     return f"gradient log saved to {path} (read it back with kerasbp.load_gradient_log; report: python scripts/report.py {path})"
 
 
+def _backend_argument(parser):
+    """`--backend`, the option of every script that runs Keras."""
+    parser.add_argument(
+        "--backend",
+        default=None,
+        help=f"the Keras backend to run on: {_names(BACKENDS)} (default: Keras's configured backend, from KERAS_BACKEND or "
+        f"the \"backend\" of keras.json: here {running_backend()})",
+    )
+
+
 def _common_arguments(parser, optimizer_default, learning_rate_default, epochs_default):
     """The options of both training scripts.
 
@@ -172,8 +217,9 @@ def _common_arguments(parser, optimizer_default, learning_rate_default, epochs_d
         type=_number(int),
         default=None,
         help="train data-parallel on N devices with tf.distribute.MirroredStrategy (N GPUs if there are, else N logical CPU "
-        "devices) and model.fit; prints the gradient noise scale from the replicas (default: None, one device)",
+        "devices) and model.fit; prints the gradient noise scale from the replicas; TensorFlow backend only (default: None, one device)",
     )
+    _backend_argument(parser)
 
 
 def _given(args, names):
@@ -209,6 +255,7 @@ examples:
   python scripts/train_linear.py --csv diabetes.csv --x-columns bmi --y-column target --standardize
   python scripts/train_linear.py --csv diabetes.csv --x-columns bmi,bp --y-column target --standardize
   python scripts/train_linear.py --json --log-gradients grads.npz
+  python scripts/train_linear.py --backend jax
 
 """ + _EXIT_TRAINING.format(learned="")
 
@@ -223,6 +270,7 @@ examples:
   python scripts/train_xor.py --optimizer sgd --learning-rate 2 --loss mse --epochs 5000 --seed 3
   python scripts/train_xor.py --json --log-gradients grads.npz
   python scripts/report.py grads.npz        # a page of figures from the saved log
+  python scripts/train_xor.py --backend jax # Keras on JAX (pip install -e ".[jax]"), or torch
 
 """ + _EXIT_TRAINING.format(learned=" (whether or not it learned XOR, as printed)")
 
@@ -241,6 +289,7 @@ examples:
   python scripts/compare.py
   python scripts/compare.py --task linear --optimizer adam --dtype float64
   python scripts/compare.py --task xor --optimizer rmsprop --loss mse --epochs 100 --json
+  python scripts/compare.py --backend torch --task linear   # Keras on torch (pip install -e ".[torch]")
 
 exit status:
   0    every teacher-forced step agrees within the dtype's tolerances
@@ -311,7 +360,7 @@ def main_linear(argv=None):
         if saved:
             print(saved)
 
-    return _run("run_linear", kwargs, show, flags)
+    return _run("run_linear", kwargs, show, flags, args.backend)
 
 
 def _parallel_text(r):
@@ -398,7 +447,7 @@ def main_xor(argv=None):
         if saved:
             print(saved)
 
-    return _run("run_xor", kwargs, show, flags)
+    return _run("run_xor", kwargs, show, flags, args.backend)
 
 
 def main_compare(argv=None):
@@ -429,6 +478,7 @@ def main_compare(argv=None):
     parser.add_argument("--loss", default=None, help=f"{_names(LOSS_NAMES)} (default: binary_crossentropy for xor, mse for linear)")
     parser.add_argument("--seed", type=_number(int), default=0, help="random seed of the initial weights (default: 0)")
     parser.add_argument("--json", action="store_true", help="print the whole report as one JSON object (default: a summary)")
+    _backend_argument(parser)
     args = parser.parse_args(argv)
     kwargs = {k: getattr(args, k) for k in ("task", "optimizer", "learning_rate", "epochs", "batch_size", "dtype", "loss", "seed")}
     outcome = {}
@@ -437,7 +487,7 @@ def main_compare(argv=None):
         print(report.to_json() if args.json else report.summary())
         outcome["ok"] = report.ok
 
-    status = _run("run_compare", kwargs, show, parser.flags)
+    status = _run("run_compare", kwargs, show, parser.flags, args.backend)
     return status if status else (0 if outcome["ok"] else 1)
 
 

@@ -15,7 +15,8 @@ and runs the NumPy twin (`kerasbp.reference`) beside it two ways:
   not decide `report.ok`.
 
 Each difference is measured against the scale of what it checks, and the tolerances depend on
-the dtype (`TOLERANCES`):
+the dtype (`TOLERANCES`; on JAX and torch, where Keras computes some float64 operations in
+float32, a float64 model is judged with float32's: `kerasbp.comparison_report.tolerances`):
 
 - loss: `|diff| / |Keras loss|`;
 - gradient: `max |diff|` over the size of the terms the gradient adds up over the batch
@@ -79,36 +80,68 @@ _RECORDING = {}
 
 
 def _recording_dropout():
-    """A `keras.layers.Dropout` that draws its mask exactly as Keras's TensorFlow backend does
-    (`tf.nn.experimental.stateless_dropout` with a seed drawn from the layer's seed generator)
-    and keeps it, so that the twin can apply the same mask."""
+    """A `keras.layers.Dropout` that draws its mask exactly as Keras's `Dropout` does and keeps
+    it (`_keep_mask`), so that the twin can apply the same mask. On TensorFlow it calls
+    `tf.nn.experimental.stateless_dropout` twice with one seed drawn from the layer's seed
+    generator (once on a tensor of ones, for the mask), as Keras's TensorFlow backend does once;
+    on JAX and torch it draws Keras's dropout of a tensor of ones from the seed generator and
+    applies it as their backends do (`keras/src/backend/{jax,torch}/random.py`):
+    `where(mask, inputs / (1 - rate), 0)`."""
     if "cls" in _RECORDING:
         return _RECORDING["cls"]
-    import tensorflow as tf
-    from keras.src.backend.tensorflow.random import _cast_seed
-    from keras.src.random.seed_generator import draw_seed
 
     class RecordingDropout(keras.layers.Dropout):
         _kerasbp_recording_dropout = True
 
         def call(self, inputs, training=False):
-            if training and 0 < self.rate < 1:
+            if not (training and 0 < self.rate < 1):
+                return inputs
+            if keras.backend.backend() == "tensorflow":
+                import tensorflow as tf
+                from keras.src.backend.tensorflow.random import _cast_seed
+                from keras.src.random.seed_generator import draw_seed
+
                 seed = _cast_seed(draw_seed(self.seed_generator))
                 out = tf.nn.experimental.stateless_dropout(inputs, rate=self.rate, seed=seed)
                 mask = tf.nn.experimental.stateless_dropout(tf.ones_like(inputs), rate=self.rate, seed=seed)
-                self.__dict__["_kbp_mask"].assign(tf.cast(tf.not_equal(mask, 0), inputs.dtype))
+                _keep_mask(self, tf.cast(tf.not_equal(mask, 0), inputs.dtype))
                 return out
-            return inputs
+            ops = keras.ops
+            kept = ops.not_equal(keras.random.dropout(ops.ones_like(inputs), self.rate, seed=self.seed_generator), 0)
+            _keep_mask(self, ops.cast(kept, inputs.dtype))
+            return ops.where(kept, ops.divide(inputs, 1.0 - self.rate), ops.zeros_like(inputs))
 
     _RECORDING["cls"] = RecordingDropout
     return RecordingDropout
 
 
+def _keep_mask(layer, mask):
+    """Store `mask` (the `(batch, units)` tensor a `RecordingDropout` drew in its train step) where
+    `_mask` reads it: on TensorFlow in the layer's `tf.Variable` (the step is a traced graph), on
+    JAX through a host callback out of the jitted step, on torch (eager) as it is."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        layer.__dict__["_kbp_mask"].assign(mask)
+    elif backend == "jax":
+        import jax
+
+        jax.debug.callback(lambda m: layer.__dict__.__setitem__("_kbp_mask", np.array(m)), mask, ordered=True)
+    else:
+        layer.__dict__["_kbp_mask"] = keras.ops.convert_to_numpy(mask)
+
+
+def _mask(layer):
+    """The mask the `RecordingDropout` `layer` drew in the last train step, a NumPy array."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        jax.effects_barrier()  # the host callback of the step has run
+    return np.array(keras.ops.convert_to_numpy(layer.__dict__["_kbp_mask"]))
+
+
 def _copy(model, dtype):
     """A fresh copy of a Sequential in `dtype`, with the same weights (Dropout layers recording
     their masks), and a new optimizer of the same configuration."""
-    import tensorflow as tf
-
     layers = [keras.Input(shape=model.inputs[0].shape[1:])]
     for layer in model.layers:
         # The activation function itself is shared, not serialized: Keras cannot serialize
@@ -130,7 +163,9 @@ def _copy(model, dtype):
     copy = keras.Sequential(layers, name=f"{model.name}_copy")
     for src, dst in zip(model.layers, copy.layers, strict=True):
         dst.set_weights([w.astype(dtype) for w in src.get_weights()])
-        if isinstance(dst, keras.layers.Dropout):
+        if isinstance(dst, keras.layers.Dropout) and keras.backend.backend() == "tensorflow":
+            import tensorflow as tf  # a variable of any batch size, assigned inside the traced step
+
             width = dst.input.shape[-1]
             dst.__dict__["_kbp_mask"] = tf.Variable(tf.zeros((1, width), dtype), shape=tf.TensorShape([None, width]), trainable=False)
     optimizer = type(model.optimizer).from_config(model.optimizer.get_config())
@@ -259,9 +294,10 @@ def compare(model, X, y, epochs=1, batch_size=None, loss=None, dtype=None, sampl
         free = NumpyMLP.from_keras(copy)
         free_state = twin_optimizer.init(free.params)
         batches = batch_slices(len(X), batch_size)
-        # Keras's GradientLogger cannot hook the conditional update of gradient accumulation:
-        # there, the applied gradients are read by a plain wrapper of `apply` instead.
-        logger = _ApplyRecorder(copy, keras_optimizer) if keras_optimizer.gradient_accumulation_steps else GradientLogger(record="full")
+        # On TensorFlow the GradientLogger cannot hook the conditional update of gradient
+        # accumulation: there, the applied gradients are read by a plain wrapper of `apply`.
+        accumulating = keras_optimizer.gradient_accumulation_steps and keras.backend.backend() == "tensorflow"
+        logger = _ApplyRecorder(copy, keras_optimizer) if accumulating else GradientLogger(record="full")
         logger.set_model(copy)
         logger.set_params({"steps": len(batches), "epochs": epochs})
         keras_before, keras_w, keras_g, twin_losses, scales, slacks = [], [], [], [], [], []
@@ -291,7 +327,7 @@ def compare(model, X, y, epochs=1, batch_size=None, loss=None, dtype=None, sampl
                         logger.on_train_batch_begin(i)
                         copy.train_on_batch(xb, yb, sample_weight=sw)
                         logger.on_train_batch_end(i)
-                        masks = [np.array(d.__dict__["_kbp_mask"].numpy()) for d in dropouts] if dropouts else None
+                        masks = [_mask(d) for d in dropouts] if dropouts else None
                         keras_grads = logger.last_gradients()
                         after = [np.array(v.numpy()) for v in copy.trainable_weights]
                         if not all(np.isfinite(a).all() for a in keras_grads + after + [logger.losses[-1:]]):
@@ -380,6 +416,7 @@ def compare(model, X, y, epochs=1, batch_size=None, loss=None, dtype=None, sampl
         OPTIMIZERS[twin_optimizer.name].keras_class,
         moving_names=[v.path for v in moving_variables],
         scheduled=scheduled,
+        backend=keras.backend.backend(),
     )
 
 

@@ -1,7 +1,8 @@
 """The training jobs behind `scripts/`: plain functions that a test or a notebook can call.
 
-`run_linear` and `run_xor` train a Keras model with `kerasbp.train` and a `GradientLogger` and
-return a dict (what the scripts print with `--json`); `run_compare` runs `kerasbp.compare` and
+`run_linear` and `run_xor` train a Keras model with `kerasbp.train` (on JAX and torch, for which
+`kerasbp.train` is not yet written, with what it equals: `model.fit(shuffle=False)`) and a
+`GradientLogger` and return a dict (what the scripts print with `--json`); `run_compare` runs `kerasbp.compare` and
 returns its `ComparisonReport`. Their command lines are in `kerasbp.cli`. A run whose loss or
 gradients turn non-finite stops at that step, inside the compiled loop, and raises `Diverged`,
 which names the same step as `health()` on the saved log. `log_gradients` picks the format from
@@ -26,12 +27,11 @@ import warnings
 import kerasbp.native_logs  # noqa: F401  (first: TensorFlow starts without its native log lines)
 import keras
 import numpy as np
-import tensorflow as tf
 
 from kerasbp.checks import check_choice, check_positive_float, check_positive_int, check_seed, check_xy
 from kerasbp.comparison import compare
 from kerasbp.data import Standardizer, least_squares, linear_data, load_xy_csv, xor_data
-from kerasbp.logger import GradientLogger, replicas, sidecar
+from kerasbp.logger import GradientLogger, sidecar
 from kerasbp.models import compile_model, linear_model, xor_model
 from kerasbp.precision import floatx
 from kerasbp.reference.losses import LOSS_NAMES
@@ -158,14 +158,34 @@ class _Progress(keras.callbacks.Callback):
             self.stream.flush()
 
 
+def _local_strategy(devices):
+    """`devices` as a strategy: None for None or 1, else a `tf.distribute.MirroredStrategy` over
+    that many devices (`kerasbp.logger.replicas.local_strategy`).
+
+    Raises:
+        ValueError, TypeError: for a `devices` that is not a positive integer, or more than one
+            device on a backend other than TensorFlow (strategies are `tf.distribute`'s).
+    """
+    if devices is None or check_positive_int("devices", devices) == 1:
+        return None
+    if keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            f"`devices` above 1 needs the TensorFlow backend (it trains with tf.distribute.MirroredStrategy); Keras is running "
+            f"on {keras.backend.backend()!r}. Received: devices={devices}"
+        )
+    from kerasbp.logger import replicas  # tf.distribute glue: imports TensorFlow
+
+    return replicas.local_strategy(devices)
+
+
 def _scope(strategy):
     """The strategy's scope, or no scope for None."""
     return contextlib.nullcontext() if strategy is None else strategy.scope()
 
 
 def _fit(model, X, y, epochs, batch_size, log_gradients, hint, strategy=None):
-    """Train with `kerasbp.train` (under a `strategy`: `model.fit`, unshuffled, as `train` refuses
-    strategies) and a GradientLogger; raise `Diverged` on non-finite values (with `hint` in the
+    """Train with `kerasbp.train` (under a `strategy`, and on JAX and torch: `model.fit`,
+    unshuffled, as `train` refuses them) and a GradientLogger; raise `Diverged` on non-finite values (with `hint` in the
     message).
 
     The log is saved to `log_gradients` even when interrupted, and reaches a sidecar beside it
@@ -186,6 +206,8 @@ def _fit(model, X, y, epochs, batch_size, log_gradients, hint, strategy=None):
             if strategy is None:
                 history = train(model, X, y, epochs=epochs, batch_size=batch_size, callbacks=callbacks)
             else:
+                import tensorflow as tf  # under a tf.distribute strategy
+
                 # One repeated dataset with the batches of fit(shuffle=False): its distributed
                 # iterator is made once, not per epoch (about 10x faster for XOR's 1-step epochs).
                 data = tf.data.Dataset.from_tensor_slices((X, y)).batch(batch_size).repeat()
@@ -276,8 +298,8 @@ def run_linear(
             nothing. Defaults to None.
         devices: int >= 1 or None: train data-parallel with `tf.distribute.MirroredStrategy`
             on that many devices (`kerasbp.logger.replicas.local_strategy`: GPUs, else logical
-            CPU devices; ask first thing in a fresh process), with `model.fit` (unshuffled).
-            None or 1: one device, with `kerasbp.train`. Defaults to None.
+            CPU devices; ask first thing in a fresh process), with `model.fit` (unshuffled);
+            TensorFlow backend only. None or 1: one device, with `kerasbp.train`. Defaults to None.
 
     Returns:
         dict with
@@ -298,7 +320,8 @@ def run_linear(
           given, or Keras's default), `epochs`, `batch_size`, `standardize`, `n_samples`;
         - `warnings`: list of str, e.g. when the least-squares answer is not unique;
         - `devices` (int, replicas trained on) and `noise_scale` (McCandlish et al.'s `B_simple`
-          from the replicas, `GradientLog.noise_scale()`, in examples; None on one device).
+          from the replicas, `GradientLog.noise_scale()`, in examples; None on one device);
+        - `backend`: str, the Keras backend it trained on (`"tensorflow"`, `"jax"`, `"torch"`).
 
     Raises:
         ValueError, TypeError: for bad arguments or data (see `load_xy_csv`, `check_xy`), such as
@@ -334,7 +357,7 @@ def run_linear(
         X_train, y_train = sx.transform(X), sy.transform(y)
     else:
         X_train, y_train = X, y
-    strategy = replicas.local_strategy(devices)
+    strategy = _local_strategy(devices)
     with _scope(strategy):
         model = compile_model(linear_model(X.shape[1], seed=seed), optimizer, learning_rate, loss="mse")
     hint = "Try a smaller --learning-rate" + ("" if standardize else ", or --standardize to scale the inputs")
@@ -376,6 +399,7 @@ def run_linear(
         "predict_at": predict_at,
         "predictions": predictions,
         "warnings": notes,
+        "backend": keras.backend.backend(),
         **_parallel(logger),
     }
 
@@ -452,15 +476,15 @@ def run_xor(
             table), in an existing folder, or None. Defaults to None.
         devices: int >= 1 or None: train data-parallel with `tf.distribute.MirroredStrategy`
             on that many devices (`kerasbp.logger.replicas.local_strategy`: GPUs, else logical
-            CPU devices; ask first thing in a fresh process), with `model.fit` (unshuffled).
-            None or 1: one device, with `kerasbp.train`. Defaults to None.
+            CPU devices; ask first thing in a fresh process), with `model.fit` (unshuffled);
+            TensorFlow backend only. None or 1: one device, with `kerasbp.train`. Defaults to None.
 
     Returns:
         dict with `inputs` (4 x 2 list of ints), `targets` (list of 4 ints), `predictions` (list
         of 4 outputs), `learned` (bool: every output on the right side of 0.5), `final_loss`,
         `optimizer`, `learning_rate` (as given, or Keras's default), `loss`, `epochs`, `steps`
         (optimizer steps taken), `seed`, `log_error` (None, or why `log_gradients` could not be
-        written), `devices` and `noise_scale` (as in `run_linear`).
+        written), `devices`, `noise_scale` and `backend` (as in `run_linear`).
 
     Raises:
         ValueError, TypeError: for bad arguments.
@@ -469,11 +493,11 @@ def run_xor(
     optimizer, learning_rate, epochs, log_gradients = _check_run(optimizer, learning_rate, epochs, log_gradients)
     loss = check_choice("loss", loss, LOSS_NAMES)
     X, y = xor_data()  # (4, 2), (4, 1)
-    strategy = replicas.local_strategy(devices)
+    strategy = _local_strategy(devices)
     with _scope(strategy):
         model = compile_model(xor_model(hidden_units, activation, "sigmoid", seed=check_seed(seed)), optimizer, learning_rate, loss=loss)
     history, logger, log_error = _fit(model, X, y, epochs, 4, log_gradients, "Try a smaller --learning-rate", strategy)
-    predictions = np.asarray(model(X, training=False))[:, 0].astype(np.float64)  # (4,)
+    predictions = keras.ops.convert_to_numpy(model(X, training=False))[:, 0].astype(np.float64)  # (4,)
     learned = bool(np.all((predictions > 0.5) == (y[:, 0] > 0.5)))
     return {
         "inputs": X.astype(int).tolist(),
@@ -488,6 +512,7 @@ def run_xor(
         "steps": int(model.optimizer.iterations.numpy()),
         "seed": seed,
         "log_error": log_error,
+        "backend": keras.backend.backend(),
         **_parallel(logger),
     }
 

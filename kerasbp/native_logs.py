@@ -7,7 +7,7 @@ oneDNN and CUDA notices) and at the first XLA compilation ("XLA service ... init
 `quiet_native_logs()` sends file descriptor 2 to a temporary file for the duration of such a
 call and writes back every line that is not one of those log lines, so Python warnings and
 tracebacks still reach stderr. Set `TF_CPP_MIN_LOG_LEVEL=0` to see everything. Importing this module imports TensorFlow
-that way (on the TensorFlow backend), so kerasbp's Keras modules import it before Keras.
+that way (on the TensorFlow backend only), so kerasbp's Keras modules import it before Keras.
 """
 
 import contextlib
@@ -15,6 +15,8 @@ import os
 import re
 import sys
 import tempfile
+
+from kerasbp.backends import running_backend
 
 _NATIVE_LOG = re.compile(rb"^([IWE]\d{4} \d\d:\d\d:\d\d|WARNING: All log messages before absl::InitializeLog|To enable the following instructions)")
 
@@ -44,10 +46,12 @@ def quiet_native_logs():
 def import_tensorflow_quietly():
     """Import `tensorflow` and list its devices without the native start-up log lines.
 
-    Does nothing when TensorFlow is already imported or Keras is set to another backend
-    (`KERAS_BACKEND`). The modules of kerasbp that import Keras import this module first.
+    Does nothing when TensorFlow is already imported or Keras runs, or is configured to run, on
+    another backend (`kerasbp.backends.running_backend`: `KERAS_BACKEND` or `keras.json`), so
+    that kerasbp needs no TensorFlow there. The modules of kerasbp that import Keras import this
+    module first.
     """
-    if "tensorflow" in sys.modules or os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
+    if "tensorflow" in sys.modules or running_backend() != "tensorflow":
         return
     with quiet_native_logs():
         import tensorflow as tf

@@ -23,7 +23,8 @@ def floatx(dtype):
         dtype: `"float16"`, `"float32"` or `"float64"` (or a NumPy float dtype).
 
     Raises:
-        ValueError: if `dtype` is not a float dtype.
+        ValueError: if `dtype` is not a float dtype, or is float64 on the JAX backend without
+            JAX's 64-bit mode (JAX would make float32 arrays of it).
 
     Example:
         >>> with floatx("float64"):
@@ -31,6 +32,14 @@ def floatx(dtype):
         'float64'
     """
     dtype = check_dtype("dtype", dtype)
+    if dtype == "float64" and keras.backend.backend() == "jax":
+        import jax
+
+        if not jax.config.jax_enable_x64:
+            raise ValueError(
+                "`dtype` float64 on the JAX backend needs JAX's 64-bit mode: set JAX_ENABLE_X64=1 (or call "
+                "jax.config.update('jax_enable_x64', True)) before any JAX array is made. Received: dtype='float64'"
+            )
     before = keras.config.floatx(), keras.config.dtype_policy().name
     keras.config.set_floatx(dtype)
     keras.config.set_dtype_policy(dtype)

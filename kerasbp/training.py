@@ -1,26 +1,28 @@
 """`train`: many small epochs fast, with the results of `model.fit(..., shuffle=False)`.
 
-`model.fit` pays about 50 ms of fixed cost per epoch (building an epoch iterator, a tf.data
-pipeline, callbacks), which dominates when an epoch is one step of a 4-sample XOR batch. `train`
-runs a whole run of epochs inside one compiled TensorFlow function that calls the model's own
-`train_step`, so the loss, gradients, optimizer and metrics are exactly Keras's.
+`model.fit` pays a fixed cost per epoch (building an epoch iterator, a data pipeline, callbacks:
+about 50 ms on TensorFlow), which dominates when an epoch is one step of a 4-sample XOR batch.
+`train` calls the model's own `train_step`, so the loss, gradients, optimizer and metrics are
+exactly Keras's, in a loop of the backend's: a `tf.function` on TensorFlow
+(`kerasbp/training_tf.py`), a jitted `jax.lax.while_loop` on JAX (`training_jax.py`), a Python
+loop on torch (`training_torch.py`). This module holds the API, the checks and the host loop that
+runs the backend's loop in calls of several epochs and replays the callbacks between them.
 """
 
-import contextlib
-import logging
+import importlib
 import time
-import weakref
 
 import kerasbp.native_logs  # noqa: F401  (first: TensorFlow starts without its native log lines)
 import keras
 import numpy as np
-import tensorflow as tf
 
 from kerasbp.checks import check_positive_int, check_xy
 from kerasbp.interrupts import raise_pending
-from kerasbp.logger import capture, replicas
 from kerasbp.logger.callback import GradientLogger
-from kerasbp.native_logs import quiet_native_logs
+from kerasbp.logger.hooks import ATTACHED
+
+#: The Keras backends `train` runs on -> the module of its loop there.
+BACKEND_LOOPS = {"tensorflow": "kerasbp.training_tf", "jax": "kerasbp.training_jax", "torch": "kerasbp.training_torch"}
 
 #: Steps that one call of the compiled loop runs at most when `epochs_per_call` is automatic.
 MAX_STEPS_PER_CALL = 4096
@@ -75,10 +77,25 @@ def train(
     """Train a compiled model like `model.fit(X, y, shuffle=False)`, fast for tiny epochs.
 
     Batches are consecutive slices of `X` and `y` in order, the last partial batch kept, as in
-    `fit(shuffle=False)`. Each step is the model's own `train_step` (forward pass, loss, gradient
-    tape, `optimizer.apply_gradients`, metrics), traced once into a `tf.function` that loops over
-    the epochs of a call; the History holds the same per-epoch logs as `fit`'s: the batch-size
-    weighted mean of each batch's loss computed before that batch's update.
+    `fit(shuffle=False)`. Each step is the model's own `train_step` (forward pass, loss,
+    gradients, the optimizer's update, metrics); the History holds the same per-epoch logs as
+    `fit`'s: the batch-size weighted mean of each batch's loss computed before that batch's
+    update. The loop around the steps depends on the Keras backend:
+
+        - TensorFlow: traced once into a `tf.function` (XLA-compiled with `jit_compile`) that
+          loops over the epochs of a call.
+        - JAX: Keras's stateless `train_step` (the one `fit` jits) inside one jitted
+          `jax.lax.while_loop` over the epochs of a call, always XLA-compiled. The epoch count,
+          the data and the optimizer's variables (the learning rate among them) are arguments
+          of the jitted function, so later calls with another epoch count, new data of the same
+          shape and dtype, a learning rate set by assignment or a new `GradientLogger` with the
+          same options trace nothing. Float64 needs JAX's 64-bit mode (`JAX_ENABLE_X64=1`).
+        - torch: a Python loop over the epochs and batches of a call, each step the model's
+          eager `train_step`, as `fit` runs it (nothing compiled; `jit_compile` is ignored).
+          It saves `fit`'s per-epoch iterator and callbacks, not the cost of a step.
+
+        A `GradientLogger` records every step on each backend, reading its device buffers back
+        between calls, as in `fit`.
 
     What differs from `fit`:
         - The batch-level callback hooks run once per call of the compiled loop, as with
@@ -93,7 +110,7 @@ def train(
           permutation `p`, which is what makes it reproducible and comparable to the twin.
 
     Args:
-        model: a compiled `keras.Model` with the TensorFlow backend.
+        model: a compiled `keras.Model` on the TensorFlow, JAX or torch backend.
         X: float array of shape `(n_samples, n_features)` (1-D for a one-input model).
         y: float array of shape `(n_samples, n_outputs)` or `(n_samples,)`.
         epochs: int >= 1, passes over the data. Defaults to 1.
@@ -110,11 +127,12 @@ def train(
         class_weight: None or dict `{class: weight}`, turned into sample weights as `fit` does
             (multiplied with `sample_weight` when both are given). Defaults to None.
         validation_data: None, `(X_val, y_val)` or `(X_val, y_val, sample_weight_val)`:
-            evaluated after every epoch in batches of `batch_size`, inside the compiled loop,
-            giving `val_` logs as `fit` does. Defaults to None.
+            evaluated after every epoch in batches of `batch_size`, inside the loop, giving
+            `val_` logs as `fit` does. Defaults to None.
         shuffle: False, True (seed 0) or an int seed: permute the samples once before training
             (see above). Defaults to False.
-        jit_compile: True, False or `"auto"`: compile the loop with XLA (about twice as fast
+        jit_compile: True, False or `"auto"`, TensorFlow only (JAX always compiles the loop
+            with XLA, torch never compiles it): compile the loop with XLA (about twice as fast
             per step on a CPU for tiny networks, but its compile costs about half a second;
             XLA may fuse operations differently from `fit`, which Keras does not XLA-compile on
             a CPU, so results agree to float rounding rather than bit for bit). `"auto"` uses
@@ -125,12 +143,13 @@ def train(
         `keras.callbacks.History`, also set as `model.history`.
 
     Raises:
+        RuntimeError: on a Keras backend other than TensorFlow, JAX and torch.
         ValueError, TypeError: for bad arrays (see `kerasbp.checks.check_xy`), bad
             hyperparameters, or a model that is not compiled.
         ValueError: for a model made under a `tf.distribute` strategy (or trained inside one's
             scope): the compiled loop calls `train_step` without `strategy.run`, so it would
             neither split the batch over the replicas nor all-reduce their gradients; use
-            `model.fit`.
+            `model.fit`. Likewise on JAX under a `keras.distribution`.
 
     Example:
         >>> from kerasbp import xor_data, xor_model, compile_model
@@ -140,22 +159,15 @@ def train(
         >>> len(history.history["loss"])
         500
     """
-    if keras.backend.backend() != "tensorflow":
-        raise RuntimeError(
-            f"kerasbp.train supports the TensorFlow backend only. Keras is running on {keras.backend.backend()!r}"
-        )
+    backend = keras.backend.backend()
+    if backend not in BACKEND_LOOPS:
+        raise RuntimeError(f"kerasbp.train supports the backends {list(BACKEND_LOOPS)}. Keras is running on {backend!r}")
+    loops = importlib.import_module(BACKEND_LOOPS[backend])
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a keras.Model. Received: model={model!r}")
     if getattr(model, "optimizer", None) is None or not getattr(model, "compiled", False):
         raise ValueError("`model` must be compiled before training: call compile_model(model, ...) first")
-    strategy = replicas.strategy_of(model)
-    if strategy is not None:
-        raise ValueError(
-            f"kerasbp.train does not support tf.distribute strategies: the model trains under {replicas.strategy_name(strategy)} "
-            f"({strategy.num_replicas_in_sync} replicas), and train's compiled loop calls train_step without strategy.run, so it "
-            "would neither split batches over the replicas nor all-reduce their gradients. Use model.fit (GradientLogger "
-            "records it under MirroredStrategy)"
-        )
+    loops.check_model(model)
     epochs = check_positive_int("epochs", epochs)
     batch_size = 32 if batch_size is None else check_positive_int("batch_size", batch_size)
     if not (isinstance(jit_compile, bool) or jit_compile == "auto"):
@@ -177,10 +189,9 @@ def train(
             raise ValueError("`validation_data` must be a tuple (X_val, y_val) or (X_val, y_val, sample_weight_val)")
         Xv, yv = _check_targets(model, validation_data[0], validation_data[1])
         swv = _sample_weights(yv, validation_data[2] if len(validation_data) == 3 else None, None, Xv.shape[0])
-        val = (tf.constant(Xv), tf.constant(yv), None if swv is None else tf.constant(swv))
+        val = (Xv, yv, swv)
     batch_size = min(batch_size, n)
-    n_full, rest = divmod(n, batch_size)
-    steps_per_epoch = n_full + (rest > 0)
+    steps_per_epoch = -(-n // batch_size)
     callbacks = list(callbacks or [])
     if epochs_per_call is None:
         if all(_is_kerasbp_aware(c) for c in callbacks):
@@ -199,46 +210,19 @@ def train(
         steps_per_call=epochs_per_call * steps_per_epoch,
         model=model,
     )
-    X_t, y_t = tf.constant(X), tf.constant(y)
-    sw_t = None if sw is None else tf.constant(sw)
-    with _quiet_retracing():
-        if jit_compile == "auto":
-            jit_compile = epochs * steps_per_epoch >= AUTO_XLA_MIN_STEPS
-        jit = jit_compile and not model.run_eagerly
-        try:
-            # A GradientLogger that stops or raises on NaN/Inf stops the loop at that very step.
-            halt = any(isinstance(c, GradientLogger) and c.on_nonfinite != "warn" for c in callbacks)
-            return _train(model, X_t, y_t, batch_size, n_full, rest, epochs, epochs_per_call, callback_list, jit, halt, sw_t, val)
-        except BaseException:
-            # An exception or KeyboardInterrupt: unhook GradientLoggers, keeping what they logged.
-            for callback in callbacks:
-                if hasattr(callback, "detach"):
-                    callback.detach()
-            raise
-
-
-class _RetracingFilter(logging.Filter):
-    def filter(self, record):
-        return "triggered tf.function retracing" not in record.getMessage()
-
-
-@contextlib.contextmanager
-def _quiet_retracing():
-    # Each `train` call traces a new loop on purpose (the callbacks may have hooked the
-    # optimizer), which TensorFlow would report as excessive retracing after five calls.
-    log_filter = _RetracingFilter()
-    logger = tf.get_logger()
-    logger.addFilter(log_filter)
+    if jit_compile == "auto":
+        jit_compile = epochs * steps_per_epoch >= AUTO_XLA_MIN_STEPS
+    jit = jit_compile and not model.run_eagerly
+    # A GradientLogger that stops or raises on NaN/Inf stops the loop at that very step.
+    halt = any(isinstance(c, GradientLogger) and c.on_nonfinite != "warn" for c in callbacks)
     try:
-        yield
-    finally:
-        logger.removeFilter(log_filter)
-
-
-#: Traced loops: model -> optimizer -> {shapes, batching and hooks: loop}, reused by later
-#: `train` calls. Weak keys: a loop goes with its model or optimizer, and is never mistaken for
-#: one traced against an object that has died and whose id was reused.
-_LOOPS = weakref.WeakKeyDictionary()
+        return _train(loops, model, (X, y, sw, val), batch_size, epochs, epochs_per_call, callback_list, jit, halt)
+    except BaseException:
+        # An exception or KeyboardInterrupt: unhook GradientLoggers, keeping what they logged.
+        for callback in callbacks:
+            if hasattr(callback, "detach"):
+                callback.detach()
+        raise
 
 
 def _check_targets(model, X, y):
@@ -266,24 +250,20 @@ def _sample_weights(y, sample_weight, class_weight, n):
     return sw
 
 
-def _train(model, X_t, y_t, batch_size, n_full, rest, epochs, epochs_per_call, callback_list, jit, halt, sw_t=None, val=None):
-    steps_per_epoch = n_full + (rest > 0)
+def _train(loops, model, data, batch_size, epochs, epochs_per_call, callback_list, jit, halt):
+    """Run the epochs in calls of the backend's loop (`loops.make_run`), replaying the callbacks'
+    epoch hooks after each call."""
+    X, y = data[0], data[1]
+    steps_per_epoch = -(-X.shape[0] // batch_size)
     # Build the model, its compiled loss and metrics, and the optimizer's variables now, as
     # `fit` and `train_on_batch` do, so that no variable is created inside the loop.
-    model._symbolic_build(data_batch=(X_t[:1], y_t[:1], None))
+    model._symbolic_build(data_batch=(X[:1], y[:1], None))
     model.stop_training = False
+    own_step = model.__dict__.get("train_step")  # a wrapper of the user's, before the callbacks add theirs
     callback_list.on_train_begin()
     # Looked up after on_train_begin: a GradientLogger attaches its capture there, and a loop
     # traced with those hooks serves only that capture (which lives as long as the model).
-    hooks = capture.attached_capture(model)
-    go_on = hooks.all_finite if halt and hooks is not None else None
-    val_key = None if val is None else (tuple(val[0].shape), tuple(val[1].shape), val[2] is not None)
-    # A callback that wraps the model's `train_step` for the run (`HessianProbe`) gets loops of its own.
-    key = (hooks, model.__dict__.get("train_step"), go_on is not None, tuple(X_t.shape), tuple(y_t.shape), X_t.dtype, batch_size, epochs_per_call, jit, sw_t is not None, val_key)
-    loops = _LOOPS.setdefault(model, weakref.WeakKeyDictionary()).setdefault(model.optimizer, {})
-    if key not in loops:
-        loops[key] = _make_loop(model, batch_size, n_full, rest, jit, epochs_per_call, go_on, sw_t is not None, val)
-    run = loops[key]
+    run = loops.make_run(model, data, batch_size, epochs_per_call, jit, ATTACHED.get(model), halt, own_step)
     epoch = 0
     logs = None
     chunk = 1  # epochs in the next call: grows until a call takes about SECONDS_PER_CALL
@@ -293,10 +273,7 @@ def _train(model, X_t, y_t, batch_size, n_full, rest, epochs, epochs_per_call, c
         callback_list.on_epoch_begin(epoch)
         callback_list.on_train_batch_begin(0)
         start = time.perf_counter()
-        with quiet_native_logs() if epoch == 0 else contextlib.nullcontext():  # XLA's first-compile notices
-            n_ran, history = run(X_t, y_t, tf.constant(n_epochs), *([] if sw_t is None else [sw_t]), *([] if val is None else [v for v in val if v is not None]))
-        n_epochs = int(n_ran)  # fewer when a non-finite step stopped the loop
-        history = {k: v.numpy()[:n_epochs] for k, v in history.items()}
+        n_epochs, history = run(n_epochs)  # fewer epochs when a non-finite step stopped the loop
         if epoch == 0:  # the first call traces and compiles: its time says nothing of a step
             chunk = 4
         else:
@@ -314,74 +291,3 @@ def _train(model, X_t, y_t, batch_size, n_full, rest, epochs, epochs_per_call, c
                 break
     callback_list.on_train_end(logs=logs)
     return model.history
-
-
-def _make_loop(model, batch_size, n_full, rest, jit, max_epochs, go_on=None, weighted=False, val=None):
-    """Build the compiled function `run(X, y, n_epochs[, sw][, X_val, y_val[, sw_val]])` that trains
-    up to `n_epochs` epochs and returns how many it started and their logs (with `val_` logs
-    computed by `test_step` after each epoch when there is validation data).
-
-    `go_on`: None, or a function returning a scalar bool tensor, checked before every step: the
-    loop stops at the first step where it is False (the epoch it stops in counts as started)."""
-    train_names = list(model.get_metrics_result())
-    names = train_names + ([f"val_{k}" for k in train_names] if val is not None else [])
-    val_weighted = val is not None and val[2] is not None
-    n_val = 0 if val is None else int(val[0].shape[0])
-
-    def going_on():
-        return tf.constant(True) if go_on is None else go_on()
-
-    def epoch_body(X, y, sw=None, val_data=None):
-        n_features, n_outputs = X.shape[1], y.shape[1]
-        for metric in model.metrics:
-            metric.reset_state()
-
-        def data(start, size):
-            xb = tf.slice(X, [start, 0], [size, n_features])  # (batch, n_features)
-            yb = tf.slice(y, [start, 0], [size, n_outputs])  # (batch, n_outputs)
-            return (xb, yb) if sw is None else (xb, yb, tf.slice(sw, [start], [size]))
-
-        def step(i):
-            model.train_step(data(i * batch_size, batch_size))
-            return i + 1
-
-        if n_full:
-            tf.while_loop(lambda i: tf.logical_and(i < n_full, going_on()), step, [tf.constant(0)])
-        if rest:
-
-            def last_batch():
-                model.train_step(data(n_full * batch_size, rest))
-                return tf.constant(0)
-
-            tf.cond(going_on(), last_batch, lambda: tf.constant(0))
-        logs = {k: tf.identity(v) for k, v in model.get_metrics_result().items()}
-        if val_data is None:
-            return logs
-        Xv, yv, swv = val_data
-        for metric in model.metrics:
-            metric.reset_state()
-        for start in range(0, n_val, batch_size):  # evaluate's batches, unrolled (few)
-            size = min(batch_size, n_val - start)
-            batch = (Xv[start : start + size], yv[start : start + size])
-            model.test_step(batch if swv is None else batch + (swv[start : start + size],))
-        return {**logs, **{f"val_{k}": tf.identity(v) for k, v in model.get_metrics_result().items()}}
-
-    @tf.function(jit_compile=jit)
-    def run(X, y, n_epochs, *extra):
-        extra = list(extra)
-        sw = extra.pop(0) if weighted else None
-        val_data = None
-        if val is not None:
-            val_data = (extra[0], extra[1], extra[2] if val_weighted else None)
-
-        # `n_epochs` is a tensor, so one trace serves calls of any length; the TensorArrays have
-        # the static size XLA needs (the longest call), and the host keeps the first n_epochs rows.
-        def body(e, *acc):
-            logs = epoch_body(X, y, sw, val_data)
-            return (e + 1,) + tuple(a.write(e, tf.cast(logs[k], tf.float64)) for k, a in zip(names, acc, strict=True))
-
-        arrays = tuple(tf.TensorArray(tf.float64, size=max_epochs) for _ in names)
-        out = tf.while_loop(lambda e, *acc: tf.logical_and(e < n_epochs, going_on()), body, (tf.constant(0),) + arrays)
-        return out[0], {k: a.stack() for k, a in zip(names, out[1:], strict=True)}
-
-    return run

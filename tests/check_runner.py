@@ -12,6 +12,8 @@ import subprocess
 import sys
 import traceback
 
+from kerasbp.reference import NumpyMLP
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -65,3 +67,23 @@ def run_script(script, out, names, timeout_s, env=None):
         return {}, tail
     with open(out) as f:
         return json.load(f), tail
+
+
+def twin_steps(model, logger, X, y, batch, loss="mse"):
+    """Per logged step (`shuffle=False`, snapshots): the twin's `(loss, gradient of the batch,
+    gradients of each device's half times 1/2, batch size)` at the weights Keras had before that
+    step. The halves are split as `tf.distribute` splits a batch (the first replica gets the
+    larger half); JAX's `DataParallel` needs even batches, where the two agree."""
+    twin = NumpyMLP.from_keras(model).astype("float64")
+    X, y = X.astype("float64"), y.astype("float64")
+    starts = list(range(0, len(X), batch))
+    out = []
+    for k, step in enumerate(logger.steps):
+        start = starts[step % len(starts)]
+        Xb, yb = X[start : start + batch], y[start : start + batch]
+        twin.set_params([w[k].astype("float64") for w in logger.weights()])
+        value, grads = twin.gradients(Xb, yb, loss)
+        half = (len(Xb) + 1) // 2
+        parts = [twin.gradients(Xb[s], yb[s], loss)[1] for s in (slice(0, half), slice(half, None))]
+        out.append((float(value), grads, [[g / 2 for g in p] for p in parts], len(Xb)))
+    return out

@@ -29,10 +29,9 @@ import warnings  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from check_runner import report  # noqa: E402  (this script's folder is first on sys.path)
+from check_runner import report, twin_steps  # noqa: E402  (this script's folder is first on sys.path)
 import kerasbp as kb  # noqa: E402
 from kerasbp.logger import gns, replicas  # noqa: E402
-from kerasbp.reference import NumpyMLP  # noqa: E402
 
 RTOL = 1e-5
 DEVICES = ["/cpu:0", "/cpu:1"]
@@ -59,24 +58,6 @@ def make_model(optimizer, strategy, steps_per_execution=1):
 
 def rel(a, b):
     return float(np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b))
-
-
-def twin_steps(model, logger, X, y, batch):
-    """Per logged step: the twin's (loss, gradient of the batch, gradients of each replica's half)
-    at the weights Keras had before that step; replica halves scaled by 1/2 as Keras scales them."""
-    twin = NumpyMLP.from_keras(model).astype("float64")
-    X, y = X.astype("float64"), y.astype("float64")
-    starts = list(range(0, len(X), batch))
-    out = []
-    for k, step in enumerate(logger.steps):
-        start = starts[step % len(starts)]
-        Xb, yb = X[start : start + batch], y[start : start + batch]
-        twin.set_params([w[k].astype("float64") for w in logger.weights()])
-        value, grads = twin.gradients(Xb, yb, "mse")
-        half = (len(Xb) + 1) // 2  # tf.distribute gives the first replica the larger half
-        parts = [twin.gradients(Xb[s], yb[s], "mse")[1] for s in (slice(0, half), slice(half, None))]
-        out.append((float(value), grads, [[g / 2 for g in p] for p in parts], len(Xb)))
-    return out
 
 
 def check_reduced_gradient_equals_the_twins():

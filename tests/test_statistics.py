@@ -2,8 +2,9 @@
 
 The definitions are computed in float64 from what the log itself holds with `record="full"` and
 `snapshots=True`: the whole gradients (stored in the model's dtype, exactly as applied) and the
-weights before each step. The capture computes the statistics on the device in the model's
-dtype (`kerasbp/logger/capture.py`, `step_statistics`), so the tolerances below come from
+weights before each step. The capture reduces the gradients on the device in the model's
+dtype (`kerasbp/logger/capture.py`, `step_reductions`) and the host finishes the statistics in
+that dtype (`kerasbp/logger/hooks.py`, `finish_statistics`), so the tolerances below come from
 rounding in that dtype, with `eps = np.finfo(dtype).eps` (1.19e-7 in float32) and `n` the number
 of entries of the variable:
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from kerasbp import GradientLogger, compile_model, train, xor_data, xor_model
-from kerasbp import training
+from kerasbp import training, training_tf
 import kerasbp as kb
 
 
@@ -51,13 +51,13 @@ def test_calls_are_short_and_grow_to_the_target_time(monkeypatch):
 
 def test_jit_compile_auto_uses_xla_only_for_long_runs(monkeypatch):
     seen = []
-    real = training._make_loop
+    real = training_tf._make_loop
 
     def spy(model, batch_size, n_full, rest, jit, *args):
         seen.append(jit)
         return real(model, batch_size, n_full, rest, jit, *args)
 
-    monkeypatch.setattr(training, "_make_loop", spy)
+    monkeypatch.setattr(training_tf, "_make_loop", spy)
     monkeypatch.setattr(training, "AUTO_XLA_MIN_STEPS", 100)
     X, y = xor_data()
     model = compile_model(xor_model(seed=0), "sgd")

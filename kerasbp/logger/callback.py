@@ -1,6 +1,7 @@
 """`GradientLogger`: the Keras callback that records the gradients the optimizer applies in `fit`.
 
-Thin: it attaches a capture (`kerasbp/logger/capture.py`) at the start of training, reads the
+Thin: it attaches the backend's capture (`kerasbp/logger/hooks.py`'s `capture_for`: `capture.py`
+on TensorFlow, `capture_jax.py`, `capture_torch.py`) at the start of training, reads the
 rows it wrote from time to time, and keeps them as a `GradientLog` (`kerasbp/logger/log.py`),
 streaming whole gradients to disk with `path=` and to TensorBoard with `tensorboard_dir=`.
 """
@@ -12,18 +13,15 @@ import warnings
 import kerasbp.native_logs  # noqa: F401  (first: TensorFlow starts without its native log lines)
 import keras
 import numpy as np
-import tensorflow as tf
 
+from kerasbp.backends import BACKENDS
 from kerasbp.checks import check_bool, check_choice, check_output_path, check_positive_float, check_positive_int
-from kerasbp.logger import capture, gns, per_example, replicas, sidecar
+from kerasbp.logger import gns, hooks, sidecar
 from kerasbp.files import atomic_write
 from kerasbp.logger.log import CLIPPING, FOLDER_LOG, STATS, GradientLog, gradient_file
 
 #: Column of each statistic in a row of `stats`.
 STATS_INDEX = {name: i for i, name in enumerate(STATS)}
-
-#: The Keras backends whose train step the logger can capture (`capture.capture_for`).
-BACKENDS = ("tensorflow", "jax", "torch")
 
 #: Rows of the statistics buffer at least: the host reads it only every few hundred steps.
 MIN_STATS_ROWS = 256
@@ -38,7 +36,7 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
     """Records the gradients the optimizer applies, at every `every_n_steps`-th step of `fit`.
 
     It works with a plain `model.fit(..., callbacks=[logger])` on any compiled Keras model with
-    the TensorFlow, JAX or torch backend (and with `kerasbp.train` on TensorFlow). A row is one train step (one batch handed
+    the TensorFlow, JAX or torch backend (and with `kerasbp.train`). A row is one train step (one batch handed
     to the optimizer). Per logged step it records the gradient of the loss handed to
     `optimizer.apply_gradients` in the train step, divided by the loss scale in effect
     (`LossScaleOptimizer`, also the one `compile` adds under the `mixed_float16` policy, or
@@ -199,15 +197,16 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
                 "GradientLogger needs a built model, so that its variables exist before training: "
                 "start it with keras.Input(shape) or call model.build(input_shape) first"
             )
-        capture.leaf_optimizer(optimizer)  # refuses a MultiOptimizer
+        hooks.leaf_optimizer(optimizer)  # refuses a MultiOptimizer
         if self.per_example and keras.backend.backend() == "torch":
-            from kerasbp.logger.per_example_torch import check_torch_model
+            from kerasbp.logger.per_example_torch import check_torch_model  # torch only
 
             check_torch_model(model)  # refuses what has no per-example gradients on torch, by name
         elif self.per_example:
+            from kerasbp.logger import per_example  # TensorFlow only (checked above)
+
             per_example.check_model(model)  # refuses what has no per-example gradients, by name
-        strategy = replicas.strategy_of(model)
-        n_replicas = replicas.check_strategy(strategy)  # refuses multi-worker and other strategies
+        strategy, n_replicas = _strategy(model)  # refuses multi-worker and other strategies
         # Read before a capture is attached (this logger's earlier rows are all on the host).
         had_rows = len(self.steps) > 0
         if had_rows and n_replicas != self.n_replicas:
@@ -218,15 +217,15 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
         # On JAX the train step under a keras.distribution is one program that sees the reduced
         # gradient: the log names the distribution, with one replica.
         distribution = keras.distribution.distribution() if keras.backend.backend() == "jax" else None
-        self.strategy = replicas.strategy_name(strategy) or (type(distribution).__name__ if distribution is not None else None)
+        self.strategy = strategy or (type(distribution).__name__ if distribution is not None else None)
         self.n_replicas = n_replicas
         next_step = int(self.steps[-1]) + 1 if had_rows else 0
         self._describe(model)
-        capture.detach(model)  # hooks left by an interrupted fit
+        hooks.detach(model)  # hooks left by an interrupted fit
         if not optimizer.built:
             optimizer.build(list(model.trainable_weights))  # as its first `apply` would; its slot variables now exist
         if self.snapshots:
-            state = capture.snapshot_variables(optimizer)
+            state = hooks.snapshot_variables(optimizer)
             self.optimizer_variable_names = [v.path for v in state]
             if self._weights is None:
                 self._weights = [[] for _ in self.names]
@@ -239,7 +238,7 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
         self._rows_per_call = steps_per_call // self.every_n_steps + 1
         capacity = self._rows_per_call if keep_full else max(self._rows_per_call, MIN_STATS_ROWS)
         self._dtype = np.float64 if any(v.dtype == "float64" for v in model.trainable_weights) else np.float32
-        same = capture.applied_same(optimizer)
+        same = hooks.applied_same(optimizer)
         n_params = sum(math.prod(s) for s in self.shapes)
         copies = (1 if same else 2) + (n_replicas if self.per_replica else 0)
         buffer_mb = capacity * n_params * copies * np.dtype(self._dtype).itemsize / 2**20 if keep_full else 0
@@ -248,7 +247,7 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
                 f"GradientLogger(record='full') would need {buffer_mb:.1f} MB of device buffer for {capacity} steps per call "
                 f"of {n_params} parameters, over max_memory_mb={self.max_memory_mb:g}. Lower steps_per_execution or raise max_memory_mb"
             )
-        self._capture = capture.capture_for(
+        self._capture = hooks.capture_for(
             model,
             optimizer,
             every_n_steps=self.every_n_steps,
@@ -270,9 +269,13 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
         if had_rows and self.applied_same and not same and self.record == "full":
             self._separate_applied()  # an earlier fit stored the applied gradients as the loss gradients
         self.applied_same = self.applied_same and same if had_rows else same
-        leaf = capture.leaf_optimizer(optimizer)
+        leaf = hooks.leaf_optimizer(optimizer)
         self.clipping = {name: float(getattr(leaf, name)) if getattr(leaf, name, None) else None for name in CLIPPING}
-        note = replicas.clipping_note(self.clipping, n_replicas)
+        note = None
+        if n_replicas > 1:  # under a tf.distribute strategy
+            from kerasbp.logger.replicas import clipping_note
+
+            note = clipping_note(self.clipping, n_replicas)
         if note is not None and note not in self.notes:
             self.notes.append(note)
             warnings.warn(f"GradientLogger: {note}", RuntimeWarning, stacklevel=2)
@@ -288,6 +291,8 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
             # killed run's folder still loads (kerasbp.logger.sidecar).
             self._sidecar = sidecar.SidecarWriter(os.path.join(self.path, FOLDER_LOG), gradients=False, meta={"grad_dtype": np.dtype(self._dtype).name})
         if self.tensorboard_dir is not None and self._writer is None:
+            import tensorflow as tf  # tensorboard_dir: TensorFlow only (checked above)
+
             self._writer = tf.summary.create_file_writer(self.tensorboard_dir)
         self._capture.attach()
         self.missing = list(self._capture.missing)
@@ -474,6 +479,8 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
         return np.memmap(file, dtype=dtype, mode="r", shape=(n, *shape))
 
     def _write_tensorboard(self, rows):
+        import tensorflow as tf  # tensorboard_dir: TensorFlow only
+
         norm, applied_norm = STATS_INDEX["norm"], STATS_INDEX["applied_norm"]
         stats, fulls = rows["stats"], rows["full"]
         with np.errstate(invalid="ignore", over="ignore"):
@@ -519,3 +526,17 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
             self.model.stop_training = True
             what += "; training stopped"
         warnings.warn(what, RuntimeWarning, stacklevel=2)
+
+
+def _strategy(model):
+    """`(name, replicas)`: the public class name of the `tf.distribute` strategy `model` trains
+    under (None for none) and its number of replicas in sync (1 for none), refusing the
+    strategies the capture cannot record (`kerasbp.logger.replicas.check_strategy`). Strategies
+    are TensorFlow's: on the other backends `(None, 1)`, without importing TensorFlow."""
+    if keras.backend.backend() != "tensorflow":
+        return None, 1
+    from kerasbp.logger import replicas  # tf.distribute glue: imports TensorFlow
+
+    strategy = replicas.strategy_of(model)
+    n_replicas = replicas.check_strategy(strategy)
+    return replicas.strategy_name(strategy), n_replicas

@@ -58,7 +58,8 @@ import tensorflow as tf
 
 from kerasbp.logger import per_example as per_example_module
 from kerasbp.logger import replicas, statistics
-from kerasbp.logger.hooks import RAW, ATTACHED, ROW, InstalledHooks, applied_same, finish_statistics, leaf_optimizer, ring_slots, snapshot_variables
+from kerasbp.logger.hooks import RAW, ROW, InstalledHooks, applied_same, finish_statistics, leaf_optimizer, ring_slots, snapshot_variables
+from kerasbp.logger.hooks import attached_capture, capture_for  # noqa: F401  (re-exported: kerasbp.train, benchmarks)
 from kerasbp.logger.log import NOISE_COLUMNS, REPLICA_STATS, STATS
 
 
@@ -811,48 +812,5 @@ def _step_counter(optimizer, leaf):
     return _COUNTERS[optimizer]
 
 
-#: model -> optimizer -> options -> TensorFlowCapture. Weak keys: an entry goes with its model
-#: or optimizer, and is never mistaken for a later object that happens to get the same id.
-_CAPTURES = weakref.WeakKeyDictionary()
 #: optimizer -> its train-step counter.
 _COUNTERS = weakref.WeakKeyDictionary()
-
-
-def capture_for(model, optimizer, steps_per_execution, **options):
-    """The capture for `model` and `optimizer` with `options` (see `TensorFlowCapture`), made
-    once and reused, so that its traced train function serves every later logger alike.
-
-    `steps_per_execution` (int) is part of the key: the hooked train function runs that many
-    steps per call."""
-    per_optimizer = _CAPTURES.setdefault(model, weakref.WeakKeyDictionary()).setdefault(optimizer, {})
-    key = (steps_per_execution, *sorted(options.items()))
-    if key not in per_optimizer:
-        per_optimizer[key] = _capture_class()(model, optimizer, **options)
-    return per_optimizer[key]
-
-
-def _capture_class():
-    """The capture class of Keras's backend: `TensorFlowCapture`, `JaxCapture`
-    (`kerasbp/logger/capture_jax.py`) or `TorchCapture` (`kerasbp/logger/capture_torch.py`)."""
-    backend = keras.backend.backend()
-    if backend == "jax":
-        from kerasbp.logger.capture_jax import JaxCapture
-
-        return JaxCapture
-    if backend == "torch":
-        from kerasbp.logger.capture_torch import TorchCapture
-
-        return TorchCapture
-    return TensorFlowCapture
-
-
-def attached_capture(model):
-    """The capture attached to `model` now, or None. `kerasbp.train` keys its traced loops on it."""
-    return ATTACHED.get(model)
-
-
-def detach(model):
-    """Remove any capture's hooks from `model` (e.g. left by an interrupted `fit`)."""
-    capture = ATTACHED.get(model)
-    if capture is not None:
-        capture.detach()

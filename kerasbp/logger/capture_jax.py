@@ -29,8 +29,8 @@ What is taken where (the same values as `TensorFlowCapture`, see `capture.py`):
   tuple that the wrapped `model.train_step` receives and returns. The weight change gives
   `update_ratio`.
 
-The statistics (`kerasbp.logger.statistics.step_statistics`) are computed inside the jitted step
-and written, with the row, at slot `count % capacity` of each ring buffer. During `fit` the
+The reductions behind the statistics (`kerasbp.logger.statistics.step_reductions`) are computed
+inside the jitted step and written, with the row, at slot `count % capacity` of each ring buffer. During `fit` the
 callback reads the buffers from `model._jax_state["optimizer_variables"]` (the variables' own
 values are purged while an epoch runs), else from the variables.
 

@@ -1,6 +1,6 @@
 """What every backend's capture shares, without TensorFlow: the optimizer whose update rule
-runs, what snapshots and `applied_same` mean, the per-step row, the registry of attached
-captures, and `HookedCapture`, the base of the JAX and torch captures (which install their
+runs, what snapshots and `applied_same` mean, the per-step row, the registries of captures
+made and attached, `capture_for` (the capture of Keras's backend), and `HookedCapture`, the base of the JAX and torch captures (which install their
 hooks as plain attributes and take them off again).
 """
 
@@ -243,3 +243,52 @@ def ring_slots(start, stop, capacity):
             "interrupted fit? Call logger.detach() after an interruption"
         )
     return np.arange(start, stop) % capacity
+
+
+#: model -> optimizer -> options -> capture. Weak keys: an entry goes with its model or
+#: optimizer, and is never mistaken for a later object that happens to get the same id.
+_CAPTURES = weakref.WeakKeyDictionary()
+
+
+def capture_for(model, optimizer, steps_per_execution, **options):
+    """The capture of Keras's backend for `model` and `optimizer` with `options` (see
+    `TensorFlowCapture` in `kerasbp/logger/capture.py`), made once and reused, so that its
+    traced train function serves every later logger alike.
+
+    `steps_per_execution` (int) is part of the key: the hooked train function runs that many
+    steps per call."""
+    per_optimizer = _CAPTURES.setdefault(model, weakref.WeakKeyDictionary()).setdefault(optimizer, {})
+    key = (steps_per_execution, *sorted(options.items()))
+    if key not in per_optimizer:
+        per_optimizer[key] = _capture_class()(model, optimizer, **options)
+    return per_optimizer[key]
+
+
+def _capture_class():
+    """The capture class of Keras's backend: `TensorFlowCapture` (`kerasbp/logger/capture.py`),
+    `JaxCapture` (`capture_jax.py`) or `TorchCapture` (`capture_torch.py`), each imported only on
+    its own backend."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        from kerasbp.logger.capture_jax import JaxCapture
+
+        return JaxCapture
+    if backend == "torch":
+        from kerasbp.logger.capture_torch import TorchCapture
+
+        return TorchCapture
+    from kerasbp.logger.capture import TensorFlowCapture
+
+    return TensorFlowCapture
+
+
+def attached_capture(model):
+    """The capture attached to `model` now, or None. `kerasbp.train` keys its traced loops on it."""
+    return ATTACHED.get(model)
+
+
+def detach(model):
+    """Remove any capture's hooks from `model` (e.g. left by an interrupted `fit`)."""
+    capture = ATTACHED.get(model)
+    if capture is not None:
+        capture.detach()

@@ -1,9 +1,10 @@
 """The log a `GradientLogger` keeps: `GradientLog`, its `health()` check, and saving and loading it.
 
 NumPy only: a saved log can be read and examined without Keras. The statistics recorded per
-variable and step are named in `STATS`; the capture computes them in that order
-(`kerasbp/logger/capture.py`, `step_statistics`), and everything else reads them by name
-(`GradientLog.stat`), so a statistic is added in those two places only. The per-row columns
+variable and step are named in `STATS`; the captures reduce each gradient on the device and
+`kerasbp.logger.hooks.finish_statistics` computes the statistics from those sums in that order,
+and everything else reads them by name (`GradientLog.stat`), so a statistic is added in those
+places only. The per-row columns
 (`COLUMNS`) say what the optimizer did with each train step: whether it applied an update, the
 learning rate and loss scale of the step, whether clipping acted.
 """

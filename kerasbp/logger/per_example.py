@@ -49,6 +49,7 @@ import keras
 import tensorflow as tf
 
 from kerasbp.logger import per_example_ops
+from kerasbp.logger.per_example_ops import check_model
 from kerasbp.logger.log import NOISE_COLUMNS
 
 
@@ -56,108 +57,6 @@ def _in_this_graph(tensor):
     if tf.executing_eagerly():
         return not hasattr(tensor, "graph") or isinstance(tensor, tf.Variable)
     return getattr(tensor, "graph", None) is tf.compat.v1.get_default_graph()
-
-
-def _layers(model):
-    return list(model._flatten_layers(include_self=False))
-
-
-def check_model(model):
-    """Refuse what per-example gradients cannot be computed for, naming it.
-
-    Args:
-        model: a built, compiled `keras.Model` (TensorFlow backend).
-
-    Returns:
-        `(dense, generic)`: a list of `(layer, kernel_index, bias_index or None)` for the Dense
-        layers with trainable weights, and a list of `(layer, [variable indices])` for the other
-        layers that own trainable variables (the vectorized fallback); indices into
-        `model.trainable_weights`.
-
-    Raises:
-        ValueError: for a `BatchNormalization` layer in training mode (it couples the examples
-            of a batch: per-example gradients are not defined); a recurrent layer
-            (`keras.layers.RNN`); a trainable variable outside the model's layers; a layer
-            other than Dense that draws random numbers (the fallback cannot replay them), runs
-            in mixed precision, or holds variables beside sublayers that hold some; a Dense
-            layer with LoRA or quantization; a model compiled with `jit_compile=True` (XLA); a
-            loss whose reduction is not `"sum_over_batch_size"` (then the batch gradient is not
-            the mean of the examples' gradients); a model under a `tf.distribute` strategy.
-    """
-    for layer in _layers(model):
-        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable:
-            raise ValueError(
-                f"GradientLogger(per_example=True) cannot compute per-example gradients through BatchNormalization layer "
-                f"{layer.name!r}: in training mode it normalizes with the batch's statistics, which couples the examples, so "
-                "an example's own gradient is not defined. Freeze it (layer.trainable = False: Keras then uses its moving "
-                "statistics) or use per_example=False"
-            )
-    for layer in _layers(model):
-        if isinstance(layer, keras.layers.RNN) and layer.trainable_weights:
-            raise ValueError(
-                f"GradientLogger(per_example=True) does not support recurrent layers: the cell of layer {layer.name!r} "
-                f"({type(layer).__name__}) runs once per time step inside a loop. Use per_example=False"
-            )
-    owner = {}
-    for layer in _layers(model):  # parents before children: the innermost layer owns a variable
-        for v in layer.trainable_weights:
-            owner[id(v)] = layer
-    index = {id(v): j for j, v in enumerate(model.trainable_weights)}
-    dense, generic = [], []
-    for j, v in enumerate(model.trainable_weights):
-        if id(v) not in owner:
-            raise ValueError(
-                "GradientLogger(per_example=True) computes per-example gradients layer by layer. Received a trainable "
-                f"variable {v.path!r} of the model itself, outside its layers. Use per_example=False"
-            )
-    owners = list({id(layer): layer for layer in owner.values()}.values())
-    for layer in owners:
-        if type(layer) is not keras.layers.Dense:
-            seeded = [name for name, value in vars(layer).items() if isinstance(value, keras.random.SeedGenerator)]
-            if seeded:
-                raise ValueError(
-                    f"GradientLogger(per_example=True) cannot replay the random numbers of layer {layer.name!r} "
-                    f"({type(layer).__name__}: it holds a SeedGenerator, {seeded[0]!r}) in its per-example fallback, which "
-                    "recomputes the layer per example. Use per_example=False"
-                )
-            inner = [other.name for other in layer._flatten_layers(include_self=False) if any(o is other for o in owners)]
-            if inner:
-                raise ValueError(
-                    f"GradientLogger(per_example=True) cannot recompute layer {layer.name!r} ({type(layer).__name__}) per example: "
-                    f"it holds trainable variables of its own and layers that do too ({inner}). Use per_example=False"
-                )
-            if layer.compute_dtype != layer.variable_dtype:
-                raise ValueError(
-                    f"GradientLogger(per_example=True) supports mixed precision in Dense layers only. Received: layer {layer.name!r} "
-                    f"({type(layer).__name__}) with dtype policy {layer.dtype_policy.name!r}"
-                )
-            generic.append((layer, [index[id(v)] for v in layer.trainable_weights]))
-            continue
-        if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
-            raise ValueError(
-                f"GradientLogger(per_example=True) does not support LoRA or quantized Dense layers. Received: layer {layer.name!r}"
-            )
-        if not layer.kernel.trainable:
-            raise ValueError(f"GradientLogger(per_example=True) needs the kernel of Dense layer {layer.name!r} trainable when its bias is")
-        bias = layer.bias if layer.bias is not None and layer.bias.trainable else None
-        dense.append((layer, index[id(layer.kernel)], None if bias is None else index[id(bias)]))
-    losses = model.loss if isinstance(model.loss, (list, tuple)) else list(model.loss.values()) if isinstance(model.loss, dict) else [model.loss]
-    for loss in losses:
-        reduction = getattr(loss, "reduction", "sum_over_batch_size")
-        if isinstance(loss, keras.losses.Loss) and reduction != "sum_over_batch_size":
-            raise ValueError(
-                "GradientLogger(per_example=True) needs losses with reduction='sum_over_batch_size' (the batch gradient is then "
-                f"the mean of the examples' own gradients). Received: {type(loss).__name__} with reduction={reduction!r}"
-            )
-    if getattr(model, "jit_compile", False) is True:
-        raise ValueError(
-            "GradientLogger(per_example=True) does not support XLA yet: its buffer of per-example norms grows with the widest "
-            "batch, which a compiled XLA step cannot do. Received: a model compiled with jit_compile=True (Keras's "
-            "jit_compile='auto' picks it on a GPU). Compile with jit_compile=False"
-        )
-    if getattr(model, "_distribute_strategy", None) is not None:
-        raise ValueError("GradientLogger(per_example=True) does not support a tf.distribute strategy yet. Received a model built under one")
-    return dense, generic
 
 
 class PerExampleTaps:
@@ -173,7 +72,7 @@ class PerExampleTaps:
 
     def __init__(self, model):
         self.model = model
-        self.dense, self.generic = check_model(model)
+        self.dense, self.generic = check_model(model)  # (per_example_ops.check_model)
         self._pending = {}  # layer position (Dense first, then generic) -> list of records
         self._stack = []  # the records of the Dense calls running now
         self._calls = {}  # generic layer position -> its own (unhooked) call

@@ -15,11 +15,11 @@ import torch
 
 from kerasbp.logger import per_example_ops
 from kerasbp.logger.log import NOISE_COLUMNS
-from kerasbp.logger.per_example import check_model
+from kerasbp.logger.per_example_ops import check_model
 
 
 def check_torch_model(model):
-    """`per_example.check_model`, then what the torch taps cannot do.
+    """`per_example_ops.check_model`, then what the torch taps cannot do.
 
     Returns:
         the list of `(layer, kernel_index, bias_index or None)` of the Dense layers.

@@ -162,7 +162,7 @@ def _spec_of_keras_optimizer(keras_optimizer):
             f"`keras_optimizer` must be a keras.optimizers.Optimizer. Received: keras_optimizer={keras_optimizer!r}"
         )
     cls = type(keras_optimizer)  # exactly: a subclass may change the update
-    spec = next((s for s in OPTIMIZERS.values() if cls is getattr(keras.optimizers, s.keras_class)), None)
+    spec = next((s for s in OPTIMIZERS.values() if _same_optimizer(cls, getattr(keras.optimizers, s.keras_class))), None)
     if spec is None:
         if cls.__name__ in REFUSED:
             raise ValueError(f"kerasbp.reference does not twin the Keras optimizer {cls.__name__}: {REFUSED[cls.__name__]}")
@@ -171,6 +171,14 @@ def _spec_of_keras_optimizer(keras_optimizer):
             f"kerasbp.reference supports the Keras optimizers {names}. Received an optimizer of class {cls.__name__}"
         )
     return spec
+
+
+def _same_optimizer(cls, keras_class):
+    """Whether `cls` is `keras_class` itself or Keras's own implementation of it for the running
+    backend: on torch, `keras.optimizers.Adam(...)` makes a
+    `keras.src.backend.torch.optimizers.torch_adam.Adam` (`TorchOptimizer.__new__`), the same
+    update written with `torch._foreach` operations."""
+    return cls is keras_class or (issubclass(cls, keras_class) and cls.__module__.startswith("keras.src.backend."))
 
 
 def _python_number(name, value):

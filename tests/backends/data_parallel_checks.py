@@ -32,12 +32,11 @@ jax.config.update("jax_enable_x64", True)  # before any array is made
 
 import tempfile  # noqa: E402
 
-from check_runner import report  # noqa: E402
+from check_runner import report, twin_steps  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import kerasbp as kb  # noqa: E402
-from kerasbp.reference import NumpyMLP  # noqa: E402
 
 RTOL32, RTOL64 = 1e-5, 1e-12
 DEVICES = 2
@@ -65,24 +64,6 @@ def step_errors(got, want):
     """Per variable: |got - want| over the norm of the whole of `want` (all variables)."""
     scale = np.sqrt(sum(float(np.sum(w**2)) for w in want))
     return [float(np.linalg.norm(np.asarray(g, np.float64) - w)) / scale for g, w in zip(got, want, strict=True)]
-
-
-def twin_steps(model, logger, X, y, batch, loss):
-    """Per logged step (`shuffle=False`): the twin's (loss, gradient of the whole batch, gradient
-    of each device's half times 1/2) at the weights Keras had before that step."""
-    twin = NumpyMLP.from_keras(model).astype("float64")
-    X, y = X.astype("float64"), y.astype("float64")
-    starts = list(range(0, len(X), batch))
-    out = []
-    for k, step in enumerate(logger.steps):
-        start = starts[step % len(starts)]
-        Xb, yb = X[start : start + batch], y[start : start + batch]
-        twin.set_params([w[k].astype("float64") for w in logger.weights()])
-        value, grads = twin.gradients(Xb, yb, loss)
-        half = len(Xb) // 2
-        parts = [twin.gradients(Xb[s], yb[s], loss)[1] for s in (slice(0, half), slice(half, None))]
-        out.append((float(value), grads, [[g / 2 for g in p] for p in parts]))
-    return out
 
 
 def clip(grads, threshold):
@@ -134,7 +115,7 @@ def reduced_gradient_equals_the_twins(dtype, rtol):
     grads = logger.gradients()
     assert all(g.dtype == dtype for g in grads)
     worst = 0.0
-    for k, (value, want, _) in enumerate(twin_steps(model, logger, X, y, 8, "binary_crossentropy")):
+    for k, (value, want, _, _) in enumerate(twin_steps(model, logger, X, y, 8, "binary_crossentropy")):
         assert abs(logger.losses[k] - value) <= max(rtol, 1e-7) * value, (k, logger.losses[k], value)
         errors = step_errors([g[k] for g in grads], want)
         worst = max(worst, *errors)
@@ -160,7 +141,7 @@ def check_global_clipnorm_clips_the_reduced_gradient():
     assert logger.clipped.all() and not logger.notes, (logger.clipped, logger.notes)
     grads, applied, weights, final = logger.gradients(), logger.applied_gradients(), logger.weights(), model.get_weights()
     gap = []
-    for k, (_, want, parts) in enumerate(twin_steps(model, logger, X, y, 8, "mse")):
+    for k, (_, want, parts, _) in enumerate(twin_steps(model, logger, X, y, 8, "mse")):
         clipped = clip(want, c)
         summed = [a + b for a, b in zip(clip(parts[0], c), clip(parts[1], c), strict=True)]
         assert max(step_errors([g[k] for g in grads], want)) <= RTOL32, k
@@ -187,7 +168,7 @@ def check_every_feature_with_streaming_and_steps_per_execution():
         assert logger.steps.tolist() == [0, 2, 4, 6] and logger.epochs.tolist() == [0, 0, 1, 1], logger.steps
         grads = logger.gradients()
         assert isinstance(grads[0], np.memmap)
-        for k, (value, want, _) in enumerate(twin_steps(model, logger, X, y, 4, "mse")):
+        for k, (value, want, _, _) in enumerate(twin_steps(model, logger, X, y, 4, "mse")):
             assert abs(logger.losses[k] - value) <= RTOL32 * value
             errors = step_errors([g[k] for g in grads], want)
             assert max(errors) <= RTOL32, (k, errors)
