@@ -19,6 +19,7 @@ import kerasbp as kb
 from kerasbp import jobs
 from kerasbp.cli import main_compare, main_linear, main_xor
 from kerasbp.comparison_report import TOLERANCES
+from kerasbp.logger.log import NOISE
 from kerasbp.precision import floatx
 
 BACKEND = keras.backend.backend()
@@ -152,7 +153,7 @@ WITHOUT_TENSORFLOW = textwrap.dedent(
     report = kb.compare(model, X, y, epochs=2, batch_size=2)
     explanation = kb.explain_backprop(model, X, y)
     errors = kb.gradient_check(kb.NumpyMLP.from_keras(model), X, y, loss="binary_crossentropy")
-    logger = kb.GradientLogger()
+    logger = kb.GradientLogger(per_example=keras.backend.backend() == "torch")  # per-example statistics on torch too
     model.fit(X, y, epochs=3, batch_size=4, shuffle=False, verbose=0, callbacks=[logger])
     print(json.dumps({
         "backend": keras.backend.backend(),
@@ -160,6 +161,7 @@ WITHOUT_TENSORFLOW = textwrap.dedent(
         "explain": explanation.max_rel_diff,
         "gradient_check": max(errors),
         "logged_steps": logger.steps.tolist(),
+        "noise": sorted(k for k, v in logger.noise.items() if np.isfinite(v).all()),
         "tensorflow": sorted(m for m in sys.modules if m.split(".")[0] == "tensorflow" and sys.modules[m] is not None),
     }))
     """
@@ -172,3 +174,4 @@ def test_kerasbp_works_without_tensorflow():
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["backend"] == BACKEND and result["compare_ok"] and result["tensorflow"] == []
     assert result["explain"] < 1e-5 and result["gradient_check"] < 1e-6 and result["logged_steps"] == [0, 1, 2]
+    assert result["noise"] == (sorted(NOISE) if BACKEND == "torch" else [])
