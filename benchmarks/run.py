@@ -45,7 +45,7 @@ import kerasbp as kb
 import keras
 import numpy as np
 import tensorflow as tf
-from kerasbp.logger import capture
+from kerasbp.logger import hooks
 from kerasbp.reference import SGD, NumpyMLP
 from paired import fit_runs, paired_rounds, summary, wide_data, wide_model
 
@@ -227,20 +227,20 @@ def bench_in_step_cost(updates, repeats, jit_compile=False, optimizer="SGD"):
         return loop
 
     plain = make_loop()
-    hooks = capture.capture_for(model, optimizer, steps_per_execution=1, every_n_steps=1, capacity=256, keep_full=False, snapshots=False, tracked=(False,) * len(sources))
-    hooks.attach()
+    capture = hooks.capture_for(model, optimizer, steps_per_execution=1, every_n_steps=1, capacity=256, keep_full=False, snapshots=False, tracked=(False,) * len(sources))
+    capture.attach()
     hooked = make_loop()
     with warnings.catch_warnings():  # no loss in a bare loop of updates: the logger says so once
         warnings.simplefilter("ignore", RuntimeWarning)
         hooked()
-    hooks.detach()
+    capture.detach()
     plain()
     times = {"plain": [], "logged": []}
     for _ in range(repeats):
         times["plain"].append(timed(plain) / updates)
-        hooks.attach()
+        capture.attach()
         times["logged"].append(timed(hooked) / updates)
-        hooks.detach()
+        capture.detach()
     added = statistics.median(b - a for a, b in zip(times["plain"], times["logged"], strict=True))
     return {"update_us": statistics.median(times["plain"]) * 1e6, "logged_update_us": statistics.median(times["logged"]) * 1e6, "added_us": added * 1e6}
 

@@ -39,7 +39,7 @@ outputs to the first one (`kerasbp.logger.replicas.gather`), which alone counts 
 writes the row: the sums over replicas, the all-reduced applied gradient, and, if asked, each
 replica's own values. The buffers are plain variables, not mirrored ones (`replicas.plain_variable`).
 
-A capture belongs to one model and one optimizer and is reused (`capture_for`), with its traced
+A capture belongs to one model and one optimizer and is reused (`hooks.capture_for`), with its traced
 train function, by every logger with the same options: a new `GradientLogger` does not trace again.
 
 Interface that a capture for another backend implements: `attach()`, `detach()`, `count`
@@ -59,7 +59,6 @@ import tensorflow as tf
 from kerasbp.logger import per_example as per_example_module
 from kerasbp.logger import replicas, statistics
 from kerasbp.logger.hooks import RAW, ROW, InstalledHooks, applied_same, finish_statistics, leaf_optimizer, ring_slots, snapshot_variables
-from kerasbp.logger.hooks import attached_capture, capture_for  # noqa: F401  (re-exported: kerasbp.train, benchmarks)
 from kerasbp.logger.log import NOISE_COLUMNS, REPLICA_STATS, STATS
 
 
@@ -182,7 +181,7 @@ def step_reductions(grads, dtype, tracked):
 class TensorFlowCapture(InstalledHooks):
     """Hooks on one model's optimizer that write each logged train step into `DeviceBuffers`.
 
-    Build it with `capture_for`, which reuses one per model, optimizer and options.
+    Build it with `hooks.capture_for`, which reuses one per model, optimizer and options.
 
     Args:
         model: a compiled, built `keras.Model` on the TensorFlow backend.

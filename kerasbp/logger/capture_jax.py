@@ -160,7 +160,7 @@ class JaxCapture(HookedCapture):
     """Hooks on one model's train step and optimizer that write each logged step into buffers
     that the optimizer carries through the jitted step (JAX backend).
 
-    Build it with `kerasbp.logger.capture.capture_for`, which reuses one per model, optimizer and
+    Build it with `kerasbp.logger.hooks.capture_for`, which reuses one per model, optimizer and
     options. Implements the interface of `TensorFlowCapture`: `attach()`, `detach()`, `count`,
     `read(start, stop)`, `start_run(first_step)`, `all_finite()`, `missing`, `applied_same`,
     `buffers.capacity`.

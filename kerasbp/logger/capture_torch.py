@@ -84,7 +84,7 @@ class _Buffers:
 
 class TorchCapture(HookedCapture):
     """Hooks on one model's optimizer that write each logged train step into device buffers
-    (torch backend). Build it with `kerasbp.logger.capture.capture_for`. Implements the
+    (torch backend). Build it with `kerasbp.logger.hooks.capture_for`. Implements the
     interface of `TensorFlowCapture`.
 
     Args:
