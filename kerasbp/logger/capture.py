@@ -58,7 +58,7 @@ import tensorflow as tf
 
 from kerasbp.logger import per_example as per_example_module
 from kerasbp.logger import replicas, statistics
-from kerasbp.logger.hooks import RAW, ROW, InstalledHooks, applied_same, finish_statistics, leaf_optimizer, ring_slots, snapshot_variables
+from kerasbp.logger.hooks import RAW, ROW, InstalledHooks, applied_same, finish_statistics, host_rows, leaf_optimizer, ring_slots, snapshot_variables
 from kerasbp.logger.log import NOISE_COLUMNS, REPLICA_STATS, STATS
 
 
@@ -334,36 +334,27 @@ class TensorFlowCapture(InstalledHooks):
             return None if variables is None else [v.numpy()[slots] for v in variables]
 
         table = buf.rows.numpy()[slots]  # (n, len(ROW))
-        col = {name: table[:, i] for i, name in enumerate(ROW)}
-        applied = col["applied"] > 0
         sizes = [int(np.prod(v.shape)) for v in self.model.trainable_weights]
-        stats = finish_statistics(buf.stats.numpy()[slots], col["loss_scale"], sizes, self.applied_same)
-        stats[~applied, :, STATS.index("applied_norm")] = np.nan
-        applied_full = rows(buf.applied)
-        if applied_full is not None:
-            for a in applied_full:
-                a[~applied] = np.nan
-        return {
-            "steps": col["step"].astype(np.int64),
-            "iterations": col["iterations"].astype(np.int64),
-            "losses": col["loss"],
-            "learning_rates": np.where(applied, col["learning_rate"], np.nan),
-            "loss_scales": col["loss_scale"],
-            "applied": applied,
-            "skipped": col["skipped"] > 0,
-            "clipped": (col["clipped"] > 0) & applied,
-            "stats": stats,
-            "full": rows(buf.full),
-            "applied_full": applied_full,
-            "alive": [None if a is None else a.numpy().copy() for a in buf.alive],
-            "weights": rows(buf.weights),
-            "optimizer_state": rows(buf.optimizer_state),
-            "noise": None if buf.noise is None else buf.noise.numpy()[slots],
-            "per_example_norms": None if buf.norms is None else buf.norms.numpy()[slots].astype(np.float64),
-            "replica_noise": None if buf.replica_noise is None else buf.replica_noise.numpy()[slots],
-            "replica_stats": None if buf.replica_stats is None else self._replica_stats(buf.replica_stats.numpy()[slots], col["loss_scale"], sizes),
-            "replica_full": rows(buf.replica_full),
-        }
+        out = host_rows(
+            table,
+            table[:, [ROW.index("step"), ROW.index("iterations")]].astype(np.int64),  # (n, 2)
+            buf.stats.numpy()[slots],
+            sizes,
+            self.applied_same,
+            rows(buf.full),
+            rows(buf.applied),
+            [None if a is None else a.numpy().copy() for a in buf.alive],
+            rows(buf.weights),
+            rows(buf.optimizer_state),
+        )
+        out.update(
+            noise=None if buf.noise is None else buf.noise.numpy()[slots],
+            per_example_norms=None if buf.norms is None else buf.norms.numpy()[slots].astype(np.float64),
+            replica_noise=None if buf.replica_noise is None else buf.replica_noise.numpy()[slots],
+            replica_stats=None if buf.replica_stats is None else self._replica_stats(buf.replica_stats.numpy()[slots], out["loss_scales"], sizes),
+            replica_full=rows(buf.replica_full),
+        )
+        return out
 
     @staticmethod
     def _replica_stats(raw, loss_scales, sizes):

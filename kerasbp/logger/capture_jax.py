@@ -173,7 +173,7 @@ class JaxCapture(HookedCapture):
         keep_full: bool, keep whole gradients.
         snapshots: bool, keep the weights and optimizer variables before each logged step.
         tracked: tuple of bool per variable: track its alive units (relu kernels).
-        per_example: bool; True is refused (per-example statistics are TensorFlow only).
+        per_example: bool; True is refused (per-example statistics need TensorFlow or torch).
         per_replica: bool; True is refused (under a `keras.distribution` by its name).
 
     Raises:
