@@ -97,8 +97,11 @@ def test_hutchinson_is_seeded_and_unbiased(float64):
         probe = kb.HessianProbe(every_n_steps=1, n_iterations=2, n_probes=400, seed=seed)
         linear().fit(X_LIN, Y_LIN, batch_size=100, epochs=3, verbose=0, callbacks=[probe])
         runs.setdefault(seed, []).append(probe.trace)
-    np.testing.assert_array_equal(runs[0][0], runs[0][1])  # same seed, same draws
-    assert not np.array_equal(runs[0][0], runs[1][0])
+    # Same seed, same draws (stateless in (seed, step)). The Hessian-vector products run on
+    # TensorFlow's thread pool, whose float64 sums can differ by an ulp from run to run (CI saw
+    # 4.4e-16 on 2.53), so the same-seed traces agree to 1e-13, far below the probes' spread.
+    np.testing.assert_allclose(runs[0][0], runs[0][1], rtol=1e-13, atol=0)
+    assert np.min(np.abs(runs[0][0] - runs[1][0])) > 1e-6  # another seed, other draws
     assert len(set(runs[0][0].tolist())) == 3  # new probes at each step
     # z.Hz = tr H + 2 H_01 z_0 z_1: standard deviation 2 |H_01| / sqrt(400) for the mean of 400
     sigma = 2 * abs(H[0, 1]) / np.sqrt(400)
