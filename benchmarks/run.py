@@ -22,10 +22,13 @@ from runs in the same process.
 4. Time to result: what a user waits for, each row timed as a user meets it (first calls
    included, not only the steady state), beside the NumPy twin's whole run of 1000 XOR epochs.
    The first run of a fresh process and the scripts are timed in subprocesses.
-5. In-step cost of the statistics: a compiled loop of optimizer updates on 784-256-256-10 (fixed
-   gradients), with and without the logger's capture attached, in turn round after round; the
+5. In-step cost of the statistics: a compiled loop of optimizer updates on 784-256-256-10 (the
+   gradients change from update to update), with and without the logger's capture attached, in turn round after round; the
    cost is the median over rounds of the difference per update. This isolates what the logger
-   adds to a step from the noise of whole `fit` runs.
+   adds to a step from the noise of whole `fit` runs. The "bare reductions" row is the floor in
+   a TensorFlow graph: only the five reductions per variable that the statistics need, each its
+   own kernel and pass over memory (a graph cannot fuse them; XLA can, but its CPU reductions
+   are slower still, row "SGD, XLA").
 """
 
 import argparse
@@ -196,11 +199,23 @@ def bench_time_to_result(epochs, repeats):
     return {name: {"seconds": s, "ratio_to_numpy_twin": s / base} for name, s in out.items()}
 
 
-def bench_in_step_cost(updates, repeats, jit_compile=False, optimizer="SGD"):
+def bare_reductions(grads, variables, buffer, slot):
+    """The floor of the statistics in a TensorFlow graph: per variable the four reductions of its
+    gradient (sum, sum of squares, min, max) and the sum of squares of its weights, each one
+    kernel and one pass over memory, written into `buffer[slot]` (`(n_variables, 5)`); nothing
+    else. Returns the weights' sums of squares, which the update must wait for (as the logger's)."""
+    weights = [tf.nn.l2_loss(v.value) for v in variables]
+    table = [tf.stack([tf.reduce_sum(g), tf.nn.l2_loss(g), tf.reduce_min(g), tf.reduce_max(g), w]) for g, w in zip(grads, weights, strict=True)]
+    buffer.scatter_nd_update([[slot]], tf.stack(table)[None])
+    return weights
+
+
+def bench_in_step_cost(updates, repeats, jit_compile=False, optimizer="SGD", bare=False):
     """Per optimizer update on 784-256-256-10: microseconds without and with the capture, in a
     `tf.function` (`jit_compile=False`: TensorFlow's graph executor, what `fit` uses on a
     machine without a GPU) or compiled by XLA (what `fit` uses with a GPU, and `kerasbp.train`
-    for long runs). `optimizer`: the name of a Keras optimizer class (default learning rate)."""
+    for long runs). `optimizer`: the name of a Keras optimizer class (default learning rate).
+    `bare`: instead of the capture, only `bare_reductions` (graph mode), the floor of its cost."""
     model = wide_model()
     model.compile(getattr(keras.optimizers, optimizer)(), model.loss)
     model.build((None, 784))
@@ -209,7 +224,9 @@ def bench_in_step_cost(updates, repeats, jit_compile=False, optimizer="SGD"):
     rng = np.random.default_rng(0)
     sources = [tf.Variable(rng.normal(size=w.shape).astype("float32") * 1e-3) for w in model.trainable_weights]
 
-    def make_loop():
+    floor = tf.Variable(tf.zeros([256, len(sources), 5]))
+
+    def make_loop(reduce=False):
         @tf.function(jit_compile=jit_compile)
         def loop():
             for i in tf.range(updates):
@@ -222,25 +239,34 @@ def bench_in_step_cost(updates, repeats, jit_compile=False, optimizer="SGD"):
                     grads = [s * factor for s in sources]
                 else:
                     grads = [s.read_value() for s in sources]
-                optimizer.apply(grads, model.trainable_weights)
+                waits = bare_reductions(grads, model.trainable_weights, floor, i % 256) if reduce else []
+                with tf.control_dependencies(waits):
+                    optimizer.apply(grads, model.trainable_weights)
 
         return loop
 
     plain = make_loop()
-    capture = hooks.capture_for(model, optimizer, steps_per_execution=1, every_n_steps=1, capacity=256, keep_full=False, snapshots=False, tracked=(False,) * len(sources))
-    capture.attach()
-    hooked = make_loop()
+    if bare:
+        capture = None
+        hooked = make_loop(reduce=True)
+    else:
+        capture = hooks.capture_for(model, optimizer, steps_per_execution=1, every_n_steps=1, capacity=256, keep_full=False, snapshots=False, tracked=(False,) * len(sources))
+        capture.attach()
+        hooked = make_loop()
     with warnings.catch_warnings():  # no loss in a bare loop of updates: the logger says so once
         warnings.simplefilter("ignore", RuntimeWarning)
         hooked()
-    capture.detach()
+    if capture is not None:
+        capture.detach()
     plain()
     times = {"plain": [], "logged": []}
     for _ in range(repeats):
         times["plain"].append(timed(plain) / updates)
-        capture.attach()
+        if capture is not None:
+            capture.attach()
         times["logged"].append(timed(hooked) / updates)
-        capture.detach()
+        if capture is not None:
+            capture.detach()
     added = statistics.median(b - a for a, b in zip(times["plain"], times["logged"], strict=True))
     return {"update_us": statistics.median(times["plain"]) * 1e6, "logged_update_us": statistics.median(times["logged"]) * 1e6, "added_us": added * 1e6}
 
@@ -252,6 +278,7 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per figure (default 5, quick 1)")
     args = parser.parse_args(argv)
     repeats = args.repeats or (1 if args.quick else 5)
+    tf.get_logger().setLevel("ERROR")  # each figure traces loops of its own, which TensorFlow warns of as "retracing"
     if args.quick:
         sizes = dict(steps=200, fit_epochs=5, n_samples=512, epochs=1, memory_steps=20, ttr_epochs=100, updates=20)
     else:
@@ -288,9 +315,14 @@ def main(argv=None):
 
     print("5. One optimizer update on 784-256-256-10 with and without the logger's statistics, in microseconds")
     print(f"   {'':32}{'update':>10}{'logged':>10}{'added':>10}")
-    for key, optimizer, jit in (("in_step_cost", "SGD", False), ("in_step_cost_adam", "Adam", False), ("in_step_cost_xla", "SGD", True)):
-        results[key] = c = bench_in_step_cost(sizes["updates"], repeats, jit_compile=jit, optimizer=optimizer)
-        name = f"{optimizer}, {'XLA' if jit else 'tf.function graph'}"
+    rows = (
+        ("in_step_cost", "SGD, tf.function graph", dict(optimizer="SGD")),
+        ("in_step_cost_floor", "SGD, bare reductions (floor)", dict(optimizer="SGD", bare=True)),
+        ("in_step_cost_adam", "Adam, tf.function graph", dict(optimizer="Adam")),
+        ("in_step_cost_xla", "SGD, XLA", dict(optimizer="SGD", jit_compile=True)),
+    )
+    for key, name, options in rows:
+        results[key] = c = bench_in_step_cost(sizes["updates"], repeats, **options)
         print(f"   {name:32}{c['update_us']:10.0f}{c['logged_update_us']:10.0f}{c['added_us']:10.0f}")
 
     return _write_json(args.json, results)

@@ -5,6 +5,7 @@ import gc
 import glob
 import json
 import warnings
+from functools import partial
 
 import keras
 import numpy as np
@@ -527,11 +528,13 @@ def test_tensorboard_writes_the_new_columns(tmp_path):
 
 
 @pytest.mark.parametrize("accumulation", [None, 2], ids=["every-step", "accumulate-2"])
-def test_update_ratio_from_increments_under_loss_scaling(accumulation):
-    # The inner optimizer's increments (no weight copy) against w_after - w_before (snapshots).
+@pytest.mark.parametrize("make", [keras.optimizers.Adam, keras.optimizers.SGD, partial(keras.optimizers.SGD, clipnorm=0.5)], ids=["adam", "sgd", "sgd-clipnorm"])
+def test_update_ratio_from_increments_under_loss_scaling(accumulation, make):
+    # The inner optimizer's increments (no weight copy; plain SGD: the learning rate times the
+    # applied gradient's norm) against w_after - w_before (snapshots).
     ratios = []
     for snapshots in (False, True):
-        inner = keras.optimizers.Adam(0.05, gradient_accumulation_steps=accumulation)
+        inner = make(0.05, gradient_accumulation_steps=accumulation)
         model, X, y = _lin_like(keras.optimizers.LossScaleOptimizer(inner, initial_scale=2.0**8))
         logger = GradientLogger(snapshots=snapshots)
         model.fit(X, y, batch_size=4, epochs=2, shuffle=False, callbacks=[logger], verbose=0)

@@ -22,9 +22,10 @@ with it. Where each value is taken (Keras 3.15, `keras/src/optimizers/base_optim
   clipping, and the learning rate of this step (a schedule evaluated at the optimizer's
   iteration); `_clip_gradients` sees the gradients before clipping. A loss-scale overflow skip
   or an accumulation micro-step never calls it: the row says `applied = 0`.
-- the weight change (for `update_ratio`): the increments the inner optimizer passes to its
-  `assign_add`/`assign_sub`/`assign`, or `w_after - w_before` with weight decay, constraints,
-  EMA overwrites, snapshots or an optimizer from outside Keras.
+- the weight change (for `update_ratio`): for plain SGD, the learning rate times the applied
+  gradient (its norm taken on the host, `hooks.rate_update`); else the increments the inner
+  optimizer passes to its `assign_add`/`assign_sub`/`assign`, or `w_after - w_before` with weight
+  decay, constraints, EMA overwrites, snapshots or an optimizer from outside Keras.
 
 `LossScaleOptimizer` and gradient accumulation run the update rule inside `tf.cond` branches,
 whose tensors cannot be used outside them; there the inner hooks write their few numbers (and,
@@ -58,7 +59,7 @@ import tensorflow as tf
 
 from kerasbp.logger import per_example as per_example_module
 from kerasbp.logger import replicas, statistics
-from kerasbp.logger.hooks import RAW, ROW, InstalledHooks, applied_same, finish_statistics, host_rows, leaf_optimizer, ring_slots, snapshot_variables
+from kerasbp.logger.hooks import RAW, ROW, InstalledHooks, applied_same, finish_statistics, host_rows, leaf_optimizer, rate_update, ring_slots, snapshot_variables
 from kerasbp.logger.log import NOISE_COLUMNS, REPLICA_STATS, STATS
 
 
@@ -202,6 +203,8 @@ class TensorFlowCapture(InstalledHooks):
         applied_same: bool, the update rule receives the unscaled loss gradient itself (no
             clipping or accumulation), so applied gradients are not stored twice.
         counter: int64 `tf.Variable`, train steps so far (shared by every capture of the optimizer).
+        by_rate: bool, the weight change's norm is the learning rate times the applied gradient's
+            (`hooks.rate_update`), taken on the host.
         strategy: the `tf.distribute` strategy the model trains under, or None.
         n_replicas: int, its replicas in sync (1 without one).
     """
@@ -346,6 +349,7 @@ class TensorFlowCapture(InstalledHooks):
             [None if a is None else a.numpy().copy() for a in buf.alive],
             rows(buf.weights),
             rows(buf.optimizer_state),
+            rate_update=self.by_rate,
         )
         out.update(
             noise=None if buf.noise is None else buf.noise.numpy()[slots],
@@ -424,6 +428,9 @@ class TensorFlowCapture(InstalledHooks):
         # Under tf.distribute the update runs per device copy in a cross-replica merge_call: the
         # weight change is `w_after - w_before` there.
         from_increments = from_increments and self.strategy is None
+        # Plain SGD's increment is `learning_rate * gradient` (keras/src/optimizers/sgd.py): the
+        # host takes its norm from the applied gradient's, and the step reduces nothing for it.
+        self.by_rate = by_rate = from_increments and rate_update(optimizer, model_vars, buf.weights is not None)
         n_replicas, per_replica = self.n_replicas, self.per_replica
         if self.strategy is not None and (self.loss_scaling or leaf.gradient_accumulation_steps):
             raise ValueError(
@@ -497,7 +504,7 @@ class TensorFlowCapture(InstalledHooks):
             }
             if not self.applied_same:
                 found["applied_sq"] = squares_each([found["grads"].get(j, tf.zeros((), dtype)) for j in range(n)], dtype)
-            if from_increments:
+            if from_increments and not by_rate:
                 found["update_sq"] = squares_each([change(j) for j in range(n)], dtype)
             increments.clear()
             if ctx["graph"] is _graph():
@@ -691,7 +698,9 @@ class TensorFlowCapture(InstalledHooks):
                 if present:
                     tracked = [buf.alive[j] is not None and j not in outputs for j in present]
                     pick = (lambda t: t) if len(present) == n else (lambda t: tf.gather(t, present))
-                    if update_sq is not None:
+                    if by_rate:
+                        changes = tf.zeros([len(present)], dtype)  # `update_squares` is not read
+                    elif update_sq is not None:
                         changes = pick(update_sq)
                     else:
                         changes = squares_each([model_vars[j].value - befores[j] for j in present], dtype)

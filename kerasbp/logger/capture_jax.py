@@ -27,7 +27,7 @@ What is taken where (the same values as `TensorFlowCapture`, see `capture.py`):
   of the optimizer's state; the wrapped `train_step` reads them and zeroes them;
 - the weights before and after the step, and the optimizer's variables before it: from the state
   tuple that the wrapped `model.train_step` receives and returns. The weight change gives
-  `update_ratio`.
+  `update_ratio` (plain SGD: the learning rate times the applied gradient, `hooks.rate_update`).
 
 The reductions behind the statistics (`kerasbp.logger.statistics.step_reductions`) are computed
 inside the jitted step and written, with the row, at slot `count % capacity` of each ring buffer. During `fit` the
@@ -283,6 +283,7 @@ class JaxCapture(HookedCapture):
             [None if name is None else self._value(name).astype(bool) for name in buf.alive],
             rows(buf.weights),
             rows(buf.optimizer_state),
+            rate_update=self.by_rate,
         )
 
     # --------------------------------------------------------------------------- reading values
@@ -438,7 +439,10 @@ class JaxCapture(HookedCapture):
         loss = trace.get("loss")
         loss = jnp.asarray(jnp.nan, wide) if loss is None else jnp.reshape(loss, ()).astype(wide)
         weight_squares = ops.stack([statistics.sum_squares(w, dtype) for w in before])
-        update_squares = ops.stack([statistics.sum_squares(ops.cast(a, dtype) - ops.cast(b, dtype), dtype) for a, b in zip(after, before, strict=True)])
+        if self.by_rate:  # plain SGD: the host takes the change from the learning rate
+            update_squares = ops.zeros_like(weight_squares)  # unread
+        else:
+            update_squares = ops.stack([statistics.sum_squares(ops.cast(a, dtype) - ops.cast(b, dtype), dtype) for a, b in zip(after, before, strict=True)])
         tracked = [name is not None for name in buf.alive]
         table, nonzero = statistics.step_reductions(grads, dtype, tracked)
         applied_column = table[:, 1] if applied_sq is None else ops.cast(applied_sq, dtype)  # unread with applied_same

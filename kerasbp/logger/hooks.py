@@ -77,6 +77,24 @@ def applied_same(optimizer):
     )
 
 
+def rate_update(optimizer, variables, snapshots):
+    """Whether each update of `optimizer` is its learning rate times the applied gradient, so that
+    the host takes `|w_after - w_before|` as `learning_rate * applied_norm` and the step reduces
+    nothing for it: Keras's own plain SGD (`keras/src/optimizers/sgd.py`, momentum 0) without
+    weight decay, EMA overwrites or constraints on `variables`, and without `snapshots` (with
+    them, the change is measured as `w_after - w_before`, which tests compare with this)."""
+    leaf = leaf_optimizer(optimizer)
+    return (
+        isinstance(leaf, keras.optimizers.SGD)
+        and type(leaf).__module__.startswith("keras.src.")
+        and not leaf.momentum
+        and not leaf.weight_decay
+        and not (leaf.use_ema and leaf.ema_overwrite_frequency)
+        and all(v.constraint is None for v in variables)
+        and not snapshots
+    )
+
+
 class InstalledHooks:
     """Mixin: hooks installed as instance attributes (`_install`) and put back (`_uninstall`);
     the model is registered in `ATTACHED` meanwhile. Needs `self.model` and `self._installed = []`."""
@@ -135,13 +153,14 @@ class HookedCapture(InstalledHooks):
         self.leaf = leaf_optimizer(optimizer)
         self.loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
         self.applied_same = applied_same(optimizer)
+        self.by_rate = rate_update(optimizer, self.model_vars, snapshots)  # the weight change from the learning rate
         self.snapshot_vars = snapshot_variables(optimizer) if snapshots else None
         self.missing = []
         self.attached = False
         self._installed = []
 
 
-def finish_statistics(raw, loss_scales, sizes, applied_same):
+def finish_statistics(raw, loss_scales, sizes, applied_same, update_rates=None):
     """`STATS` from the reductions a capture wrote (`RAW`), computed on the host in their dtype.
 
     The arithmetic is done in the dtype the sums were reduced in (the model's), as on the
@@ -159,6 +178,10 @@ def finish_statistics(raw, loss_scales, sizes, applied_same):
         sizes: sequence of ints, the number of entries of each variable.
         applied_same: bool, the update rule received the unscaled loss gradient itself, so
             `applied_norm` is `norm` (the `applied_squares` column is then not read).
+        update_rates: None (default), or a float array broadcastable to `raw.shape[:-2]`: the
+            update of each step was this learning rate times the applied gradient (plain SGD,
+            `keras/src/optimizers/sgd.py`; 0 where nothing was applied), so `|w_after - w_before|`
+            is `rate * applied_norm` and the `update_squares` column is not read.
 
     Returns:
         float64 array `(..., n_variables, len(STATS))`.
@@ -177,6 +200,11 @@ def finish_statistics(raw, loss_scales, sizes, applied_same):
     low, high = column["min"] / scale, column["max"] / scale
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         weight_norm = np.sqrt(column["weight_squares"])
+        applied_norm = np.sqrt(squares if applied_same else column["applied_squares"])
+        if update_rates is None:
+            update_norm = np.sqrt(column["update_squares"])
+        else:
+            update_norm = np.asarray(update_rates, dtype=raw.dtype)[..., None] * applied_norm
         by_name = {
             "norm": np.sqrt(squares),
             "mean": mean,
@@ -186,24 +214,26 @@ def finish_statistics(raw, loss_scales, sizes, applied_same):
             "max_abs": np.maximum(np.abs(low), np.abs(high)),
             "nonfinite": column["nonfinite"],
             "weight_norm": weight_norm,
-            "update_ratio": np.sqrt(column["update_squares"]) / weight_norm,
-            "applied_norm": np.sqrt(squares if applied_same else column["applied_squares"]),
+            "update_ratio": update_norm / weight_norm,
+            "applied_norm": applied_norm,
         }
     return np.stack([by_name[name] for name in STATS], axis=-1).astype(np.float64)
 
 
-def host_rows(table, steps, raw, sizes, applied_same, full, applied_full, alive, weights, optimizer_state):
+def host_rows(table, steps, raw, sizes, applied_same, full, applied_full, alive, weights, optimizer_state, rate_update=False):
     """The rows a capture's `read` returns (see `TensorFlowCapture.read`), from host arrays:
     `table` `(n, len(ROW))`, `steps` `(n, 2)` (train step, iterations), `raw`
     `(n, n_variables, len(RAW))` (finished with `finish_statistics`, given each variable's
-    number of entries `sizes` and `applied_same`), and the optional lists `full`,
+    number of entries `sizes` and `applied_same`; with `rate_update`, each applied update was the
+    row's learning rate times the applied gradient), and the optional lists `full`,
     `applied_full`, `alive`, `weights`, `optimizer_state`. Where no update was applied, the
     learning rate, `applied_norm` and the applied gradients become NaN and `clipped` False.
     Without TensorFlow: per-example and replica rows are None (the torch capture fills in its
     per-example rows)."""
     col = {name: table[:, i] for i, name in enumerate(ROW)}
     applied = col["applied"] > 0
-    stats = finish_statistics(raw, col["loss_scale"], sizes, applied_same)
+    rates = np.where(applied, col["learning_rate"], 0.0) if rate_update else None
+    stats = finish_statistics(raw, col["loss_scale"], sizes, applied_same, update_rates=rates)
     stats[~applied, :, STATS.index("applied_norm")] = np.nan
     for a in applied_full or []:
         a[~applied] = np.nan
