@@ -25,10 +25,10 @@ from runs in the same process.
 5. In-step cost of the statistics: a compiled loop of optimizer updates on 784-256-256-10 (the
    gradients change from update to update), with and without the logger's capture attached, in turn round after round; the
    cost is the median over rounds of the difference per update. This isolates what the logger
-   adds to a step from the noise of whole `fit` runs. The "bare reductions" row is the floor in
-   a TensorFlow graph: only the five reductions per variable that the statistics need, each its
-   own kernel and pass over memory (a graph cannot fuse them; XLA can, but its CPU reductions
-   are slower still, row "SGD, XLA").
+   adds to a step from the noise of whole `fit` runs. The "floor" column, timed in the same
+   rounds, is what only the five reductions per variable that the statistics need add in a
+   TensorFlow graph, each its own kernel and pass over memory (a graph cannot fuse them; XLA
+   can, but its CPU reductions are slower still: row "SGD, XLA").
 """
 
 import argparse
@@ -210,12 +210,13 @@ def bare_reductions(grads, variables, buffer, slot):
     return weights
 
 
-def bench_in_step_cost(updates, repeats, jit_compile=False, optimizer="SGD", bare=False):
+def bench_in_step_cost(updates, repeats, jit_compile=False, optimizer="SGD"):
     """Per optimizer update on 784-256-256-10: microseconds without and with the capture, in a
     `tf.function` (`jit_compile=False`: TensorFlow's graph executor, what `fit` uses on a
     machine without a GPU) or compiled by XLA (what `fit` uses with a GPU, and `kerasbp.train`
     for long runs). `optimizer`: the name of a Keras optimizer class (default learning rate).
-    `bare`: instead of the capture, only `bare_reductions` (graph mode), the floor of its cost."""
+    In a graph, the same rounds also time `bare_reductions`, the floor of the capture's cost
+    (`floor_added_us`), so that the two are compared under the same load."""
     model = wide_model()
     model.compile(getattr(keras.optimizers, optimizer)(), model.loss)
     model.build((None, 784))
@@ -223,7 +224,6 @@ def bench_in_step_cost(updates, repeats, jit_compile=False, optimizer="SGD", bar
     optimizer.build(model.trainable_weights)
     rng = np.random.default_rng(0)
     sources = [tf.Variable(rng.normal(size=w.shape).astype("float32") * 1e-3) for w in model.trainable_weights]
-
     floor = tf.Variable(tf.zeros([256, len(sources), 5]))
 
     def make_loop(reduce=False):
@@ -245,30 +245,38 @@ def bench_in_step_cost(updates, repeats, jit_compile=False, optimizer="SGD", bar
 
         return loop
 
-    plain = make_loop()
-    if bare:
-        capture = None
-        hooked = make_loop(reduce=True)
-    else:
-        capture = hooks.capture_for(model, optimizer, steps_per_execution=1, every_n_steps=1, capacity=256, keep_full=False, snapshots=False, tracked=(False,) * len(sources))
-        capture.attach()
-        hooked = make_loop()
+    capture = hooks.capture_for(model, optimizer, steps_per_execution=1, every_n_steps=1, capacity=256, keep_full=False, snapshots=False, tracked=(False,) * len(sources))
+    capture.attach()
+    hooked = make_loop()
     with warnings.catch_warnings():  # no loss in a bare loop of updates: the logger says so once
         warnings.simplefilter("ignore", RuntimeWarning)
         hooked()
-    if capture is not None:
-        capture.detach()
-    plain()
-    times = {"plain": [], "logged": []}
-    for _ in range(repeats):
-        times["plain"].append(timed(plain) / updates)
-        if capture is not None:
-            capture.attach()
-        times["logged"].append(timed(hooked) / updates)
-        if capture is not None:
+    capture.detach()
+
+    def logged():
+        capture.attach()
+        try:
+            hooked()
+        finally:
             capture.detach()
-    added = statistics.median(b - a for a, b in zip(times["plain"], times["logged"], strict=True))
-    return {"update_us": statistics.median(times["plain"]) * 1e6, "logged_update_us": statistics.median(times["logged"]) * 1e6, "added_us": added * 1e6}
+
+    loops = {"plain": make_loop(), "logged": logged}
+    if not jit_compile:
+        loops["floor"] = make_loop(reduce=True)
+    for loop in loops.values():
+        loop()
+    times = {name: [] for name in loops}
+    for _ in range(repeats):
+        for name, loop in loops.items():
+            times[name].append(timed(loop) / updates * 1e6)
+
+    def added(name):
+        return statistics.median(b - a for a, b in zip(times["plain"], times[name], strict=True))
+
+    out = {"update_us": statistics.median(times["plain"]), "logged_update_us": statistics.median(times["logged"]), "added_us": added("logged")}
+    if "floor" in loops:
+        out["floor_added_us"] = added("floor")
+    return out
 
 
 def main(argv=None):
@@ -314,16 +322,12 @@ def main(argv=None):
         print(f"   {name:40}{r['seconds']:10.3f}{r['ratio_to_numpy_twin']:10.2f}")
 
     print("5. One optimizer update on 784-256-256-10 with and without the logger's statistics, in microseconds")
-    print(f"   {'':32}{'update':>10}{'logged':>10}{'added':>10}")
-    rows = (
-        ("in_step_cost", "SGD, tf.function graph", dict(optimizer="SGD")),
-        ("in_step_cost_floor", "SGD, bare reductions (floor)", dict(optimizer="SGD", bare=True)),
-        ("in_step_cost_adam", "Adam, tf.function graph", dict(optimizer="Adam")),
-        ("in_step_cost_xla", "SGD, XLA", dict(optimizer="SGD", jit_compile=True)),
-    )
-    for key, name, options in rows:
-        results[key] = c = bench_in_step_cost(sizes["updates"], repeats, **options)
-        print(f"   {name:32}{c['update_us']:10.0f}{c['logged_update_us']:10.0f}{c['added_us']:10.0f}")
+    print(f"   {'':26}{'update':>8}{'logged':>8}{'added':>8}{'/update':>9}{'floor':>8}")
+    for key, optimizer, jit in (("in_step_cost", "SGD", False), ("in_step_cost_adam", "Adam", False), ("in_step_cost_xla", "SGD", True)):
+        results[key] = c = bench_in_step_cost(sizes["updates"], repeats, jit_compile=jit, optimizer=optimizer)
+        name = f"{optimizer}, {'XLA' if jit else 'tf.function graph'}"
+        floor = f"{c['floor_added_us']:8.0f}" if "floor_added_us" in c else f"{'-':>8}"
+        print(f"   {name:26}{c['update_us']:8.0f}{c['logged_update_us']:8.0f}{c['added_us']:8.0f}{c['added_us'] / c['update_us']:9.2f}{floor}")
 
     return _write_json(args.json, results)
 

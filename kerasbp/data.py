@@ -165,11 +165,11 @@ def _read_columns(path, x_columns, y_column):
             raise ValueError(f"`path` must be a CSV file with a header row. Received an empty file: {str(path)!r}")
         header = [h.strip() for h in header]
         wanted = x_columns + [y_column]
-        for col in wanted:
+        for col, name in zip(wanted, ["x_columns"] * len(x_columns) + ["y_column"], strict=True):
             if col not in header:
-                raise ValueError(f"column {col!r} is not in the CSV header of {str(path)!r}. Columns found: {header}")
+                raise ValueError(f"`{name}` must name columns of the CSV header of `path` {str(path)!r}: {header}. Received: {col!r}")
             if header.count(col) > 1:
-                raise ValueError(f"column {col!r} appears {header.count(col)} times in the CSV header of {str(path)!r}")
+                raise ValueError(f"`{name}` names column {col!r}, which appears {header.count(col)} times in the CSV header of `path` {str(path)!r}")
         index = [header.index(col) for col in wanted]
         rows = []
         for line_no, row in enumerate(reader, start=2):
@@ -177,7 +177,7 @@ def _read_columns(path, x_columns, y_column):
                 continue  # blank line
             if len(row) != len(header):
                 raise ValueError(
-                    f"CSV {str(path)!r}, line {line_no}: expected {len(header)} fields as in the header. Received {len(row)}: {row!r}"
+                    f"`path` {str(path)!r}, line {line_no}: expected {len(header)} fields as in the header. Received {len(row)}: {row!r}"
                 )
             values = []
             for col, i in zip(wanted, index, strict=True):
@@ -188,7 +188,7 @@ def _read_columns(path, x_columns, y_column):
                     value = None
                 if value is None or not np.isfinite(value):
                     raise ValueError(
-                        f"CSV {str(path)!r}, line {line_no}, column {col!r}: expected a finite number. Received: {cell!r}"
+                        f"`path` {str(path)!r}, line {line_no}, column {col!r}: expected a finite number. Received: {cell!r}"
                     )
                 values.append(value)
             rows.append(values)

@@ -57,7 +57,7 @@ def test_load_xy_csv_reads_columns_by_name(tmp_path):
         ("a,y\n1,2\nx,3\n", r"line 3, column 'a': expected a finite number. Received: 'x'"),
         ("a,y\n1,2\n,3\n", r"line 3, column 'a'"),
         ("a,y\n1,nan\n", r"line 2, column 'y'.*'nan'"),
-        ("a,z\n1,2\n", r"column 'y' is not in the CSV header.*\['a', 'z'\]"),
+        ("a,z\n1,2\n", r"`y_column` must name columns of the CSV header.*\['a', 'z'\]. Received: 'y'"),
         ("a,y\n", r"at least one data row"),
         ("", r"header row"),
     ],
