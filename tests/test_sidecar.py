@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from kerasbp import GradientLogger, compile_model, train, xor_data, xor_model
+from kerasbp import GradientLogger, compile_model, load_gradient_log, train, xor_data, xor_model
 from kerasbp.logger import sidecar
 
 
@@ -51,3 +51,20 @@ def test_rows_added_between_flushes_go_to_the_next_chunk_and_a_torn_chunk_ends_r
     messages = " ".join(str(w.message) for w in record)
     assert "dropped unreadable chunk" in messages and "recovered 15 logged steps" in messages
     np.testing.assert_array_equal(arrays["steps"], np.concatenate([np.arange(10), np.arange(10, 15)]))
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["file", "folder"])
+def test_a_run_stopped_before_its_first_chunk_is_named_on_load(tmp_path, streaming):
+    # Killed before the first chunk: the sidecar folder exists and holds nothing to recover.
+    path = tmp_path / "run"
+    if streaming:
+        path.mkdir()
+        os.makedirs(sidecar.sidecar_path(path / "log.npz"))
+    else:
+        path = tmp_path / "run.npz"
+        os.makedirs(sidecar.sidecar_path(path))
+    with pytest.raises(FileNotFoundError, match=r"stopped before it saved any logged step .*holds none\). Received: path="):
+        load_gradient_log(path)
+    os.rmdir(sidecar.sidecar_path(path / "log.npz" if streaming else path))
+    with pytest.raises(FileNotFoundError, match="gradient log"):  # no sidecar: the plain message
+        load_gradient_log(path)

@@ -818,7 +818,8 @@ def load_gradient_log(path):
         recovered from them (`kerasbp.logger.sidecar.recover`) with a warning saying how many steps.
 
     Raises:
-        FileNotFoundError: if `path` does not exist (or a folder holds no log).
+        FileNotFoundError: if `path` does not exist (or a folder holds no log); saying so where
+            its run was stopped before it saved a step (an empty sidecar).
         ValueError: if the file is not a kerasbp gradient log.
     """
     if not os.path.exists(path):
@@ -827,17 +828,29 @@ def load_gradient_log(path):
             with tempfile.TemporaryDirectory() as folder:
                 np.savez(os.path.join(folder, "recovered.npz"), **recovered)
                 return load_gradient_log(os.path.join(folder, "recovered.npz"))
+        _refuse_empty_sidecar(path)
     folder = None
     if os.path.isdir(path):
         folder, path = os.fspath(path), os.path.join(path, FOLDER_LOG)
         if not os.path.isfile(path):
             recovered = sidecar.recover(path)  # a streaming run killed before it wrote the folder's log
             if recovered is None:
+                _refuse_empty_sidecar(path)
                 raise FileNotFoundError(f"`path` is a folder without a kerasbp gradient log ({FOLDER_LOG}). Received: path={folder!r}")
             with tempfile.TemporaryDirectory() as scratch:
                 np.savez(os.path.join(scratch, FOLDER_LOG), **recovered)
                 return _read(os.path.join(scratch, FOLDER_LOG), folder)
     return _read(path, folder)
+
+
+def _refuse_empty_sidecar(path):
+    """Raise FileNotFoundError if the log `path` is missing but its sidecar folder is there without
+    a whole chunk: its run was stopped before it saved any step."""
+    if os.path.isdir(sidecar.sidecar_path(path)):
+        raise FileNotFoundError(
+            f"`path` was not written: the run logging to it was stopped before it saved any logged step (its sidecar "
+            f"{sidecar.sidecar_path(path)!r} holds none). Received: path={os.fspath(path)!r}"
+        )
 
 
 def _read(path, folder):
