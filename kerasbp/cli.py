@@ -375,6 +375,10 @@ def _parallel_text(r):
     return f"data-parallel over {r['devices']} replicas (MirroredStrategy); gradient noise scale B_simple from the replicas: {noise}"
 
 
+#: The largest relative gap to least squares that `train_linear.py` prints without a hint.
+NOT_CONVERGED_GAP = 0.05
+
+
 def _linear_text(r):
     """`run_linear`'s result as the text `train_linear.py` prints."""
     trained_on = (
@@ -394,6 +398,12 @@ def _linear_text(r):
     lines.append(f"{'':{width}}{'learned':>14}{'least squares':>16}{'relative gap':>14}")
     for name, c, o, g in zip(names, learned, ols, gaps, strict=True):
         lines.append(f"{name:{width}}{c:14.6g}{o:16.6g}{'n/a' if g is None else f'{g:.2e}':>14}")
+    largest = max((g for g in gaps if g is not None), default=None)
+    if largest is not None and largest > NOT_CONVERGED_GAP:
+        lines.append(
+            f"not converged yet: a relative gap of {largest:.2e} to least squares (gradient descent gets there slowly "
+            "when the inputs are not centred); try more --epochs, a larger --learning-rate or --standardize"
+        )
     lines.append(f"predictions at {r['predict_at']}:")
     for p in r["predictions"]:
         at = ", ".join(f"{c} = {v:.4g}" for c, v in zip(r["columns"], p["x"], strict=True))

@@ -19,6 +19,7 @@ Example:
 """
 
 import contextlib
+import glob
 import os
 import sys
 import time
@@ -103,7 +104,10 @@ def _save_log(logger, path):
             logger.to_npz(path)
     except OSError as e:
         needed = sum(np.asarray(a).nbytes for a in logger._arrays(gradients=logger.record == "full").values())
-        return f"could not save the gradient log to {path!r}: {e.strerror or e} (it needs about {needed / 2**20:.1f} MB); the run's results are above"
+        kept = ""
+        if glob.glob(os.path.join(sidecar.sidecar_path(path), "chunk-*.npz")):
+            kept = f"; the steps it saved while training are in {sidecar.sidecar_path(path)!r}: kerasbp.load_gradient_log({path!r}) recovers them"
+        return f"could not save the gradient log to {path!r}: {e.strerror or e} (it needs about {needed / 2**20:.1f} MB); the run's results are above{kept}"
     return None
 
 
@@ -116,7 +120,13 @@ class _KeepLog(keras.callbacks.Callback):
     def __init__(self, logger, path):
         super().__init__()
         self.logger = logger
-        self.writer = sidecar.SidecarWriter(path)
+        try:
+            self.writer = sidecar.SidecarWriter(path)
+        except OSError as e:  # before training: a place the job cannot write to is bad input
+            raise ValueError(
+                f"`log_gradients` must be a path in a folder this process can write to: creating "
+                f"{sidecar.sidecar_path(path)!r} beside it failed ({e.strerror or e}). Received: log_gradients={path!r}"
+            ) from None
         self.failed = None
 
     def on_epoch_end(self, epoch, logs=None):
@@ -326,7 +336,8 @@ def run_linear(
     Raises:
         ValueError, TypeError: for bad arguments or data (see `load_xy_csv`, `check_xy`), such as
             `csv` without `x_columns` and `y_column`, a `log_gradients` suffix other than `.npz`
-            and `.csv`, or a constant column with `standardize`.
+            and `.csv` or a folder this process cannot write to, or a constant column with
+            `standardize`.
         FileNotFoundError: for a missing CSV file.
         Diverged: if the loss or a gradient became non-finite.
 
@@ -339,13 +350,13 @@ def run_linear(
     batch_size = check_positive_int("batch_size", batch_size)
     seed = check_seed(seed)
     if csv is not None:
-        if not x_columns or not y_column:
+        if x_columns is None or y_column is None:  # given but empty: load_xy_csv says what is wrong with it
             raise ValueError("`csv` needs `x_columns` and `y_column`: the input column names and the target column's name")
         X, y = load_xy_csv(csv, x_columns, y_column)
         columns = [c.strip() for c in x_columns.split(",")] if isinstance(x_columns, str) else [c.strip() for c in x_columns]
         target = y_column.strip()
     else:
-        if x_columns or y_column:
+        if x_columns is not None or y_column is not None:
             raise ValueError("`x_columns` and `y_column` need `csv`, the file to read them from")
         X, y = linear_data()
         columns, target = ["x"], "y"

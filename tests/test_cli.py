@@ -139,12 +139,16 @@ LINEAR_BAD = [
     (["--csv", "{bad}", "--x-columns", "a", "--y-column", "y"], "line 3, column 'a': expected a finite number. Received: 'oops'"),
     (["--csv", "{bad}", "--x-columns", "a", "--y-column", "y"], "error: --csv "),
     (["--csv", "{csv}"], "--csv needs --x-columns and --y-column"),
+    (["--csv", "{csv}", "--x-columns", "", "--y-column", "y"], "--x-columns must name one or more columns, none empty. Received: --x-columns=''"),
+    (["--csv", "{csv}", "--x-columns", "a", "--y-column", ""], "--y-column must be a column name. Received: --y-column=''"),
     (["--x-columns", "a", "--y-column", "y"], "--x-columns and --y-column need --csv"),
     (["--csv", "{csv}", "--x-columns", "a,a", "--y-column", "y"], "--x-columns must not name a column twice. Received: --x-columns='a,a'"),
     (["--csv", "{const}", "--x-columns", "a", "--y-column", "y", "--standardize"], "cannot standardize column 'a'"),
     (["--frobnicate"], "unrecognized arguments: --frobnicate"),
     (["--log-gradients", "no/such/folder/log.npz"], "--log-gradients must be a file path in an existing folder"),
     (["--log-gradients", "{tmp}/log.txt"], "--log-gradients must end in .npz"),
+    # its sidecar cannot be made (here a file is in the way; a read-only disk alike)
+    (["--epochs", "2", "--log-gradients", "{tmp}/blocked.npz"], "--log-gradients must be a path in a folder this process can write to"),
 ]
 
 
@@ -152,6 +156,7 @@ LINEAR_BAD = [
 def csv_files(tmp_path):
     files = {"csv": "a,y\n1,2\n2,4\n3,6\n", "bad": "a,y\n1,2\noops,4\n", "const": "a,y\n1,2\n1,4\n1,6\n"}
     out = {"tmp": tmp_path}
+    (tmp_path / "blocked.npz.partial").write_text("a file where the sidecar folder of blocked.npz would go")
     for key, text in files.items():
         out[key] = tmp_path / f"{key}.csv"
         out[key].write_text(text)

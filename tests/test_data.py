@@ -136,7 +136,7 @@ def test_check_range_bounds():
         ("x,y\n1,2\n", "x,", "y", r"none empty. Received: x_columns='x,'"),
         ("x,y\n1,2\n", "x,x", "y", "must not name a column twice"),
         ("x,y\n1,2\n", "x", "x", "must not also be an input column"),
-        ("x,x,y\n1,2,3\n", "x", "y", "column 'x' appears 2 times"),
+        ("x,x,y\n1,2,3\n", "x", "y", "`x_columns` names column 'x', which appears 2 times in the CSV header of `path`"),
         ("x,y\n1,2\n2,5,6\n", "x", "y", r"line 3: expected 2 fields as in the header. Received 3"),
     ],
     ids=["empty-name", "repeated", "target-is-input", "duplicate-header", "ragged-row"],

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from kerasbp import GradientLogger, cli, interrupts, compile_model, load_gradient_log, train, xor_data, xor_model
-from kerasbp.logger import sidecar
+from kerasbp.logger import GradientLog, sidecar
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = str(ROOT / "scripts" / "train_xor.py")
@@ -139,6 +139,21 @@ def test_a_full_disk_costs_the_log_not_the_results(tmp_path, monkeypatch, capsys
     assert len(lines) == 1
     assert lines[0].startswith(f"error: could not save the gradient log to {str(log)!r}: No space left on device (it needs about ")
     assert not log.exists() and not list(tmp_path.glob(".tmp-*"))
+
+
+def test_a_failed_final_save_says_where_the_steps_logged_while_training_are(tmp_path, monkeypatch, capsys):
+    def no_space(self, path):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(GradientLog, "to_npz", no_space)  # the final save fails; the sidecar's chunks do not
+    monkeypatch.setattr(sidecar.SidecarWriter, "due", lambda self: True)  # a chunk at every epoch's end
+    log = tmp_path / "run.npz"
+    assert cli.main_xor(["--epochs", "20", "--log-gradients", str(log)]) == 1
+    err = capsys.readouterr().err.strip()
+    partial = sidecar.sidecar_path(log)
+    assert err.count("\n") == 0 and err.endswith(f"the steps it saved while training are in {partial!r}: kerasbp.load_gradient_log({str(log)!r}) recovers them"), err
+    with pytest.warns(RuntimeWarning, match="recovered 20 logged steps"):
+        assert load_gradient_log(log).steps.tolist() == list(range(20))
 
 
 KILLED_STREAMING_RUN = """
