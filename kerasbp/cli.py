@@ -100,6 +100,15 @@ def _number(kind):
     return parse
 
 
+def _seed(text):
+    """The argparse `type` of `--seed`: an integer in `[0, 2**31)` (what `checks.check_seed`
+    allows, but None, which cannot be typed)."""
+    value = _number(int)(text)
+    if not 0 <= value < 2**31:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**31), received {text!r}")
+    return value
+
+
 def _check_files(kwargs):
     """The file arguments, checked before TensorFlow is imported: an existing `csv`, a
     `log_gradients` path ending in .npz or .csv in an existing folder."""
@@ -208,7 +217,7 @@ def _common_arguments(parser, optimizer_default, learning_rate_default, epochs_d
     parser.add_argument("--optimizer", default=None, help=f"{_names(OPTIMIZERS)} (default: {optimizer_default})")
     parser.add_argument("--learning-rate", type=_number(float), default=None, help=f"the optimizer's learning rate (default: {learning_rate_default})")
     parser.add_argument("--epochs", type=_number(int), default=None, help=f"passes over the data (default: {epochs_default})")
-    parser.add_argument("--seed", type=_number(int), default=None, help="random seed of the initial weights, so that a run repeats exactly (default: 0)")
+    parser.add_argument("--seed", type=_seed, default=None, help="random seed of the initial weights, so that a run repeats exactly (default: 0)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text (default: text)")
     parser.add_argument("--log-gradients", metavar="PATH", default=None, help=_LOG_HELP)
     parser.add_argument(
@@ -486,7 +495,7 @@ def main_compare(argv=None):
     parser.add_argument("--batch-size", type=_number(int), default=None, help="default: 3 for xor, 30 for linear")
     parser.add_argument("--dtype", default="float32", help="float32 or float64, the model's and the twin's (default: float32)")
     parser.add_argument("--loss", default=None, help=f"{_names(LOSS_NAMES)} (default: binary_crossentropy for xor, mse for linear)")
-    parser.add_argument("--seed", type=_number(int), default=0, help="random seed of the initial weights (default: 0)")
+    parser.add_argument("--seed", type=_seed, default=0, help="random seed of the initial weights (default: 0)")
     parser.add_argument("--json", action="store_true", help="print the whole report as one JSON object (default: a summary)")
     _backend_argument(parser)
     args = parser.parse_args(argv)

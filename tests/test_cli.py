@@ -183,8 +183,8 @@ XOR_BAD = [
     (["--hidden-units", "0"], "--hidden-units must be a positive integer"),
     (["--epochs", "-1"], "--epochs must be a positive integer"),
     (["--learning-rate", "inf"], "--learning-rate=inf"),
-    (["--seed", "-2"], "--seed must be None or an integer in [0, 2**31)"),
-    (["--seed", "99999999999999999999"], "--seed must be None or an integer in [0, 2**31)"),
+    (["--seed", "-2"], "argument --seed: expected an integer in [0, 2**31), received '-2'"),
+    (["--seed", "99999999999999999999"], "argument --seed: expected an integer in [0, 2**31), received '99999999999999999999'"),
     (["--log-gradients", "run.h5"], "--log-gradients must end in .npz"),
 ]
 
