@@ -28,7 +28,7 @@ import re
 import sys
 
 from kerasbp.backends import BACKENDS, running_backend
-from kerasbp.checks import check_choice
+from kerasbp.checks import check_choice, check_seed
 from kerasbp.interrupts import Terminated, exit_status, signals_as_interrupts
 from kerasbp.reference.activations import ACTIVATIONS
 from kerasbp.reference.losses import LOSS_NAMES
@@ -101,12 +101,12 @@ def _number(kind):
 
 
 def _seed(text):
-    """The argparse `type` of `--seed`: an integer in `[0, 2**31)` (what `checks.check_seed`
-    allows, but None, which cannot be typed)."""
-    value = _number(int)(text)
-    if not 0 <= value < 2**31:
-        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**31), received {text!r}")
-    return value
+    """The argparse `type` of `--seed`: what `checks.check_seed` allows but None, which cannot be
+    typed (its message offers None)."""
+    try:
+        return check_seed(_number(int)(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**31), received {text!r}") from None
 
 
 def _check_files(kwargs):

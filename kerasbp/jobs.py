@@ -19,7 +19,6 @@ Example:
 """
 
 import contextlib
-import glob
 import os
 import sys
 import time
@@ -105,7 +104,7 @@ def _save_log(logger, path):
     except OSError as e:
         needed = sum(np.asarray(a).nbytes for a in logger._arrays(gradients=logger.record == "full").values())
         kept = ""
-        if glob.glob(os.path.join(sidecar.sidecar_path(path), "chunk-*.npz")):
+        if sidecar.chunk_names(path):
             kept = f"; the steps it saved while training are in {sidecar.sidecar_path(path)!r}: kerasbp.load_gradient_log({path!r}) recovers them"
         return f"could not save the gradient log to {path!r}: {e.strerror or e} (it needs about {needed / 2**20:.1f} MB); the run's results are above{kept}"
     return None

@@ -69,6 +69,13 @@ def run_script(script, out, names, timeout_s, env=None):
         return json.load(f), tail
 
 
+def assert_ok(run, check):
+    """Assert that the checks' process (`run`: what `run_script` returned) reported `check` as "ok"."""
+    results, tail = run
+    assert check in results, f"the checks' process did not report {check!r}:\n{tail}"
+    assert results[check] == "ok", results[check]
+
+
 def twin_steps(model, logger, X, y, batch, loss="mse"):
     """Per logged step (`shuffle=False`, snapshots): the twin's `(loss, gradient of the batch,
     gradients of each device's half times 1/2, batch size)` at the weights Keras had before that

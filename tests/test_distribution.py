@@ -44,9 +44,7 @@ def mirrored_results(tmp_path_factory):
 
 @pytest.mark.parametrize("check", CHECKS)
 def test_mirrored_strategy_on_two_devices(check, mirrored_results):
-    results, tail = mirrored_results
-    assert check in results, f"the checks' process did not report {check!r}:\n{tail}"
-    assert results[check] == "ok", results[check]
+    check_runner.assert_ok(mirrored_results, check)
 
 
 def _free_ports(n):

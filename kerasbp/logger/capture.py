@@ -430,7 +430,7 @@ class TensorFlowCapture(InstalledHooks):
         from_increments = from_increments and self.strategy is None
         # Plain SGD's increment is `learning_rate * gradient` (keras/src/optimizers/sgd.py): the
         # host takes its norm from the applied gradient's, and the step reduces nothing for it.
-        self.by_rate = by_rate = from_increments and rate_update(optimizer, model_vars, buf.weights is not None)
+        self.by_rate = by_rate = rate_update(optimizer, model_vars, buf.weights is not None) and self.strategy is None
         n_replicas, per_replica = self.n_replicas, self.per_replica
         if self.strategy is not None and (self.loss_scaling or leaf.gradient_accumulation_steps):
             raise ValueError(

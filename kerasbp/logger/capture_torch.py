@@ -279,17 +279,18 @@ class TorchCapture(HookedCapture):
                     g = by_index[j].detach().to(getattr(torch, self.dtype))
                     buf.full[j][slot] = g if scale is None else g / torch.as_tensor(scale, dtype=g.dtype, device=g.device)
             noise = self.taps.statistics(by_index, scale, self.dtype) if self.taps is not None else None
-            if self.by_rate:  # plain SGD: the host takes the change from the learning rate, no copy
-                befores = torch._foreach_norm([model_vars[j].value.detach().to(getattr(torch, self.dtype)) for j in present]) if present else []
-            else:
-                befores = [v.value.detach().clone() for v in model_vars]
+            # torch's fused multi-tensor norms: one call for all variables (keras.ops per tensor costs more here)
+            weights = [model_vars[j].value.detach().to(getattr(torch, self.dtype)) for j in present]
+            weight_squares = torch.stack(torch._foreach_norm(weights)) ** 2 if present else None
+            # The weight change needs a copy, except for plain SGD, whose change the host takes from the learning rate.
+            befores = None if self.by_rate else [v.value.detach().clone() for v in model_vars]
             state_before = [v.value.detach().clone() for v in self.snapshot_vars] if buf.weights is not None else None
             self._found = found = {}
             try:
                 result = original["apply"](grads, trainable_variables)
             finally:
                 self._found = None
-            self._write(step, loss, scale, present, reduced, befores, state_before, found, noise)
+            self._write(step, loss, scale, present, reduced, weight_squares, befores, state_before, found, noise)
             return result
 
         return ([] if self.taps is None else self.taps.hooks()) + [
@@ -301,7 +302,7 @@ class TorchCapture(HookedCapture):
         ]
 
     @torch.no_grad()
-    def _write(self, step, loss, scale, present, reduced, befores, state_before, found, noise=None):
+    def _write(self, step, loss, scale, present, reduced, weight_squares, befores, state_before, found, noise=None):
         buf, dtype, n = self.buffers, self.dtype, len(self.model_vars)
         device = buf.rows.device
         slot = self._count % buf.capacity
@@ -319,14 +320,11 @@ class TorchCapture(HookedCapture):
         values = torch.full((n, len(RAW)), float("nan"), dtype=getattr(torch, dtype), device=device)
         finite_grads = torch.tensor(True, device=device)
         if present:
-            # torch's fused multi-tensor norms: one call for all variables (keras.ops per tensor costs more here)
-            compute = getattr(torch, dtype)
-            if self.by_rate:  # `befores`: the weights' norms, taken before the update
-                weight_squares = torch.stack(befores) ** 2
+            if self.by_rate:
                 update_squares = torch.zeros_like(weight_squares)  # unread
             else:
+                compute = getattr(torch, dtype)
                 before = [befores[j].to(compute) for j in present]
-                weight_squares = torch.stack(torch._foreach_norm(before)) ** 2
                 changes = torch._foreach_sub([self.model_vars[j].value.detach().to(compute) for j in present], before)
                 update_squares = torch.stack(torch._foreach_norm(changes)) ** 2
             table, nonzero = reduced

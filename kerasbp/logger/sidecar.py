@@ -100,6 +100,11 @@ class SidecarWriter:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+def chunk_names(path):
+    """The chunk files in the sidecar of the log file `path`, in order (an empty list if none)."""
+    return sorted(glob.glob(os.path.join(sidecar_path(path), "chunk-*.npz")))
+
+
 def _concatenate(chunks):
     """Chunks joined along rows; 2-D float chunks of different widths (the per-example norms of
     batches of different sizes) padded with NaN to the widest."""
@@ -122,9 +127,8 @@ def recover(path):
         dict of arrays as `GradientLog._arrays` gives them, or None when there is no sidecar
         or it holds no whole chunk. A `RuntimeWarning` says how many steps were recovered.
     """
-    names = sorted(glob.glob(os.path.join(sidecar_path(path), "chunk-*.npz")))
     parts = []
-    for name in names:
+    for name in chunk_names(path):
         try:
             with np.load(name, allow_pickle=False) as data:
                 parts.append({key: data[key] for key in data.files})

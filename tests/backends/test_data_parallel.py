@@ -40,6 +40,4 @@ def data_parallel_results(tmp_path_factory):
 
 @pytest.mark.parametrize("check", CHECKS)
 def test_data_parallel_on_two_host_devices(check, data_parallel_results):
-    results, tail = data_parallel_results
-    assert check in results, f"the checks' process did not report {check!r}:\n{tail}"
-    assert results[check] == "ok", results[check]
+    check_runner.assert_ok(data_parallel_results, check)
