@@ -12,6 +12,9 @@ run each (tracing), the variants run in turn, round after round, and each ratio 
 over rounds of the variant's time over plain `fit`'s in the same round (the method of
 `benchmarks/run.py`), which cancels the slow drifts of a shared machine's speed.
 
+It measures the backend Keras runs on (`KERAS_BACKEND=jax python benchmarks/curvature.py` for
+JAX's, and torch's likewise).
+
 A probe every 100 steps adds a few percent, less than the noise of whole runs on a shared machine,
 so a second figure measures one probe's cost directly: `fit` with a probe at every step against
 plain `fit` on 20 steps, in paired rounds; the cost of a probe every 100 steps follows from it.

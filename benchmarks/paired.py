@@ -40,6 +40,13 @@ def fit_runs(variants, X, y, epochs, make_model=wide_model, batch_size=128):
     return runs
 
 
+def timed(run):
+    """Wall time of one call of `run()` in seconds."""
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
 def paired_rounds(runs, repeats, with_cpu=False):
     """Time `runs` (dict name -> callable) in paired rounds; return dict name -> list of wall
     seconds, and with `with_cpu` also the same for the process's CPU time (all threads), which

@@ -12,7 +12,8 @@ from runs in the same process.
    over 200 epochs, reported per step); `kerasbp.train` without and with `GradientLogger` stats
    every step. Microseconds per step and ratios to the NumPy twin. On the Keras backend the
    process runs (`KERAS_BACKEND=jax python benchmarks/run.py` measures JAX's, and torch's
-   likewise); tables 2-5 measure TensorFlow and run on it only.
+   likewise), as do tables 2-4; table 5 measures TensorFlow and runs on it only
+   (`benchmarks/in_step.py`), so the others run where TensorFlow is not installed.
 2. Logging overhead on a 784-256-256-10 Dense network, 20,000 random samples, batch 128, 2 epochs:
    plain `fit`, `fit` with `GradientLogger` stats every step, and with full recording every 50
    steps. The three run in turn, round after round; each ratio is the median over rounds of the
@@ -41,16 +42,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 
 import kerasbp.native_logs  # noqa: F401  (first: TensorFlow starts without its native log lines)
 import kerasbp as kb
 import keras
 import numpy as np
-import tensorflow as tf
-from kerasbp.logger import hooks
 from kerasbp.reference import SGD, NumpyMLP
-from paired import fit_runs, paired_rounds, summary, wide_data, wide_model
+from paired import fit_runs, paired_rounds, summary, timed, wide_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -136,13 +134,6 @@ def bench_memory(steps):
     return {"parameters": n_params, "steps": steps, "peak_rss_growth_mb": after - before, "rss_growth_mb": rss_after - rss_before, "streamed_mb": on_disk / 2**20}
 
 
-def timed(run):
-    """Wall time of one call of `run()` in seconds."""
-    start = time.perf_counter()
-    run()
-    return time.perf_counter() - start
-
-
 def subprocess_seconds(args):
     """Wall time of a Python subprocess run to its end, and its exit status."""
     start = time.perf_counter()
@@ -199,86 +190,6 @@ def bench_time_to_result(epochs, repeats):
     return {name: {"seconds": s, "ratio_to_numpy_twin": s / base} for name, s in out.items()}
 
 
-def bare_reductions(grads, variables, buffer, slot):
-    """The floor of the statistics in a TensorFlow graph: per variable the four reductions of its
-    gradient (sum, sum of squares, min, max) and the sum of squares of its weights, each one
-    kernel and one pass over memory, written into `buffer[slot]` (`(n_variables, 5)`); nothing
-    else. Returns the weights' sums of squares, which the update must wait for (as the logger's)."""
-    weights = [tf.nn.l2_loss(v.value) for v in variables]
-    table = [tf.stack([tf.reduce_sum(g), tf.nn.l2_loss(g), tf.reduce_min(g), tf.reduce_max(g), w]) for g, w in zip(grads, weights, strict=True)]
-    buffer.scatter_nd_update([[slot]], tf.stack(table)[None])
-    return weights
-
-
-def bench_in_step_cost(updates, repeats, jit_compile=False, optimizer="SGD"):
-    """Per optimizer update on 784-256-256-10: microseconds without and with the capture, in a
-    `tf.function` (`jit_compile=False`: TensorFlow's graph executor, what `fit` uses on a
-    machine without a GPU) or compiled by XLA (what `fit` uses with a GPU, and `kerasbp.train`
-    for long runs). `optimizer`: the name of a Keras optimizer class (default learning rate).
-    In a graph, the same rounds also time `bare_reductions`, the floor of the capture's cost
-    (`floor_added_us`), so that the two are compared under the same load."""
-    model = wide_model()
-    model.compile(getattr(keras.optimizers, optimizer)(), model.loss)
-    model.build((None, 784))
-    optimizer = model.optimizer
-    optimizer.build(model.trainable_weights)
-    rng = np.random.default_rng(0)
-    sources = [tf.Variable(rng.normal(size=w.shape).astype("float32") * 1e-3) for w in model.trainable_weights]
-    floor = tf.Variable(tf.zeros([256, len(sources), 5]))
-
-    def make_loop(reduce=False):
-        @tf.function(jit_compile=jit_compile)
-        def loop():
-            for i in tf.range(updates):
-                # Gradients that change from update to update: constant ones would let Grappler
-                # fold the statistics away, and XLA hoist them out of the loop. The factor costs
-                # no pass of its own under XLA (fused into each consumer); in a graph the
-                # gradient is read from its variable as it is.
-                if jit_compile:
-                    factor = 1.0 + tf.cast(i % 3, tf.float32)
-                    grads = [s * factor for s in sources]
-                else:
-                    grads = [s.read_value() for s in sources]
-                waits = bare_reductions(grads, model.trainable_weights, floor, i % 256) if reduce else []
-                with tf.control_dependencies(waits):
-                    optimizer.apply(grads, model.trainable_weights)
-
-        return loop
-
-    capture = hooks.capture_for(model, optimizer, steps_per_execution=1, every_n_steps=1, capacity=256, keep_full=False, snapshots=False, tracked=(False,) * len(sources))
-    capture.attach()
-    hooked = make_loop()
-    with warnings.catch_warnings():  # no loss in a bare loop of updates: the logger says so once
-        warnings.simplefilter("ignore", RuntimeWarning)
-        hooked()
-    capture.detach()
-
-    def logged():
-        capture.attach()
-        try:
-            hooked()
-        finally:
-            capture.detach()
-
-    loops = {"plain": make_loop(), "logged": logged}
-    if not jit_compile:
-        loops["floor"] = make_loop(reduce=True)
-    for loop in loops.values():
-        loop()
-    times = {name: [] for name in loops}
-    for _ in range(repeats):
-        for name, loop in loops.items():
-            times[name].append(timed(loop) / updates * 1e6)
-
-    def added(name):
-        return statistics.median(b - a for a, b in zip(times["plain"], times[name], strict=True))
-
-    out = {"update_us": statistics.median(times["plain"]), "logged_update_us": statistics.median(times["logged"]), "added_us": added("logged")}
-    if "floor" in loops:
-        out["floor_added_us"] = added("floor")
-    return out
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", metavar="PATH", help="write the figures to this JSON file")
@@ -286,7 +197,6 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per figure (default 5, quick 1)")
     args = parser.parse_args(argv)
     repeats = args.repeats or (1 if args.quick else 5)
-    tf.get_logger().setLevel("ERROR")  # each figure traces loops of its own, which TensorFlow warns of as "retracing"
     if args.quick:
         sizes = dict(steps=200, fit_epochs=5, n_samples=512, epochs=1, memory_steps=20, ttr_epochs=100, updates=20)
     else:
@@ -300,9 +210,6 @@ def main(argv=None):
     print(f"   {'':32}{'us/step':>10}{'x numpy':>10}")
     for name, r in results["xor"].items():
         print(f"   {name:32}{r['us_per_step']:10.1f}{r['ratio_to_numpy']:10.2f}")
-    if backend != "tensorflow":
-        print(f"   (tables 2-5 measure TensorFlow: run them without KERAS_BACKEND={backend})")
-        return _write_json(args.json, results)
 
     results["overhead"] = bench_overhead(sizes["n_samples"], sizes["epochs"], repeats)
     print(f"2. 784-256-256-10, {sizes['n_samples']} samples, batch 128, {sizes['epochs']} epochs")
@@ -321,10 +228,16 @@ def main(argv=None):
     for name, r in results["time_to_result"].items():
         print(f"   {name:40}{r['seconds']:10.3f}{r['ratio_to_numpy_twin']:10.2f}")
 
+    if backend != "tensorflow":
+        print(f"   (table 5 measures TensorFlow's graph executor: run it without KERAS_BACKEND={backend})")
+        return _write_json(args.json, results)
+
+    import in_step  # TensorFlow's own loop: imported on its backend only, where TensorFlow is installed
+
     print("5. One optimizer update on 784-256-256-10 with and without the logger's statistics, in microseconds")
     print(f"   {'':26}{'update':>8}{'logged':>8}{'added':>8}{'/update':>9}{'floor':>8}")
     for key, optimizer, jit in (("in_step_cost", "SGD", False), ("in_step_cost_adam", "Adam", False), ("in_step_cost_xla", "SGD", True)):
-        results[key] = c = bench_in_step_cost(sizes["updates"], repeats, jit_compile=jit, optimizer=optimizer)
+        results[key] = c = in_step.bench_in_step_cost(sizes["updates"], repeats, jit_compile=jit, optimizer=optimizer)
         name = f"{optimizer}, {'XLA' if jit else 'tf.function graph'}"
         floor = f"{c['floor_added_us']:8.0f}" if "floor_added_us" in c else f"{'-':>8}"
         print(f"   {name:26}{c['update_us']:8.0f}{c['logged_update_us']:8.0f}{c['added_us']:8.0f}{c['added_us'] / c['update_us']:9.2f}{floor}")

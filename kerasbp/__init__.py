@@ -3,8 +3,8 @@
 The public names load lazily (PEP 562): `import kerasbp` imports neither Keras nor TensorFlow,
 and `import kerasbp.reference` (the NumPy twin) needs NumPy only. The first use of a name
 that needs Keras (`kerasbp.GradientLogger`, `kerasbp.xor_model`, ...) imports it. On Keras's JAX
-and torch backends, only `train` (and `jobs` through it), `HessianProbe` and the logger's
-TensorFlow-only options import TensorFlow.
+and torch backends, only `train` (and `jobs` through it) and the logger's TensorFlow-only
+options import TensorFlow.
 
 Module map:
     data          xor_data, linear_data, spiral_data, load_xy_csv, least_squares, batch_slices, Standardizer

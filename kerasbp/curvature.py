@@ -2,23 +2,18 @@
 
 A Keras callback sees neither the batch of a step nor the weights before its update. The probe
 wraps the model's `train_step` (an instance attribute, for the duration of training), so that at
-the probed steps the measurement runs inside the compiled train step, on that step's batch and at
-the weights before its update, then the step itself runs unchanged. Its numbers go into a small
-ring buffer of variables that the callback reads back now and then, as the `GradientLogger`'s
-capture does (`kerasbp/logger/capture.py`): it works with `steps_per_execution > 1`, XLA, and
-`kerasbp.train`.
+the probed steps the measurement runs inside the train step, on that step's batch and at the
+weights before its update, then the step itself runs unchanged. This module is the callback and
+what the backends share; each backend's module makes the measurement:
 
-Hessian-vector products are forward-over-reverse (Pearlmutter 1994): a `tf.GradientTape` gives
-the gradient `g(theta)`, and a `tf.autodiff.ForwardAccumulator` around it gives its directional
-derivative along `v`, which is `H v`, in about the cost of two gradients, without forming `H`:
+- TensorFlow (`curvature_tf.py`): traced into the compiled step, forward-over-reverse products
+  (a `tf.autodiff.ForwardAccumulator` around a `tf.GradientTape`), the numbers kept in a ring
+  buffer of variables that the callback reads back now and then; it works with
+  `steps_per_execution > 1`, XLA and `kerasbp.train`.
+- torch (`curvature_torch.py`): in the eager step, reverse-over-reverse products (the gradient
+  built with `create_graph=True`, then differentiated along `v`), the numbers kept on the device.
 
-```python
-with tf.autodiff.ForwardAccumulator(primals=weights, tangents=v) as acc:
-    with tf.GradientTape() as tape:
-        loss = model.compute_loss(x, y, model(x, training=True), sample_weight)
-    g = tape.gradient(loss, weights)
-Hv = acc.jvp(g)
-```
+Either way `H v` costs about two gradients, without forming `H` (Pearlmutter 1994).
 
 From them, at each probed step:
 
@@ -54,21 +49,23 @@ References:
     Deep Neural Networks", NeurIPS.
 """
 
-import math
 import numbers
 
 import kerasbp.native_logs  # noqa: F401  (first: TensorFlow starts without its native log lines)
 import keras
 import numpy as np
-import tensorflow as tf
 
 from kerasbp.checks import check_positive_int, check_seed
+from kerasbp.logger.hooks import attached_capture
 
 #: Rows of the device buffer at least: the host reads it only every few calls.
 MIN_ROWS = 64
 
 #: Columns of a buffer row.
-_COLUMNS = ("step", "lambda_max", "trace", "learning_rate")
+COLUMNS = ("step", "lambda_max", "trace", "learning_rate")
+
+#: The backends whose train step the probe can wrap.
+BACKENDS = ("tensorflow", "jax", "torch")
 
 _MISSING = object()
 
@@ -107,55 +104,71 @@ def _check_data(data):
     return tuple(arrays)
 
 
-def _dot(a, b):
-    """`sum_j a_j . b_j` over lists of tensors, in float64."""
-    return tf.add_n([tf.reduce_sum(tf.cast(x, tf.float64) * tf.cast(y, tf.float64)) for x, y in zip(a, b, strict=True)])
+def fixed_arrays(data, model):
+    """`data` (checked `(X, y[, sample_weight])` NumPy arrays, or None) in the model's dtype:
+    float arrays cast to the dtype of its first trainable weight, integer labels kept."""
+    if data is None:
+        return None
+    dtype = model.trainable_weights[0].dtype if model.trainable_weights else keras.config.floatx()
+    return [a if i == 1 and a.dtype.kind in "biu" else a.astype(dtype) for i, a in enumerate(data)]
 
 
-class _ProbeState:
-    """The device side of a `HessianProbe` for one model: the step counter, the ring buffer, the
-    fixed data, and the wrapped `train_step`. Made once per model and buffer size and reused, so
-    that the traced train functions (and `kerasbp.train`'s loops) that hold it are reused too."""
+def state_variables(model):
+    """The model's variables that a measuring forward pass may move (BatchNormalization's moving
+    statistics, dropout seed generators, metrics), each once: restored after every pass."""
+    seen, variables = set(), []
+    for v in list(model.non_trainable_variables) + list(model.metrics_variables):
+        if id(v) not in seen:
+            seen.add(id(v))
+            variables.append(v)
+    return variables
 
-    def __init__(self, probe, model, capacity):
+
+class ProbeState:
+    """The device side of a `HessianProbe` for one model, made by the backend's module
+    (`curvature_tf.TensorFlowProbeState`, `curvature_jax.JaxProbeState`,
+    `curvature_torch.TorchProbeState`): it sets
+    `self.train_step`, the wrapper that measures at the probed steps and then runs the model's
+    own `train_step`, and implements `step`, `set_step`, `written` and `rows_at`. This base puts
+    the wrapper on the model (an instance attribute, for the duration of training), gives `fit` a
+    train function traced with it, and takes both off.
+
+    Args:
+        model: a compiled `keras.Model`.
+        capacity: int, rows of the ring buffer of measurements.
+    """
+
+    #: Whether `fit` needs a train function traced with the wrapped step (TensorFlow, JAX: their
+    #: train functions hold the `train_step` they were traced with; torch looks it up at each step).
+    replaces_train_function = True
+
+    def __init__(self, model, capacity):
         self.model, self.capacity = model, capacity
-        self.counter = tf.Variable(tf.constant(0, tf.int64), trainable=False, name="kerasbp_probe_step")
-        self.count = tf.Variable(tf.constant(0, tf.int64), trainable=False, name="kerasbp_probe_count")
-        self.rows = tf.Variable(tf.zeros((capacity, len(_COLUMNS)), tf.float64), trainable=False, name="kerasbp_probe_rows")
-        self.fixed = None
-        if probe.data is not None:
-            dtype = model.trainable_weights[0].dtype if model.trainable_weights else keras.config.floatx()
-            arrays = [probe.data[0].astype(dtype)]
-            y = probe.data[1]
-            arrays.append(y if y.dtype.kind in "biu" else y.astype(dtype))
-            if len(probe.data) == 3:
-                arrays.append(probe.data[2].astype(dtype))
-            self.fixed = [tf.Variable(a, trainable=False, name=f"kerasbp_probe_data_{i}") for i, a in enumerate(arrays)]
+        self.train_step = None
         self.original = None  # the train_step being wrapped, set at install
         self.prior = _MISSING  # the model's own instance attribute train_step, if any
         self.functions = {}  # id(train function replaced) -> (it, the same traced with the probe)
         self.replaced = None  # while installed in fit: the train function ours replaced
         self.ours = None
-        probe_ref = probe
-        every_n = probe.every_n_steps
 
-        def train_step(data):
-            step = self.counter.assign_add(1) - 1  # this train step's number
+    def step(self):
+        """int: the number of the next train step."""
+        raise NotImplementedError
 
-            def measure():
-                batch = data if self.fixed is None else tuple(tf.convert_to_tensor(v) for v in self.fixed)
-                lam, trace = probe_ref._measure(model, batch, step)
-                row = tf.stack([tf.cast(step, tf.float64), lam, trace, _learning_rate(model.optimizer)])
-                self.rows.scatter_nd_update([[tf.math.floormod(self.count, capacity)]], row[None])
-                self.count.assign_add(1)
-                return tf.constant(True)
+    def set_step(self, step):
+        """Number the next train step `step` (int)."""
+        raise NotImplementedError
 
-            tf.cond(tf.equal(tf.math.floormod(step, every_n), 0), measure, lambda: tf.constant(False))
-            return self.original(data)
+    def written(self):
+        """int: the rows written since the state was made (the ring buffer keeps the last `capacity`)."""
+        raise NotImplementedError
 
-        self.train_step = train_step
+    def rows_at(self, slots):
+        """float64 array `(len(slots), len(COLUMNS))`: the buffer's rows at `slots` (int array)."""
+        raise NotImplementedError
 
     def install(self):
+        """Put the wrapped `train_step` on the model."""
         model = self.model
         if model.__dict__.get("train_step") is self.train_step:
             return  # still installed (an interrupted fit): wrapping it again would recurse
@@ -164,10 +177,11 @@ class _ProbeState:
         object.__setattr__(model, "train_step", self.train_step)  # no Keras tracking of a function
 
     def use_in_fit(self):
-        """Give `fit` a train function traced with the wrapped step (one per function it replaces)."""
+        """Give `fit` a train function traced with the wrapped step (one per function it replaces),
+        where `replaces_train_function`."""
         model = self.model
         current = model.train_function
-        if current is None or current is self.ours:
+        if not self.replaces_train_function or current is None or current is self.ours:
             return
         entry = self.functions.get(id(current))
         if entry is None:
@@ -177,21 +191,39 @@ class _ProbeState:
         model.train_function = self.ours
 
     def uninstall(self):
+        """Put back the model's own `train_step`, and the train function ours replaced. Where a
+        `GradientLogger` wrapped our wrapper since (JAX) and is still attached, it will put back
+        the model's own instead of ours when it detaches."""
         model = self.model
         if model.__dict__.get("train_step") is self.train_step:
             if self.prior is _MISSING:
                 model.__dict__.pop("train_step", None)
             else:
                 object.__setattr__(model, "train_step", self.prior)
+        else:
+            capture = attached_capture(model)
+            if capture is not None:
+                capture.replace_prior(model, "train_step", self.train_step, None if self.prior is _MISSING else self.prior)
         if self.ours is not None and model.train_function is self.ours:
             model.train_function = self.replaced  # else another callback has put its own back already
         self.replaced = self.ours = None
 
 
-def _learning_rate(optimizer):
-    """The learning rate of this step's update (a schedule evaluated at the iterations before it)."""
-    leaf = optimizer.inner_optimizer if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) else optimizer
-    return tf.cast(tf.convert_to_tensor(leaf.learning_rate), tf.float64)
+def _state_class():
+    """The `ProbeState` class of Keras's backend, each imported only on its own backend (TensorFlow
+    is not installed everywhere torch is)."""
+    backend = keras.backend.backend()
+    if backend == "torch":
+        from kerasbp.curvature_torch import TorchProbeState
+
+        return TorchProbeState
+    if backend == "jax":
+        from kerasbp.curvature_jax import JaxProbeState
+
+        return JaxProbeState
+    from kerasbp.curvature_tf import TensorFlowProbeState
+
+    return TensorFlowProbeState
 
 
 class HessianProbe(keras.callbacks.Callback):
@@ -211,9 +243,11 @@ class HessianProbe(keras.callbacks.Callback):
     `lambda_max - mu`; then `lambda_max` costs twice as many products, and converges slowly if it
     lies close to the next eigenvalue.
 
-    Works with `model.fit` (also with `steps_per_execution > 1`) and `kerasbp.train`, on the
-    TensorFlow backend. The model is left exactly as it was: the wrapped `train_step` is removed at
-    the end of training, and whatever the measuring passes change is restored after each.
+    Works with `model.fit` (also with `steps_per_execution > 1` where the backend allows it) and
+    `kerasbp.train`, on the TensorFlow, JAX and torch backends (the measurement of each:
+    `curvature_tf.py`, `curvature_jax.py`, `curvature_torch.py`). The model is left exactly as it
+    was: the wrapped `train_step` is removed at the end of training, and whatever the measuring
+    passes change is restored after each.
 
     Args:
         every_n_steps: int >= 1, probe the train steps whose 0-based number is a multiple of it.
@@ -240,8 +274,10 @@ class HessianProbe(keras.callbacks.Callback):
     Raises:
         TypeError, ValueError: for bad arguments, naming the argument, what was expected and what
             was received.
-        RuntimeError: at the start of training on a backend other than TensorFlow, for a model
-            that is not compiled, or one under a distribution strategy.
+        RuntimeError: at the start of training on a backend other than TensorFlow, JAX and
+            torch, for a model that is not compiled, one under a distribution strategy
+            (`tf.distribute` or `keras.distribution`), or one compiled with `jit_compile=True`
+            on torch.
         ValueError: at the start of training, for a model without trainable weights or fixed
             `data` whose width is not the model's input width.
 
@@ -300,12 +336,18 @@ class HessianProbe(keras.callbacks.Callback):
 
     # ------------------------------------------------------------------ training hooks
     def on_train_begin(self, logs=None):
-        if keras.backend.backend() != "tensorflow":
+        backend = keras.backend.backend()
+        if backend not in BACKENDS:
             raise RuntimeError(
-                f"HessianProbe supports the TensorFlow backend only; Keras is running on {keras.backend.backend()!r}. "
-                "Set KERAS_BACKEND=tensorflow before importing keras."
+                f"HessianProbe supports the backends {BACKENDS}; Keras is running on {backend!r}. "
+                "Set KERAS_BACKEND to one of them before importing keras."
             )
         model = self.model
+        if backend == "torch" and getattr(model, "jit_compile", False) is True:
+            raise RuntimeError(
+                "HessianProbe on torch needs eager train steps. Received: a model compiled with jit_compile=True "
+                "(torch.compile). Compile with jit_compile=False"
+            )
         if getattr(model, "optimizer", None) is None or not getattr(model, "compiled", False):
             raise RuntimeError("HessianProbe needs a compiled model: call model.compile(...) before fit")
         if not model.trainable_weights:
@@ -315,6 +357,10 @@ class HessianProbe(keras.callbacks.Callback):
                 "HessianProbe does not support distribution strategies yet. Received a model compiled under "
                 f"{type(model._distribute_strategy).__name__}"
             )
+        if keras.distribution.distribution() is not None:
+            raise RuntimeError(
+                f"HessianProbe does not support keras.distribution yet. Received: {type(keras.distribution.distribution()).__name__} in effect"
+            )
         if self.data is not None and model.inputs and model.inputs[0].shape[-1] not in (None, *self.data[0].shape[1:2]):
             raise ValueError(f"`data`'s X has {self.data[0].shape[1:]} features, but the model expects {tuple(model.inputs[0].shape[1:])}")
         steps_per_call = int(self.params.get("steps_per_call") or getattr(model, "steps_per_execution", 1) or 1)
@@ -323,15 +369,15 @@ class HessianProbe(keras.callbacks.Callback):
         state = self._state
         if state is not None:
             self._collect()  # what an interrupted fit left in the buffer
-            self._next_step = max(self._next_step, int(state.counter.numpy()))
+            self._next_step = max(self._next_step, state.step())
             if state.model is not model or state.capacity < self._rows_per_call:
                 state.uninstall()  # left installed by an interrupted fit
                 state = None
         if state is None:
-            state = self._state = _ProbeState(self, model, capacity)
+            state = self._state = _state_class()(self, model, capacity)
             self._read = 0
         start = max(self._next_step, int(model.optimizer.iterations.numpy()))
-        state.counter.assign(start)
+        state.set_step(start)
         self._unread_calls = 0
         state.install()
 
@@ -355,97 +401,21 @@ class HessianProbe(keras.callbacks.Callback):
             return
         self._collect()
         state.uninstall()
-        self._next_step = int(state.counter.numpy())
+        self._next_step = state.step()
 
     def _collect(self):
         state = self._state
-        count = int(state.count.numpy())
+        count = state.written()
         if count - self._read > state.capacity:
             raise RuntimeError(f"HessianProbe lost {count - self._read - state.capacity} measurements: its buffer holds {state.capacity}")
         if count == self._read:
             self._unread_calls = 0
             return
         slots = np.arange(self._read, count) % state.capacity
-        rows = state.rows.numpy()[slots]  # (n, 4)
+        rows = state.rows_at(slots)  # (n, 4)
         self._read = count
         self._unread_calls = 0
         self.steps = np.concatenate([self.steps, rows[:, 0].astype(np.int64)])
         self.lambda_max = np.concatenate([self.lambda_max, rows[:, 1]])
         self.trace = np.concatenate([self.trace, rows[:, 2]])
         self.learning_rate = np.concatenate([self.learning_rate, rows[:, 3]])
-
-    # ------------------------------------------------------------------ the measurement (traced)
-    def _measure(self, model, batch, step):
-        """`(lambda_max, trace)`: float64 scalar tensors for the loss on `batch` at the current weights."""
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
-        weights = list(model.trainable_variables)
-        shapes = [tuple(v.shape) for v in weights]
-        sizes = [math.prod(s) for s in shapes]
-        dtype = weights[0].dtype
-        seen, state_vars = set(), []
-        for v in list(model.non_trainable_variables) + list(model.metrics_variables):
-            if id(v) not in seen:
-                seen.add(id(v))
-                state_vars.append(v)
-        saved = [tf.identity(v.value) for v in state_vars]
-        compute_loss = type(model).compute_loss
-        with_training = getattr(model, "_compute_loss_has_training_arg", True)
-
-        def loss():
-            y_pred = model(x, training=True) if getattr(model, "_call_has_training_arg", True) else model(x)
-            if with_training:
-                return compute_loss(model, x, y, y_pred, sample_weight, training=True)
-            return compute_loss(model, x, y, y_pred, sample_weight)
-
-        def hvp(v):
-            with tf.autodiff.ForwardAccumulator([w.value for w in weights], v) as acc:
-                with tf.GradientTape() as tape:
-                    value = loss()
-                grads = tape.gradient(value, weights, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-            out = [acc.jvp(g, unconnected_gradients=tf.UnconnectedGradients.ZERO) for g in grads]
-            for var, value in zip(state_vars, saved, strict=True):  # undo what the forward pass moved
-                var.assign(value)
-            return out
-
-        def split(flat):
-            return [tf.reshape(part, s) for part, s in zip(tf.split(flat, sizes), shapes, strict=True)]
-
-        seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64)])
-
-        def power(shift):
-            v0 = split(tf.cast(tf.random.stateless_normal([sum(sizes)], tf.random.experimental.stateless_fold_in(seed, 0)), dtype))
-            norm = tf.cast(tf.sqrt(_dot(v0, v0)), dtype)
-            v0 = [p / norm for p in v0]
-
-            def body(i, lam, *v):
-                hv = hvp(list(v))
-                if shift is not None:
-                    hv = [h - tf.cast(shift, dtype) * p for h, p in zip(hv, v, strict=True)]
-                lam = _dot(v, hv)  # the Rayleigh quotient of the unit vector v
-                norm = tf.cast(tf.sqrt(_dot(hv, hv)), dtype)
-                return (i + 1, lam, *[tf.math.divide_no_nan(h, norm) for h in hv])
-
-            out = tf.while_loop(lambda i, *_: i < self.n_iterations, body, (tf.constant(0), tf.constant(0.0, tf.float64), *v0))
-            return out[1]
-
-        dominant = power(None)
-        lambda_max = tf.cond(dominant < 0, lambda: power(dominant) + dominant, lambda: dominant)
-
-        if self.n_probes == 0:
-            trace = tf.constant(float("nan"), tf.float64)
-        else:
-            n = sum(sizes) if self.n_probes == "exact" else self.n_probes
-
-            def probe_vector(k):
-                if self.n_probes == "exact":
-                    return split(tf.one_hot(k, sum(sizes), dtype=dtype))  # basis vector e_k
-                bits = tf.random.stateless_uniform([sum(sizes)], tf.random.experimental.stateless_fold_in(seed, k + 1), minval=0, maxval=2, dtype=tf.int32)
-                return split(tf.cast(2 * bits - 1, dtype))  # Rademacher: +-1
-
-            def trace_body(k, total):
-                z = probe_vector(k)
-                return k + 1, total + _dot(z, hvp(z))
-
-            _, total = tf.while_loop(lambda k, _: k < n, trace_body, (tf.constant(0), tf.constant(0.0, tf.float64)))
-            trace = total if self.n_probes == "exact" else total / n  # sum over the basis; mean over random probes
-        return lambda_max, trace

@@ -4,6 +4,9 @@ Tolerances: float64 models throughout (the `float64` fixture), so the products a
 rounding; what remains is the power iteration's convergence, stated per test.
 """
 
+import os
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -11,32 +14,14 @@ import pytest
 import kerasbp as kb
 from kerasbp.reference import NumpyMLP
 
-X_LIN, Y_LIN = kb.linear_data()  # 100 points, x ~ U[0, 1)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tests/: curvature_checks
 
-
-def closed_form(X):
-    """The Hessian of linear regression with MSE: (2/n) [X 1]^T [X 1], whatever the weights."""
-    A = np.hstack([X, np.ones((len(X), 1))])
-    return 2 / len(X) * A.T @ A
-
-
-def linear(lr=0.1, **compile_kwargs):
-    return kb.compile_model(kb.linear_model(seed=0), "sgd", learning_rate=lr, **compile_kwargs)
+import curvature_checks as checks  # noqa: E402
+from curvature_checks import X_LIN, Y_LIN, closed_form, linear  # noqa: E402
 
 
 def test_linear_regression_lambda_max_is_the_closed_form_on_each_steps_batch(float64):
-    # Batches of 30: three full ones and a last one of 10, each probed at the weights before its update.
-    probe = kb.HessianProbe(every_n_steps=1, n_probes="exact")
-    model = linear()
-    model.fit(X_LIN, Y_LIN, batch_size=30, epochs=2, shuffle=False, verbose=0, callbacks=[probe])
-    assert probe.steps.tolist() == list(range(8))
-    batches = [X_LIN[s : s + 30] for s in (0, 30, 60, 90)] * 2
-    expected = np.array([np.linalg.eigvalsh(closed_form(b))[-1] for b in batches])
-    np.testing.assert_allclose(probe.lambda_max, expected, rtol=1e-6)  # 20 iterations (the default)
-    traces = np.array([np.trace(closed_form(b)) for b in batches])
-    np.testing.assert_allclose(probe.trace, traces, rtol=1e-12)  # exact: the basis vectors
-    np.testing.assert_allclose(probe.stability_threshold, 2 / 0.1, rtol=1e-12)
-    assert "train_step" not in model.__dict__  # unwrapped at the end
+    checks.check_each_steps_batch(rtol_lambda=1e-6, rtol_trace=1e-12)
 
 
 def test_fixed_data_and_kerasbp_train_and_steps_per_execution(float64):
@@ -73,83 +58,22 @@ def test_dominant_negative_eigenvalue_gives_the_largest_algebraic_one(float64):
 
 @pytest.mark.parametrize("order", ["logger_first", "probe_first"])
 def test_xor_lambda_max_equals_the_twins_exact_hessian_at_the_same_weights(float64, order):
-    X, y = kb.xor_data()
-    model = kb.compile_model(kb.xor_model(seed=1), "sgd", learning_rate=2.0, loss="binary_crossentropy")
-    probe = kb.HessianProbe(every_n_steps=5, n_iterations=100, n_probes="exact")
-    logger = kb.GradientLogger(every_n_steps=5, snapshots=True)  # the weights before each probed step
-    callbacks = [logger, probe] if order == "logger_first" else [probe, logger]
-    model.fit(X, y, batch_size=4, epochs=20, verbose=0, callbacks=callbacks)
-    assert probe.steps.tolist() == logger.steps.tolist() == [0, 5, 10, 15]
-    twin = NumpyMLP.from_keras(model)
-    for k, weights in enumerate(zip(*logger.weights(), strict=True)):
-        twin.set_params(weights)
-        H = twin.hessian(X, y, "binary_crossentropy")
-        eigenvalues = np.linalg.eigvalsh(H)
-        np.testing.assert_allclose(probe.lambda_max[k], eigenvalues[-1], rtol=1e-5)  # 100 iterations
-        np.testing.assert_allclose(probe.trace[k], np.trace(H), rtol=1e-10)
-    assert model.train_function is None or "train_step" not in model.__dict__
+    checks.check_xor_against_the_twin(order, rtol_lambda=1e-5, rtol_trace=1e-10)
 
 
 def test_hutchinson_is_seeded_and_unbiased(float64):
-    H = closed_form(X_LIN)
-    runs = {}
-    for seed in (0, 0, 1):
-        probe = kb.HessianProbe(every_n_steps=1, n_iterations=2, n_probes=400, seed=seed)
-        linear().fit(X_LIN, Y_LIN, batch_size=100, epochs=3, verbose=0, callbacks=[probe])
-        runs.setdefault(seed, []).append(probe.trace)
     # Same seed, same draws (stateless in (seed, step)). The Hessian-vector products run on
     # TensorFlow's thread pool, whose float64 sums can differ by an ulp from run to run (CI saw
     # 4.4e-16 on 2.53), so the same-seed traces agree to 1e-13, far below the probes' spread.
-    np.testing.assert_allclose(runs[0][0], runs[0][1], rtol=1e-13, atol=0)
-    assert np.min(np.abs(runs[0][0] - runs[1][0])) > 1e-6  # another seed, other draws
-    assert len(set(runs[0][0].tolist())) == 3  # new probes at each step
-    # z.Hz = tr H + 2 H_01 z_0 z_1: standard deviation 2 |H_01| / sqrt(400) for the mean of 400
-    sigma = 2 * abs(H[0, 1]) / np.sqrt(400)
-    assert np.all(np.abs(np.concatenate([runs[0][0], runs[1][0]]) - np.trace(H)) < 5 * sigma)
-
-
-def dropout_bn_model():
-    keras.utils.set_random_seed(3)
-    model = keras.Sequential(
-        [
-            keras.Input((1,)),
-            keras.layers.Dense(8, activation="tanh"),
-            keras.layers.Dropout(0.3, seed=7),
-            keras.layers.BatchNormalization(),
-            keras.layers.Dense(1),
-        ]
-    )
-    model.compile(keras.optimizers.SGD(0.05), "mse", metrics=["mae"])
-    return model
+    checks.check_hutchinson(rtol_same_seed=1e-13)
 
 
 def test_training_is_exactly_as_without_the_probe(float64):
-    plain, probed = dropout_bn_model(), dropout_bn_model()
-    for a, b in zip(plain.get_weights(), probed.get_weights(), strict=True):
-        np.testing.assert_array_equal(a, b)
-    h_plain = plain.fit(X_LIN, Y_LIN, batch_size=25, epochs=3, shuffle=False, verbose=0)
-    probe = kb.HessianProbe(every_n_steps=2, n_iterations=5, n_probes=3)
-    h_probed = probed.fit(X_LIN, Y_LIN, batch_size=25, epochs=3, shuffle=False, verbose=0, callbacks=[probe])
-    assert probe.steps.tolist() == [0, 2, 4, 6, 8, 10]
-    assert np.all(np.isfinite(probe.lambda_max)) and np.all(np.isfinite(probe.trace))
-    # Weights, moving statistics, dropout seed state and metrics: bit for bit.
-    for a, b in zip(plain.weights, probed.weights, strict=True):
-        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
-    assert h_plain.history == h_probed.history
-    assert "train_step" not in probed.__dict__
+    checks.check_training_is_unchanged()
 
 
 def test_a_second_fit_continues_and_a_fit_without_the_probe_measures_nothing(float64):
-    model = linear()
-    probe = kb.HessianProbe(every_n_steps=3, n_iterations=5, n_probes=0)
-    model.fit(X_LIN, Y_LIN, batch_size=20, epochs=1, verbose=0, callbacks=[probe])
-    model.fit(X_LIN, Y_LIN, batch_size=20, epochs=1, verbose=0, callbacks=[probe])
-    assert probe.steps.tolist() == [0, 3, 6, 9]
-    model.fit(X_LIN, Y_LIN, batch_size=20, epochs=1, verbose=0)  # no probe: no stale wrapped step
-    kb.train(model, X_LIN, Y_LIN, batch_size=20, epochs=2)
-    assert int(probe._state.count.numpy()) == 4
-    kb.train(model, X_LIN, Y_LIN, batch_size=20, epochs=2, callbacks=[probe])  # steps 25..34
-    assert probe.steps.tolist() == [0, 3, 6, 9, 27, 30, 33]
+    checks.check_fits_continue()
 
 
 def test_stability_threshold_follows_a_schedule(float64):
@@ -251,30 +175,8 @@ def test_refuses_a_distribution_strategy():
     assert "train_step" not in model.__dict__
 
 
-class StopAt(keras.callbacks.Callback):
-    def __init__(self, batch):
-        super().__init__()
-        self.batch = batch
-
-    def on_train_batch_end(self, batch, logs=None):
-        if batch == self.batch:
-            raise RuntimeError("interrupted")
-
-
 def test_an_interrupted_fit_keeps_its_measurements_and_detach_cleans_up(float64):
-    model = linear()
-    probe = kb.HessianProbe(every_n_steps=2, n_iterations=3, n_probes=0)
-    with pytest.raises(RuntimeError, match="interrupted"):
-        model.fit(X_LIN, Y_LIN, batch_size=10, epochs=1, verbose=0, callbacks=[probe, StopAt(4)])  # steps 0..4 ran
-    assert model.__dict__.get("train_step") is not None  # Keras calls no on_train_end after an exception
-    model.fit(X_LIN, Y_LIN, batch_size=10, epochs=1, verbose=0, callbacks=[probe])  # steps 5..14, no double wrapping
-    assert probe.steps.tolist() == [0, 2, 4, 6, 8, 10, 12, 14]
-    with pytest.raises(RuntimeError, match="interrupted"):
-        model.fit(X_LIN, Y_LIN, batch_size=10, epochs=1, verbose=0, callbacks=[probe, StopAt(1)])  # steps 15, 16
-    probe.detach()
-    assert probe.steps.tolist()[-1] == 16 and "train_step" not in model.__dict__
-    model.fit(X_LIN, Y_LIN, batch_size=10, epochs=1, verbose=0)  # no probe left in the train function
-    assert probe.steps.tolist()[-1] == 16 and int(probe._state.count.numpy()) == 9
+    checks.check_an_interrupted_fit()
 
 
 def test_docstring_examples_run():
@@ -287,22 +189,8 @@ def test_docstring_examples_run():
 
 
 def test_a_gradient_logger_beside_the_probe_logs_what_it_logs_alone():
-    # A relu network: the logger also hooks the relu layers' call to track dead units, and the
-    # probe's forward passes must not reach its records.
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(40, 3)).astype("float32")
-    y = rng.normal(size=(40, 2)).astype("float32")
-    logs = []
-    for callbacks in ([], [kb.HessianProbe(every_n_steps=2, n_iterations=3, n_probes=2)]):
-        model = kb.compile_model(kb.dense_model([3, 6, 6, 2], ["relu", "relu", "linear"], seed=4), "adam", learning_rate=0.05)
-        logger = kb.GradientLogger(record="full")
-        model.fit(X, y, batch_size=8, epochs=3, shuffle=False, verbose=0, callbacks=[*callbacks, logger])
-        logs.append(logger)
-    np.testing.assert_array_equal(logs[0].losses, logs[1].losses)
-    np.testing.assert_array_equal(logs[0].stats_array(), logs[1].stats_array())
-    for a, b in zip(logs[0].gradients(), logs[1].gradients(), strict=True):
-        np.testing.assert_array_equal(a, b)
-    assert logs[0].health().dead_units == logs[1].health().dead_units
+    # A relu network: the logger also hooks the relu layers' call to track dead units.
+    checks.check_a_logger_beside_the_probe(per_example=False)
 
 
 @pytest.mark.parametrize(

@@ -107,6 +107,16 @@ def check_distribution(per_replica):
         )
 
 
+def live_optimizer_values(model):
+    """The values of `model.optimizer.variables` after the last step of a `fit` in flight
+    (`model._jax_state`, where Keras keeps them while an epoch runs and the variables themselves
+    are purged), or None when the variables hold the latest values."""
+    state = getattr(model, "_jax_state", None)
+    if not state or getattr(model, "_jax_state_synced", True):
+        return None
+    return state.get("optimizer_variables")
+
+
 class _Buffers:
     """The ring buffers (Keras variables, owned by the optimizer while attached) by name.
 
@@ -288,13 +298,8 @@ class JaxCapture(HookedCapture):
 
     # --------------------------------------------------------------------------- reading values
     def _live_state(self):
-        """The optimizer variables of the step in flight (`model._jax_state`), or None when the
-        variables hold the latest values."""
-        model = self.model
-        state = getattr(model, "_jax_state", None)
-        if not self.attached or not state or getattr(model, "_jax_state_synced", True):
-            return None
-        return state.get("optimizer_variables")
+        """The optimizer variables of the step in flight, or None (see `live_optimizer_values`)."""
+        return live_optimizer_values(self.model) if self.attached else None
 
     def _value(self, name):
         """A copy of buffer `name`'s latest value as a NumPy array."""

@@ -106,6 +106,12 @@ class InstalledHooks:
             object.__setattr__(obj, name, hook)  # no Keras tracking of a function attribute
         ATTACHED[self.model] = self
 
+    def replace_prior(self, obj, name, wrapper, prior):
+        """Another callback's `wrapper` of `obj.name`, which this capture's hook wraps, is being
+        taken off: when this capture uninstalls, put back `prior` (None: no instance attribute)
+        instead of `wrapper`, so that the callbacks may stop in any order."""
+        self._installed = [(o, n, (_MISSING if prior is None else prior) if o is obj and n == name and p is wrapper else p) for o, n, p in self._installed]
+
     def _uninstall(self):
         """Put back what `_install` replaced."""
         for obj, name, prior in reversed(self._installed):

@@ -153,8 +153,10 @@ WITHOUT_TENSORFLOW = textwrap.dedent(
     report = kb.compare(model, X, y, epochs=2, batch_size=2)
     explanation = kb.explain_backprop(model, X, y)
     errors = kb.gradient_check(kb.NumpyMLP.from_keras(model), X, y, loss="binary_crossentropy")
-    logger = kb.GradientLogger(per_example=keras.backend.backend() == "torch")  # per-example statistics on torch too
-    model.fit(X, y, epochs=3, batch_size=4, shuffle=False, verbose=0, callbacks=[logger])
+    torch = keras.backend.backend() == "torch"
+    logger = kb.GradientLogger(per_example=torch)  # per-example statistics on torch too
+    probe = kb.HessianProbe(every_n_steps=2, n_iterations=3, n_probes=2)
+    model.fit(X, y, epochs=3, batch_size=4, shuffle=False, verbose=0, callbacks=[logger, probe])
     print(json.dumps({
         "backend": keras.backend.backend(),
         "compare_ok": report.ok,
@@ -162,6 +164,7 @@ WITHOUT_TENSORFLOW = textwrap.dedent(
         "gradient_check": max(errors),
         "logged_steps": logger.steps.tolist(),
         "noise": sorted(k for k, v in logger.noise.items() if np.isfinite(v).all()),
+        "probed": probe.steps.tolist() if np.isfinite(probe.lambda_max).all() and np.isfinite(probe.trace).all() else None,
         "tensorflow": sorted(m for m in sys.modules if m.split(".")[0] == "tensorflow" and sys.modules[m] is not None),
     }))
     """
@@ -175,3 +178,4 @@ def test_kerasbp_works_without_tensorflow():
     assert result["backend"] == BACKEND and result["compare_ok"] and result["tensorflow"] == []
     assert result["explain"] < 1e-5 and result["gradient_check"] < 1e-6 and result["logged_steps"] == [0, 1, 2]
     assert result["noise"] == (sorted(NOISE) if BACKEND == "torch" else [])
+    assert result["probed"] == [0, 2]
