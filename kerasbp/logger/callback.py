@@ -108,9 +108,10 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
             recurrent layers, layers other than Dense that draw random numbers or run in mixed
             precision, LoRA or quantized Dense layers, Dense layers on inputs that are not 2-D,
             a layer called twice per step, a loss reduction other than
-            `"sum_over_batch_size"`, XLA (`jit_compile=True`), a `tf.distribute` strategy.
-            TensorFlow and torch (`kerasbp/logger/per_example_torch.py`: Dense layers only,
-            eager steps); refused by name on JAX. Defaults to False.
+            `"sum_over_batch_size"`, on TensorFlow XLA (`jit_compile=True`), a distribution.
+            Every backend: on torch and JAX Dense layers only (`per_example_torch.py`: eager
+            steps; `per_example_jax.py`: a second forward and backward pass in the jitted step
+            at each logged step, batches of at most 4096). Defaults to False.
         per_replica: bool, also record each replica's gradient as its `apply` received it
             (`replica_stat()`; with `record="full"` also `replica_gradients()`, streamed to
             `path` when given). Without a strategy the model is one replica. Defaults to False.
@@ -184,8 +185,6 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
                 f"GradientLogger supports the backends {list(BACKENDS)}; Keras is running on {keras.backend.backend()!r}. "
                 "Set KERAS_BACKEND to one of them before importing keras."
             )
-        if self.per_example and keras.backend.backend() not in ("tensorflow", "torch"):
-            raise ValueError(f"GradientLogger(per_example=True) needs the TensorFlow or torch backend; Keras is running on {keras.backend.backend()!r}")
         if self.tensorboard_dir is not None and keras.backend.backend() != "tensorflow":
             raise RuntimeError(f"GradientLogger(tensorboard_dir=...) needs the TensorFlow backend; Keras is running on {keras.backend.backend()!r}")
         model = self.model
@@ -202,6 +201,10 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
             from kerasbp.logger.per_example_torch import check_torch_model  # torch only
 
             check_torch_model(model)  # refuses what has no per-example gradients on torch, by name
+        elif self.per_example and keras.backend.backend() == "jax":
+            from kerasbp.logger.per_example_jax import check_jax_model  # JAX only
+
+            check_jax_model(model)  # refuses what has no per-example gradients on JAX, by name
         elif self.per_example:
             from kerasbp.logger import per_example  # TensorFlow only (checked above)
 

@@ -60,8 +60,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from kerasbp.logger import statistics
+from kerasbp.logger import per_example_jax, per_example_ops, statistics
 from kerasbp.logger.hooks import RAW, ROW, HookedCapture, host_rows, ring_slots
+from kerasbp.logger.log import NOISE_COLUMNS
 
 #: optimizer -> the number the next train step gets, left by the last capture detached from it.
 _NEXT_STEP = weakref.WeakKeyDictionary()
@@ -86,17 +87,23 @@ def replicated_layout(shape):
     return keras.distribution.TensorLayout([None] * len(shape), distribution.device_mesh)
 
 
-def check_distribution(per_replica):
+def check_distribution(per_replica, per_example=False):
     """Refuse what the step under a `keras.distribution` cannot show.
 
     Args:
         per_replica: bool, `GradientLogger(per_replica=...)`.
+        per_example: bool, `GradientLogger(per_example=...)`.
 
     Raises:
         ValueError: for `per_replica=True` under a distribution: the jitted step sees only the
-            reduced gradient, never a replica's share.
+            reduced gradient, never a replica's share; for `per_example=True` under one (its
+            second pass is not sharded yet).
     """
     distribution = keras.distribution.distribution()
+    if per_example and distribution is not None:
+        raise ValueError(
+            f"GradientLogger(per_example=True) does not support keras.distribution yet. Received: {type(distribution).__name__} in effect"
+        )
     if per_replica and distribution is not None:
         name = type(distribution).__name__
         raise ValueError(
@@ -125,7 +132,7 @@ class _Buffers:
         variables: dict name -> `keras.Variable`, in the order they join `optimizer.variables`.
     """
 
-    def __init__(self, leaf, model_vars, capacity, keep_full, keep_applied, dtype, tracked, snapshot_vars):
+    def __init__(self, leaf, model_vars, capacity, keep_full, keep_applied, dtype, tracked, snapshot_vars, per_example=False):
         self.capacity = capacity
         self.variables = {}
         n = len(model_vars)
@@ -153,6 +160,11 @@ class _Buffers:
                 for j, v in enumerate(model_vars):
                     add(self.applied[j], (capacity, *v.shape), dtype)
                     add(f"applied_scratch_{j}", tuple(v.shape), dtype)
+        self.per_example = per_example
+        if per_example:  # the noise row, each example's norm (NaN past the batch) and the batch size
+            add("noise", (capacity, len(NOISE_COLUMNS)), wide)
+            add("norms", (capacity, per_example_jax.MAX_BATCH), dtype)
+            add("batch_sizes", (capacity,), "int32")
         self.alive = [f"alive_{j}" if track else None for j, track in enumerate(tracked)]
         for j, (v, track) in enumerate(zip(model_vars, tracked, strict=True)):
             if track:
@@ -183,18 +195,21 @@ class JaxCapture(HookedCapture):
         keep_full: bool, keep whole gradients.
         snapshots: bool, keep the weights and optimizer variables before each logged step.
         tracked: tuple of bool per variable: track its alive units (relu kernels).
-        per_example: bool; True is refused (per-example statistics need TensorFlow or torch).
+        per_example: bool, also compute the per-example statistics of each logged step
+            (`kerasbp.logger.per_example_jax`: one more forward and backward pass then).
         per_replica: bool; True is refused (under a `keras.distribution` by its name).
 
     Raises:
-        ValueError: for `per_example=True` or `per_replica=True`.
+        ValueError: for `per_replica=True`, and for `per_example=True` what
+            `per_example_jax.check_jax_model` refuses.
     """
 
     def __init__(self, model, optimizer, every_n_steps, capacity, keep_full, snapshots, tracked, per_example=False, per_replica=False):
-        check_distribution(per_replica)
+        check_distribution(per_replica, per_example)
         super().__init__(model, optimizer, every_n_steps, snapshots, per_example, per_replica)
         self.tracked = tuple(tracked)
-        self.buffers = _Buffers(self.leaf, self.model_vars, capacity, keep_full, not self.applied_same, self.dtype, tracked, self.snapshot_vars)
+        self.taps = per_example_jax.JaxTaps(model) if per_example else None
+        self.buffers = _Buffers(self.leaf, self.model_vars, capacity, keep_full, not self.applied_same, self.dtype, tracked, self.snapshot_vars, per_example)
         self._warned = set()
         self._trace = None  # while the wrapped train step is traced: what the hooks found
         self._positions = None  # name -> index in optimizer.variables (while attached)
@@ -282,7 +297,7 @@ class JaxCapture(HookedCapture):
         def rows(names):
             return None if names is None else [self._value(name)[slots] for name in names]
 
-        return host_rows(
+        rows_read = host_rows(
             self._value("rows")[slots].astype(np.float64),  # (n, len(ROW))
             self._value("steps")[slots].astype(np.int64),  # (n, 2)
             self._value("stats")[slots],  # (n, n_variables, len(RAW))
@@ -295,6 +310,11 @@ class JaxCapture(HookedCapture):
             rows(buf.optimizer_state),
             rate_update=self.by_rate,
         )
+        if buf.per_example:
+            width = int(self._value("batch_sizes")[slots].max(initial=0))  # the widest batch read
+            rows_read["noise"] = self._value("noise")[slots].astype(np.float64)
+            rows_read["per_example_norms"] = self._value("norms")[slots, :width].astype(np.float64)
+        return rows_read
 
     # --------------------------------------------------------------------------- reading values
     def _live_state(self):
@@ -363,7 +383,7 @@ class JaxCapture(HookedCapture):
             return result
 
         def train_step(state, data):
-            trace = {}
+            trace = {"state": state, "data": data}  # the state before the step: the per-example pass
             self._trace = trace
             try:
                 logs, new_state = original["train_step"](state, data)
@@ -371,7 +391,7 @@ class JaxCapture(HookedCapture):
                 self._trace = None
             return logs, self._record(state, new_state, trace)
 
-        return [
+        return ([] if self.taps is None else self.taps.hooks()) + [
             (model, "train_step", train_step),
             (model, "_update_metrics_variables", update_metrics_variables),
             (optimizer, "stateless_apply", stateless_apply),
@@ -487,10 +507,28 @@ class JaxCapture(HookedCapture):
         current["rows"] = current["rows"].at[slot].set(row)
         current["steps"] = current["steps"].at[slot].set(jnp.stack([step, jnp.asarray(iterations).astype("int32")]))
         current["stats"] = current["stats"].at[slot].set(values.astype(current["stats"].dtype))
+        if self.taps is not None:
+            noise, norms = self._per_example(trace, grads, scale)
+            current["noise"] = current["noise"].at[slot].set(noise.astype(wide))
+            current["norms"] = current["norms"].at[slot].set(jnp.full((per_example_jax.MAX_BATCH,), jnp.nan, dtype).at[: norms.shape[0]].set(norms.astype(dtype)))
+            current["batch_sizes"] = current["batch_sizes"].at[slot].set(norms.shape[0])
         current["count"] = current["count"] + 1
         first = current["first_nonfinite"]
         current["first_nonfinite"] = jnp.where(jnp.logical_and(~finite, first < 0), step, first)
         return current
+
+    def _per_example(self, trace, grads, scale):
+        """The step's noise row `(len(NOISE_COLUMNS),)` and per-example norms `(batch,)`, from the
+        Dense layers' inputs and deltas at the state before the step (`per_example_jax`) and the
+        step's batch gradient, both divided by the loss scale."""
+        records = self.taps.inputs_and_deltas(self.model, trace["state"], trace["data"])
+        dtype = self.dtype
+        s = None if scale is None else jnp.asarray(scale, dtype)
+        unscaled = {j: g.astype(dtype) if s is None else g.astype(dtype) / s for j, g in enumerate(grads)}
+        taken = [(a, d if s is None else d.astype(dtype) / s) for a, d in records]
+        with warnings.catch_warnings():  # the row is float64 where JAX's 64-bit mode is on, else float32
+            warnings.filterwarnings("ignore", message="Explicitly requested dtype float64")
+            return per_example_ops.dense_statistics(self.taps.dense, taken, unscaled, dtype)
 
     def _index_of(self, variable):
         """The index of `variable` in `optimizer.variables` (and so in the state), or None."""

@@ -105,8 +105,6 @@ class TorchCapture(HookedCapture):
             `per_example_torch.check_torch_model` refuses.
     """
 
-    supports_per_example = True
-
     def __init__(self, model, optimizer, every_n_steps, capacity, keep_full, snapshots, tracked, per_example=False, per_replica=False):
         super().__init__(model, optimizer, every_n_steps, snapshots, per_example, per_replica)
         device = self.model_vars[0].value.device

@@ -132,22 +132,14 @@ class HookedCapture(InstalledHooks):
         optimizer: its optimizer (built).
         every_n_steps: int, log the train steps whose 0-based number is a multiple of it.
         snapshots: bool, keep the weights and optimizer variables before each logged step.
-        per_example: bool; True is refused unless the subclass sets `supports_per_example`.
+        per_example: bool, the subclass computes per-example statistics (its taps).
         per_replica: bool; True is refused (TensorFlow only).
 
     Raises:
-        ValueError: for `per_example=True` where unsupported, `per_replica=True`, or a `MultiOptimizer`.
+        ValueError: for `per_replica=True`, or a `MultiOptimizer`.
     """
 
-    #: Whether the subclass computes per-example statistics (`per_example=True`).
-    supports_per_example = False
-
     def __init__(self, model, optimizer, every_n_steps, snapshots, per_example=False, per_replica=False):
-        if per_example and not self.supports_per_example:
-            raise ValueError(
-                f"GradientLogger(per_example=True) needs the TensorFlow or torch backend; Keras is running on {keras.backend.backend()!r}. "
-                "Received: per_example=True"
-            )
         if per_replica:
             raise ValueError(
                 f"GradientLogger(per_replica=True) needs the TensorFlow backend; Keras is running on {keras.backend.backend()!r}. "

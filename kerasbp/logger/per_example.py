@@ -49,8 +49,27 @@ import keras
 import tensorflow as tf
 
 from kerasbp.logger import per_example_ops
-from kerasbp.logger.per_example_ops import check_model
 from kerasbp.logger.log import NOISE_COLUMNS
+
+
+def check_model(model):
+    """`per_example_ops.check_model`, then what the TensorFlow taps cannot do.
+
+    Returns:
+        `(dense, generic)` as `per_example_ops.check_model`.
+
+    Raises:
+        ValueError: for everything `per_example_ops.check_model` refuses; a model compiled with
+            `jit_compile=True` (XLA).
+    """
+    found = per_example_ops.check_model(model)
+    if getattr(model, "jit_compile", False) is True:
+        raise ValueError(
+            "GradientLogger(per_example=True) does not support XLA yet: its buffer of per-example norms grows with the widest "
+            "batch, which a compiled XLA step cannot do. Received: a model compiled with jit_compile=True (Keras's "
+            "jit_compile='auto' picks it on a GPU). Compile with jit_compile=False"
+        )
+    return found
 
 
 def _in_this_graph(tensor):
@@ -72,7 +91,7 @@ class PerExampleTaps:
 
     def __init__(self, model):
         self.model = model
-        self.dense, self.generic = check_model(model)  # (per_example_ops.check_model)
+        self.dense, self.generic = check_model(model)
         self._pending = {}  # layer position (Dense first, then generic) -> list of records
         self._stack = []  # the records of the Dense calls running now
         self._calls = {}  # generic layer position -> its own (unhooked) call

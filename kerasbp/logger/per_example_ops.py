@@ -1,7 +1,8 @@
 """The arithmetic of per-example gradient statistics, in `keras.ops`: one definition for every backend.
 
-The TensorFlow capture (`per_example.py`, inside the traced train step) and the torch capture
-(`capture_torch.py`, eagerly) record, per Dense layer, its input `A` `(batch, n_in)` and the
+The TensorFlow capture (`per_example.py`, inside the traced train step), the JAX capture
+(`per_example_jax.py`, a second pass inside the jitted step) and the torch capture
+(`per_example_torch.py`, eagerly) record, per Dense layer, its input `A` `(batch, n_in)` and the
 delta `D = dL/dz` of its pre-activation `(batch, n_out)`, and hand them here with the batch
 gradient. The closed forms (BackPACK, Dangel et al. 2020; the definitions of the statistics:
 Schneider et al. 2021, McCandlish et al. 2018) are written out in `per_example.py`'s docstring.
@@ -22,8 +23,9 @@ def check_model(model):
     """Refuse what per-example gradients cannot be computed for, naming it.
 
     Args:
-        model: a built, compiled `keras.Model` (any backend; `per_example_torch.check_torch_model` adds
-            what torch cannot do).
+        model: a built, compiled `keras.Model` (any backend; `per_example.check_model`,
+            `per_example_jax.check_jax_model` and `per_example_torch.check_torch_model` add what
+            each backend cannot do).
 
     Returns:
         `(dense, generic)`: a list of `(layer, kernel_index, bias_index or None)` for the Dense
@@ -37,7 +39,7 @@ def check_model(model):
             (`keras.layers.RNN`); a trainable variable outside the model's layers; a layer
             other than Dense that draws random numbers (the fallback cannot replay them), runs
             in mixed precision, or holds variables beside sublayers that hold some; a Dense
-            layer with LoRA or quantization; a model compiled with `jit_compile=True` (XLA); a
+            layer with LoRA or quantization; a
             loss whose reduction is not `"sum_over_batch_size"` (then the batch gradient is not
             the mean of the examples' gradients); a model under a `tf.distribute` strategy.
     """
@@ -106,12 +108,6 @@ def check_model(model):
                 "GradientLogger(per_example=True) needs losses with reduction='sum_over_batch_size' (the batch gradient is then "
                 f"the mean of the examples' own gradients). Received: {type(loss).__name__} with reduction={reduction!r}"
             )
-    if getattr(model, "jit_compile", False) is True:
-        raise ValueError(
-            "GradientLogger(per_example=True) does not support XLA yet: its buffer of per-example norms grows with the widest "
-            "batch, which a compiled XLA step cannot do. Received: a model compiled with jit_compile=True (Keras's "
-            "jit_compile='auto' picks it on a GPU). Compile with jit_compile=False"
-        )
     if getattr(model, "_distribute_strategy", None) is not None:
         raise ValueError("GradientLogger(per_example=True) does not support a tf.distribute strategy yet. Received a model built under one")
     return dense, generic

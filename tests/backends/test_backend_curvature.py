@@ -72,10 +72,10 @@ def test_an_interrupted_fit_keeps_its_measurements_and_detach_cleans_up(float64)
 
 
 def test_a_logger_beside_the_probe_logs_what_it_logs_alone():
-    # On torch the probe's measuring forward pass runs through the Dense layers that the
-    # per-example statistics tap; on JAX both keep their buffers in the optimizer's state and
-    # wrap the same stateless step.
-    checks.check_a_logger_beside_the_probe(per_example=BACKEND == "torch")
+    # The probe's measuring forward pass runs through the Dense layers that the per-example
+    # statistics tap; on JAX both also keep their buffers in the optimizer's state and wrap the
+    # same stateless step.
+    checks.check_a_logger_beside_the_probe(per_example=True)
 
 
 @torch_only

@@ -504,9 +504,7 @@ def test_mixed_float16_overflow_skips_are_rows_not_errors():
     assert logger.first_nonfinite is None and logger.health().skipped == int(logger.skipped.sum())
 
 
-REFUSED = [({"tensorboard_dir": "tb"}, RuntimeError, "the TensorFlow backend")]
-if BACKEND == "jax":  # per_example=True works on torch: tests/backends/test_per_example_torch.py
-    REFUSED.append(({"per_example": True}, ValueError, "the TensorFlow or torch backend"))
+REFUSED = [({"tensorboard_dir": "tb"}, RuntimeError, "the TensorFlow backend")]  # per_example=True: tests/backends/test_backend_per_example.py
 
 
 @pytest.mark.parametrize("kwargs, error, needs", REFUSED, ids=[next(iter(c[0])) for c in REFUSED])
