@@ -87,7 +87,8 @@ def _check_data(data):
     if data is None:
         return None
     if not isinstance(data, (tuple, list)) or len(data) not in (2, 3):
-        raise TypeError(f"`data` must be None or a tuple (X, y) or (X, y, sample_weight). Received: data={data!r}"[:300])
+        what = f"an array of shape {np.shape(data)}" if hasattr(data, "shape") else f"a {type(data).__name__}" + (f" of length {len(data)}" if isinstance(data, (tuple, list)) else "")
+        raise TypeError(f"`data` must be None or a tuple (X, y) or (X, y, sample_weight). Received {what}")
     arrays = []
     for name, a in zip(("X", "y", "sample_weight"), data, strict=False):
         a = np.asarray(a)
@@ -102,6 +103,28 @@ def _check_data(data):
     if len(rows) != 1:
         raise ValueError(f"`data`'s arrays must have the same number of rows. Received shapes {[a.shape for a in arrays]}")
     return tuple(arrays)
+
+
+def _data_for(model, data):
+    """`data` checked against `model`'s input and output widths: a 1-D X becomes one column for a
+    model with one input.
+
+    Raises:
+        ValueError: for an X whose width is not the model's input width, or a float y whose
+            number of columns is not the model's number of outputs (integer labels are left to
+            the loss), naming both shapes.
+    """
+    X, y = data[0], data[1]
+    expects = tuple(model.inputs[0].shape[1:]) if getattr(model, "inputs", None) else None
+    if expects is not None:
+        if X.ndim == 1 and expects in ((1,), (None,)):
+            X = X[:, None]
+        if X.ndim != len(expects) + 1 or any(e not in (None, w) for e, w in zip(expects, X.shape[1:], strict=True)):
+            raise ValueError(f"`data`'s X must have the model's input shape (n, {', '.join('any' if e is None else str(e) for e in expects)}). Received an X of shape {X.shape}")
+    outputs = tuple(model.outputs[0].shape[1:]) if getattr(model, "outputs", None) else None
+    if outputs and y.dtype.kind == "f" and y.ndim == 2 and outputs[-1] not in (None, y.shape[1]):
+        raise ValueError(f"`data`'s y has {y.shape[1]} columns, but the model has {outputs[-1]} output(s). Received a y of shape {y.shape}")
+    return (X, y, *data[2:])
 
 
 def fixed_arrays(data, model):
@@ -361,8 +384,8 @@ class HessianProbe(keras.callbacks.Callback):
             raise RuntimeError(
                 f"HessianProbe does not support keras.distribution yet. Received: {type(keras.distribution.distribution()).__name__} in effect"
             )
-        if self.data is not None and model.inputs and model.inputs[0].shape[-1] not in (None, *self.data[0].shape[1:2]):
-            raise ValueError(f"`data`'s X has {self.data[0].shape[1:]} features, but the model expects {tuple(model.inputs[0].shape[1:])}")
+        if self.data is not None:
+            self.data = _data_for(model, self.data)
         steps_per_call = int(self.params.get("steps_per_call") or getattr(model, "steps_per_execution", 1) or 1)
         self._rows_per_call = steps_per_call // self.every_n_steps + 1
         capacity = max(MIN_ROWS, self._rows_per_call)

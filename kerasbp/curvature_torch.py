@@ -12,7 +12,8 @@ Hv = torch.autograd.grad(grads, params, grad_outputs=v, retain_graph=True)
 ```
 
 So every product sees the one forward pass, with its dropout mask; the variables that pass moved
-are put back before the step runs, and what a `GradientLogger(per_example=True)` recorded of it
+and torch's global random generator (which a Dropout without a seed draws from) are put back
+before the step runs, and what a `GradientLogger(per_example=True)` recorded of it
 is dropped. The random draws are NumPy's, seeded with `(seed, step, k)`.
 The numbers stay on the device in a ring buffer until the callback reads them; only the sign of
 the dominant eigenvalue is read on the host, at probed steps, to choose the shifted iteration.
@@ -99,6 +100,10 @@ def estimates(probe, model, batch, step):
     sizes = [p.numel() for p in params]
     state_vars = state_variables(model)
     saved = [torch.clone(v.value).detach() for v in state_vars]
+    # A Dropout without a seed draws from torch's global generator (Keras's unseeded fast path):
+    # put it back too, so that the step draws the mask this pass drew.
+    rng_state = torch.random.get_rng_state()
+    cuda_rng_states = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     compute_loss = type(model).compute_loss  # the model's own, not a logger's hook
     with torch.enable_grad():
         y_pred = model(x, training=True) if getattr(model, "_call_has_training_arg", True) else model(x)
@@ -109,6 +114,9 @@ def estimates(probe, model, batch, step):
         grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
     for var, value in zip(state_vars, saved, strict=True):  # undo what the forward pass moved
         var.assign(value)
+    torch.random.set_rng_state(rng_state)
+    if cuda_rng_states is not None:
+        torch.cuda.set_rng_state_all(cuda_rng_states)
     taps = getattr(attached_capture(model), "taps", None)
     if taps is not None:  # a GradientLogger(per_example=True)'s records of this pass are not the step's
         taps.forget()

@@ -75,21 +75,24 @@ def check_hutchinson(rtol_same_seed):
     assert np.all(np.abs(np.concatenate([runs[0][0], runs[1][0]]) - np.trace(H)) < 5 * sigma)
 
 
-def dropout_bn_model():
+def dropout_bn_model(dropout_seed):
     keras.utils.set_random_seed(3)
     model = keras.Sequential(
-        [keras.Input((1,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dropout(0.3, seed=7), keras.layers.BatchNormalization(), keras.layers.Dense(1)]
+        [keras.Input((1,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dropout(0.3, seed=dropout_seed), keras.layers.BatchNormalization(), keras.layers.Dense(1)]
     )
     model.compile(keras.optimizers.SGD(0.05), "mse", metrics=["mae"])
     return model
 
 
-def check_training_is_unchanged():
-    """Dropout, BatchNormalization and a metric: with the probe, the weights, moving statistics,
+def check_training_is_unchanged(dropout_seed):
+    """Dropout (with `dropout_seed`, or None: on torch it then draws from torch's global
+    generator), BatchNormalization and a metric: with the probe, the weights, moving statistics,
     dropout seed state and metrics are bit for bit those of training without it."""
-    plain, probed = dropout_bn_model(), dropout_bn_model()
+    plain, probed = dropout_bn_model(dropout_seed), dropout_bn_model(dropout_seed)
+    keras.utils.set_random_seed(11)  # the global generators as the probed fit will find them
     h_plain = plain.fit(X_LIN, Y_LIN, batch_size=25, epochs=3, shuffle=False, verbose=0)
     probe = kb.HessianProbe(every_n_steps=2, n_iterations=5, n_probes=3)
+    keras.utils.set_random_seed(11)
     h_probed = probed.fit(X_LIN, Y_LIN, batch_size=25, epochs=3, shuffle=False, verbose=0, callbacks=[probe])
     assert probe.steps.tolist() == [0, 2, 4, 6, 8, 10]
     assert np.all(np.isfinite(probe.lambda_max)) and np.all(np.isfinite(probe.trace))

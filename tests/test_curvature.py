@@ -68,8 +68,9 @@ def test_hutchinson_is_seeded_and_unbiased(float64):
     checks.check_hutchinson(rtol_same_seed=1e-13)
 
 
-def test_training_is_exactly_as_without_the_probe(float64):
-    checks.check_training_is_unchanged()
+@pytest.mark.parametrize("dropout_seed", [7, None])
+def test_training_is_exactly_as_without_the_probe(float64, dropout_seed):
+    checks.check_training_is_unchanged(dropout_seed)
 
 
 def test_a_second_fit_continues_and_a_fit_without_the_probe_measures_nothing(float64):
@@ -98,7 +99,7 @@ def test_stability_threshold_follows_a_schedule(float64):
         ({"n_probes": True}, TypeError, "n_probes"),
         ({"seed": -1}, ValueError, "seed"),
         ({"seed": None}, TypeError, "seed"),
-        ({"data": X_LIN}, TypeError, "`data` must be None or a tuple"),
+        ({"data": X_LIN}, TypeError, r"`data` must be None or a tuple \(X, y\) or \(X, y, sample_weight\). Received an array of shape \(100, 1\)$"),
         ({"data": (X_LIN, Y_LIN[:50])}, ValueError, "same number of rows"),
         ({"data": (X_LIN * np.nan, Y_LIN)}, ValueError, "finite"),
         ({"data": (X_LIN.astype(str), Y_LIN)}, TypeError, "numeric"),
@@ -115,8 +116,13 @@ def test_refuses_an_uncompiled_model_and_wrong_data_width():
         probe.set_model(kb.linear_model(seed=0))
         probe.on_train_begin()
     model = linear()
-    with pytest.raises(ValueError, match="features"):
+    with pytest.raises(ValueError, match=r"`data`'s X must have the model's input shape \(n, 1\). Received an X of shape \(100, 2\)"):
         model.fit(X_LIN, Y_LIN, epochs=1, verbose=0, callbacks=[kb.HessianProbe(data=(np.hstack([X_LIN, X_LIN]), Y_LIN))])
+    with pytest.raises(ValueError, match=r"`data`'s y has 2 columns, but the model has 1 output\(s\). Received a y of shape \(100, 2\)"):
+        model.fit(X_LIN, Y_LIN, epochs=1, verbose=0, callbacks=[kb.HessianProbe(data=(X_LIN, np.hstack([Y_LIN, Y_LIN])))])
+    probe = kb.HessianProbe(every_n_steps=1, n_iterations=5, n_probes=0, data=(X_LIN[:, 0], Y_LIN))  # a 1-D X: one column
+    model.fit(X_LIN, Y_LIN, batch_size=100, epochs=1, verbose=0, callbacks=[probe])
+    np.testing.assert_allclose(probe.lambda_max, np.linalg.eigvalsh(closed_form(X_LIN))[-1], rtol=1e-3)  # 5 iterations
 
 
 # ---------------------------------------------------------------- plot_curvature

@@ -321,6 +321,7 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
             self._alive = [np.zeros(s[-1:], bool) if len(s) >= 2 and a == "relu" else None for s, a in zip(self.shapes, self.activations, strict=True)]
 
     def on_train_batch_begin(self, batch, logs=None):
+        self._raise_refused()
         # Read the device buffer only when the coming call could overflow it: a read per step
         # would cost more than the statistics.
         if (self._unread_calls + 1) * self._rows_per_call > self._capture.buffers.capacity:
@@ -336,6 +337,17 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
 
     def on_epoch_end(self, epoch, logs=None):
         self._collect()
+        self._raise_refused()
+
+    def _raise_refused(self):
+        """Raise what the capture refused while its step was traced (JAX: a batch too wide for
+        the per-example norms), after that step ran: an exception while Keras traces a JAX step
+        would leave the model's variables unusable. The capture is discarded, so a new logger
+        traces anew."""
+        refused = getattr(self._capture, "refused", None)
+        if refused is not None:
+            hooks.discard(self._capture)
+            raise refused
 
     def on_train_end(self, logs=None):
         self.detach()

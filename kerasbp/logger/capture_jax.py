@@ -209,6 +209,7 @@ class JaxCapture(HookedCapture):
         super().__init__(model, optimizer, every_n_steps, snapshots, per_example, per_replica)
         self.tracked = tuple(tracked)
         self.taps = per_example_jax.JaxTaps(model) if per_example else None
+        self.refused = None  # set while tracing a step that is refused after it runs (see per_example_jax)
         self.buffers = _Buffers(self.leaf, self.model_vars, capacity, keep_full, not self.applied_same, self.dtype, tracked, self.snapshot_vars, per_example)
         self._warned = set()
         self._trace = None  # while the wrapped train step is traced: what the hooks found
@@ -311,7 +312,7 @@ class JaxCapture(HookedCapture):
             rate_update=self.by_rate,
         )
         if buf.per_example:
-            width = int(self._value("batch_sizes")[slots].max(initial=0))  # the widest batch read
+            width = min(int(self._value("batch_sizes")[slots].max(initial=0)), per_example_jax.MAX_BATCH)  # the widest batch read
             rows_read["noise"] = self._value("noise")[slots].astype(np.float64)
             rows_read["per_example_norms"] = self._value("norms")[slots, :width].astype(np.float64)
         return rows_read
@@ -510,7 +511,15 @@ class JaxCapture(HookedCapture):
         if self.taps is not None:
             noise, norms = self._per_example(trace, grads, scale)
             current["noise"] = current["noise"].at[slot].set(noise.astype(wide))
-            current["norms"] = current["norms"].at[slot].set(jnp.full((per_example_jax.MAX_BATCH,), jnp.nan, dtype).at[: norms.shape[0]].set(norms.astype(dtype)))
+            row = jnp.full((per_example_jax.MAX_BATCH,), jnp.nan, dtype)
+            if norms.shape[0] <= per_example_jax.MAX_BATCH:
+                row = row.at[: norms.shape[0]].set(norms.astype(dtype))
+            else:  # refused after the step (the callback raises it), the norms left NaN
+                self.refused = ValueError(
+                    f"GradientLogger(per_example=True) on JAX holds the per-example norms of batches of at most "
+                    f"{per_example_jax.MAX_BATCH} examples. Received a batch of {norms.shape[0]}. Use a smaller batch_size or per_example=False"
+                )
+            current["norms"] = current["norms"].at[slot].set(row)
             current["batch_sizes"] = current["batch_sizes"].at[slot].set(norms.shape[0])
         current["count"] = current["count"] + 1
         first = current["first_nonfinite"]

@@ -292,6 +292,15 @@ def capture_for(model, optimizer, steps_per_execution, **options):
     return per_optimizer[key]
 
 
+def discard(capture):
+    """Forget `capture`, so that `capture_for` makes a new one for the next logger (its traced
+    train function is not to be reused: it was traced with a step it refused)."""
+    for per_optimizer in _CAPTURES.values():
+        for captures in per_optimizer.values():
+            for key in [k for k, c in captures.items() if c is capture]:
+                del captures[key]
+
+
 def _capture_class():
     """The capture class of Keras's backend: `TensorFlowCapture` (`kerasbp/logger/capture.py`),
     `JaxCapture` (`capture_jax.py`) or `TorchCapture` (`capture_torch.py`), each imported only on

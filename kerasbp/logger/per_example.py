@@ -164,11 +164,7 @@ class PerExampleTaps:
         def hooked_call(inputs, *args, **kwargs):
             record = None
             if self._keep(inputs, args, kwargs):
-                if inputs.shape.rank != 2:
-                    raise ValueError(
-                        "GradientLogger(per_example=True) supports Dense layers on 2-D inputs (batch, features). Received: "
-                        f"layer {layer.name!r} called on an input of shape {tuple(inputs.shape)}"
-                    )
+                per_example_ops.check_dense_input(layer, tuple(inputs.shape))
                 record = {"a": inputs, "d": []}
             self._stack.append(record)
             try:

@@ -14,13 +14,16 @@ variables of another kind is refused by name, as is everything `per_example_ops.
 refuses.
 
 A jitted step's buffers have fixed shapes, so the per-example norms of a step are held in a row
-of `MAX_BATCH` entries (NaN past the batch); a batch of more examples is refused by name.
+of `MAX_BATCH` entries (NaN past the batch). A batch of more examples is refused by name, after
+its step (an exception while Keras traces a JAX step leaves the model's variables unusable), and
+its norms are NaN.
 """
 
 import jax
 import jax.numpy as jnp
 import keras
 
+from kerasbp.logger import per_example_ops
 from kerasbp.logger.per_example_ops import check_model
 
 #: The largest batch whose per-example norms a logged step holds on JAX.
@@ -81,11 +84,7 @@ class JaxTaps:
                     f"GradientLogger(per_example=True) does not support a layer called more than once per train step "
                     f"(a shared layer). Received: layer {layer.name!r} called twice"
                 )
-            if len(inputs.shape) != 2:
-                raise ValueError(
-                    "GradientLogger(per_example=True) supports Dense layers on 2-D inputs (batch, features). Received: "
-                    f"layer {layer.name!r} called on an input of shape {tuple(inputs.shape)}"
-                )
+            per_example_ops.check_dense_input(layer, tuple(inputs.shape))
             self._inputs[k] = inputs
             self._running.append(k)
             try:
@@ -118,17 +117,11 @@ class JaxTaps:
             list over `dense` of `(A, D)`.
 
         Raises:
-            ValueError: for a batch of more than `MAX_BATCH` examples, a Dense layer not called
-                in the step's forward pass, or one called twice.
+            ValueError: for a Dense layer not called in the step's forward pass, or one called twice.
         """
         trainable, non_trainable, optimizer_values, metrics = state
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         batch = int(jax.tree_util.tree_leaves(x)[0].shape[0])
-        if batch > MAX_BATCH:
-            raise ValueError(
-                f"GradientLogger(per_example=True) on JAX holds the per-example norms of batches of at most {MAX_BATCH} "
-                f"examples. Received a batch of {batch}. Use a smaller batch_size or per_example=False"
-            )
         zeros = [jnp.zeros((batch, layer.units), layer.compute_dtype) for layer, _, _ in self.dense]
 
         def loss(added):

@@ -113,6 +113,16 @@ def check_model(model):
     return dense, generic
 
 
+def check_dense_input(layer, shape):
+    """Refuse a Dense `layer` called on an input of `shape` that is not 2-D `(batch, features)`:
+    the closed forms take one input row per example."""
+    if len(shape) != 2:
+        raise ValueError(
+            "GradientLogger(per_example=True) supports Dense layers on 2-D inputs (batch, features). Received: "
+            f"layer {layer.name!r} called on an input of shape {tuple(shape)}"
+        )
+
+
 def a_g_d(a, g, d, gram):
     """`(B,)`: `a_i^T G d_i` for each example, `a` `(B, n_in)`, `G` `(n_in, n_out)`, `d` `(B, n_out)`.
 

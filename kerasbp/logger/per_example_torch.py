@@ -73,11 +73,7 @@ class TorchTaps:
         def hooked_call(inputs, *args, **kwargs):
             record = None
             if torch.is_grad_enabled() and torch.is_tensor(inputs) and self.logged():
-                if inputs.dim() != 2:
-                    raise ValueError(
-                        "GradientLogger(per_example=True) supports Dense layers on 2-D inputs (batch, features). Received: "
-                        f"layer {layer.name!r} called on an input of shape {tuple(inputs.shape)}"
-                    )
+                per_example_ops.check_dense_input(layer, tuple(inputs.shape))
                 record = {"a": inputs.detach(), "d": None}
                 self._records.setdefault(k, []).append(record)
             self._stack.append(record)

@@ -59,8 +59,9 @@ def test_hutchinson_is_seeded_and_unbiased(float64):
     checks.check_hutchinson(rtol_same_seed=RTOL)
 
 
-def test_training_is_exactly_as_without_the_probe(float64):
-    checks.check_training_is_unchanged()
+@pytest.mark.parametrize("dropout_seed", [7, None])
+def test_training_is_exactly_as_without_the_probe(float64, dropout_seed):
+    checks.check_training_is_unchanged(dropout_seed)
 
 
 def test_a_second_fit_continues_and_a_fit_without_the_probe_measures_nothing(float64):

@@ -99,3 +99,23 @@ def test_a_keras_distribution_is_refused_by_name():
             model.fit(X, y, epochs=1, callbacks=[GradientLogger(per_example=True)], verbose=0)
     finally:
         keras.distribution.set_distribution(None)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="JAX only")
+def test_a_batch_too_wide_for_the_norms_is_refused_after_its_step_and_the_model_trains_on():
+    # Refused after the step that was traced with it, not while tracing (which would leave the
+    # model's variables unusable); that step's norms are NaN, its statistics exact.
+    from kerasbp.logger.per_example_jax import MAX_BATCH
+
+    X, y = data(MAX_BATCH + 4, 4, "mse", seed=1)
+    model = mlp("mse")
+    model.compile(keras.optimizers.SGD(0.05), "mse")
+    logger = GradientLogger(per_example=True)
+    with pytest.raises(ValueError, match=f"at most {MAX_BATCH} examples. Received a batch of {MAX_BATCH + 4}. Use a smaller batch_size"):
+        model.fit(X, y, epochs=2, batch_size=MAX_BATCH + 4, verbose=0, callbacks=[logger])
+    logger.detach()
+    assert logger.steps.tolist() == [0] and np.isnan(logger.per_example_norms()).all() and np.isfinite(logger.noise["norm_test"]).all()
+    model.fit(X, y, epochs=1, batch_size=1024, verbose=0)  # the model trains on, with a new logger too
+    again = GradientLogger(per_example=True)
+    model.fit(X[:2048], y[:2048], epochs=1, batch_size=1024, shuffle=False, verbose=0, callbacks=[again])
+    assert again.per_example_norms().shape == (2, 1024) and np.isfinite(again.per_example_norms()).all()
