@@ -64,16 +64,22 @@ def snapshot_variables(optimizer):
     return variables
 
 
+#: Where Keras's own optimizers live: `keras/src/optimizers`, and on torch the same update rules
+#: written with `torch._foreach` operations (`keras/src/backend/torch/optimizers`), which
+#: `keras.optimizers.SGD(...)` and the others make there.
+KERAS_OPTIMIZER_MODULES = ("keras.src.optimizers", "keras.src.backend.")
+
+
 def applied_same(optimizer):
-    """Whether the update rule of `optimizer` receives the (unscaled) loss gradient itself: a
-    Keras optimizer without clipping or gradient accumulation. Loss scaling does not count: Keras
+    """Whether the update rule of `optimizer` receives the (unscaled) loss gradient itself: one of
+    Keras's own optimizers (`KERAS_OPTIMIZER_MODULES`) without clipping or gradient accumulation. Loss scaling does not count: Keras
     divides by the scale with the same operation as the logger does, so the two are equal bit
     for bit. Then the applied gradients are neither reduced nor stored a second time."""
     leaf = leaf_optimizer(optimizer)
     return not (
         leaf.gradient_accumulation_steps
         or any(getattr(leaf, name, None) for name in ("clipnorm", "global_clipnorm", "clipvalue"))
-        or not type(leaf).__module__.startswith("keras.src.optimizers")
+        or not type(leaf).__module__.startswith(KERAS_OPTIMIZER_MODULES)
     )
 
 

@@ -513,3 +513,26 @@ def test_tensorflow_only_options_are_refused_by_name(kwargs, error, needs, tmp_p
     model = compile_model(linear_model(2, seed=0), "sgd")
     with pytest.raises(error, match=f"needs {needs}; Keras is running on '{BACKEND}'"):
         model.fit(LIN_X, LIN_Y, epochs=1, callbacks=[GradientLogger(**kwargs)], verbose=0)
+
+
+@pytest.mark.parametrize(
+    "optimizer, same",
+    [(lambda: keras.optimizers.SGD(0.1), True), (lambda: keras.optimizers.Adam(), True), (lambda: keras.optimizers.SGD(0.1, clipnorm=1.0), False)],
+    ids=["sgd", "adam", "sgd-clipnorm"],
+)
+def test_the_backends_own_optimizers_apply_the_loss_gradient_itself(optimizer, same, tmp_path):
+    # On torch, keras.optimizers.SGD(...) makes Keras's torch implementation
+    # (keras/src/backend/torch/optimizers): its applied gradient is the loss gradient, so it is
+    # neither reduced nor stored twice (no applied_*.bin files next to the grad_*.bin).
+    from kerasbp.logger.hooks import applied_same
+
+    opt = optimizer()
+    assert applied_same(opt) is same
+    model = compile_model(linear_model(2, seed=0), opt)
+    logger = GradientLogger(record="full", path=str(tmp_path / "log"))
+    model.fit(LIN_X, LIN_Y, epochs=1, batch_size=2, shuffle=False, callbacks=[logger], verbose=0)
+    files = sorted(p.name for p in (tmp_path / "log").iterdir() if p.suffix == ".bin")
+    assert any(f.startswith("grad_") for f in files) and any(f.startswith("applied_") for f in files) is not same
+    for a, b in zip(logger.applied_gradients(), logger.gradients(), strict=True):
+        if same:
+            np.testing.assert_array_equal(a, b)
