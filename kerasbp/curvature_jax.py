@@ -26,7 +26,7 @@ from jax.flatten_util import ravel_pytree
 from keras import ops
 
 from kerasbp.curvature import COLUMNS, ProbeState, fixed_arrays
-from kerasbp.logger.capture_jax import live_optimizer_values
+from kerasbp.logger.capture_jax import latest_value, live_optimizer_values
 from kerasbp.logger.hooks import leaf_optimizer
 
 
@@ -79,8 +79,7 @@ class JaxProbeState(ProbeState):
         self.train_step = train_step
 
     def _value(self, name):
-        live = live_optimizer_values(self.model) if self.positions is not None else None
-        return np.array(live[self.positions[name]] if live is not None else self.variables[name].value, copy=True)
+        return latest_value(self.model, self.variables[name], None if self.positions is None else self.positions[name])
 
     def step(self):
         return int(self._value("counter"))

@@ -124,6 +124,14 @@ def live_optimizer_values(model):
     return state.get("optimizer_variables")
 
 
+def latest_value(model, variable, position):
+    """A NumPy copy of an optimizer `variable`'s latest value: where a `fit` is in flight and
+    `position` (its index in `model.optimizer.variables`) is given, from `live_optimizer_values`;
+    else the variable's own value."""
+    live = live_optimizer_values(model) if position is not None else None
+    return np.array(live[position] if live is not None else variable.value, copy=True)
+
+
 class _Buffers:
     """The ring buffers (Keras variables, owned by the optimizer while attached) by name.
 
@@ -324,9 +332,7 @@ class JaxCapture(HookedCapture):
 
     def _value(self, name):
         """A copy of buffer `name`'s latest value as a NumPy array."""
-        state = self._live_state()
-        value = state[self._positions[name]] if state is not None else self.buffers.variables[name].value
-        return np.array(value, copy=True)
+        return latest_value(self.model, self.buffers.variables[name], self._positions[name] if self.attached else None)
 
     def _warn_once(self, key, message):
         if key not in self._warned:

@@ -27,7 +27,7 @@ BACKEND = keras.backend.backend()
 RTOL = 1e-6  # float32 rounding inside a float64 model off TensorFlow (module docstring)
 
 pytestmark = pytest.mark.skipif(BACKEND not in ("jax", "torch"), reason="JAX and torch backend tests: run with KERAS_BACKEND=jax or torch")
-torch_only = pytest.mark.skipif(BACKEND != "torch", reason="torch only")
+torch_only = pytest.mark.skipif(BACKEND != "torch", reason="jit_compile=True means torch.compile only on torch (on JAX every step is jitted)")
 
 
 def test_linear_regression_lambda_max_and_exact_trace_on_each_steps_batch(float64):
@@ -85,7 +85,7 @@ def test_jit_compile_is_refused_on_torch(float64):
         linear(jit_compile=True).fit(X_LIN, Y_LIN, epochs=1, verbose=0, callbacks=[kb.HessianProbe()])
 
 
-@pytest.mark.skipif(BACKEND != "jax", reason="JAX only")
+@pytest.mark.skipif(BACKEND != "jax", reason="keras.distribution is checked on JAX (tests/test_curvature.py refuses tf.distribute)")
 def test_a_keras_distribution_is_refused_by_name():
     model = linear()
     keras.distribution.set_distribution(keras.distribution.DataParallel())

@@ -88,7 +88,7 @@ def test_what_the_backend_cannot_do_is_refused_by_name(layer, compile_kwargs, ma
         model.fit(X, y[:, :1], epochs=1, callbacks=[GradientLogger(per_example=True)], verbose=0)
 
 
-@pytest.mark.skipif(BACKEND != "jax", reason="JAX only")
+@pytest.mark.skipif(BACKEND != "jax", reason="keras.distribution is data parallelism on JAX (TensorFlow has tf.distribute, torch is not supported by it here)")
 def test_a_keras_distribution_is_refused_by_name():
     X, y = data(8, 4, "mse")
     model = mlp("mse")
@@ -101,7 +101,7 @@ def test_a_keras_distribution_is_refused_by_name():
         keras.distribution.set_distribution(None)
 
 
-@pytest.mark.skipif(BACKEND != "jax", reason="JAX only")
+@pytest.mark.skipif(BACKEND != "jax", reason="only JAX holds the norms in fixed-width rows (torch and TensorFlow grow theirs)")
 def test_a_batch_too_wide_for_the_norms_is_refused_after_its_step_and_the_model_trains_on():
     # Refused after the step that was traced with it, not while tracing (which would leave the
     # model's variables unusable); that step's norms are NaN, its statistics exact.
