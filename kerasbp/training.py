@@ -274,6 +274,8 @@ def _train(loops, model, data, batch_size, epochs, epochs_per_call, callback_lis
         callback_list.on_train_batch_begin(0)
         start = time.perf_counter()
         n_epochs, history = run(n_epochs)  # fewer epochs when a non-finite step stopped the loop
+        if n_epochs == 0:  # halted before its first step: a non-finite step ended the last call
+            break
         if epoch == 0:  # the first call traces and compiles: its time says nothing of a step
             chunk = 4
         else:

@@ -1,15 +1,18 @@
-"""The capture on the torch backend: ring buffers of device tensors, written in the same eager step.
+"""The capture on the torch backend: each logged step reduced on the device in the same eager step.
 
 Where the torch trainer applies gradients (Keras 3.15, `keras/src/backend/torch/trainer.py`,
 `train_step`): the loss goes through `optimizer.scale_loss`, `loss.backward()`, then
 `optimizer.apply([v.value.grad ...], trainable_weights)` under `torch.no_grad()`, eagerly. So
 the hooks are those of `TensorFlowCapture` (see `capture.py`), run eagerly: `apply` and
 `scale_loss` of the optimizer, `_backend_update_step` and `_clip_gradients` of the innermost
-one. Every number stays on the device (the reductions behind the statistics, `_reductions`, the
-rows, the first non-finite step): the host reads the buffers only when the callback collects
-them. The one exception: a step whose gradient has NaN or Inf entries (seen from its sum of
-squares, one device-to-host read per logged step) counts them. Train steps that are not
-logged (`every_n_steps`) cost one Python comparison.
+one. The reductions behind the statistics (`_reductions`) run on the device, one torch
+operation each, and are read to the host together: one read per logged step, which also says
+whether the gradient holds NaN or Inf (then, and only then, the entries are counted). The rest
+of a row (loss, learning rate, iterations, ...) stays on the device as references to the step's
+own tensors (`_Record`), stacked when the callback collects rows: writing each step into device
+buffers costs tens of small operations, more than the reductions on a CPU. Whole gradients,
+snapshots and per-example norms go into device ring buffers. Train steps that are not logged
+(`every_n_steps`) cost one Python comparison.
 
 With `per_example=True` the Dense layers' inputs and pre-activation deltas of a logged step are
 recorded by hooks (`per_example_torch.TorchTaps`) and the per-example statistics are computed in
@@ -24,54 +27,115 @@ Keras refuses `steps_per_execution > 1` on torch.
 import math
 import warnings
 import weakref
+from typing import NamedTuple
 
+import numpy as np
 import torch
 from keras import ops
 
 from kerasbp.logger import per_example_torch, statistics
 from kerasbp.logger.hooks import RAW, ROW, HookedCapture, host_rows, ring_slots
 
-def _reductions(grads, dtype, tracked):
-    """`kerasbp.logger.statistics.step_reductions` with torch's own operations: three per
-    variable (sum, dot with itself, `aminmax`), where `keras.ops` costs about 3 ms a step on a
-    CPU in Python overhead alone. Same arguments (with `dtype` a torch dtype) and results."""
-    flat = [g.detach().to(dtype).reshape(-1) for g in grads]
-    table = torch.stack([torch.stack([f.sum(), torch.dot(f, f), *torch.aminmax(f)]) for f in flat])  # (n, 4)
-    if bool(torch.isfinite(table[:, 1]).all()):
-        counts = torch.zeros((len(flat), 1), dtype=dtype, device=table.device)
-    else:
-        counts = torch.stack([(~torch.isfinite(f)).sum().to(dtype) for f in flat])[:, None]
+def _reductions(grads, weights, dtype, tracked):
+    """`kerasbp.logger.statistics.step_reductions` with torch's own operations, and the weights'
+    sums of squares, read to the host together: one operation per reduction and one read from
+    the device, where `keras.ops` costs about 3 ms a step on a CPU in Python overhead alone (on a
+    CPU each torch operation costs a few microseconds before it reads any memory).
+
+    Args:
+        grads, weights: lists of tensors of the same shapes, the variables' gradients (still
+            multiplied by the loss scale) and values.
+        dtype: the torch dtype to compute in.
+        tracked: list of bools, per variable: whether to find its units with a nonzero gradient.
+
+    Returns:
+        `(table, nonzero, finite)`: float64 NumPy `(n_variables, 6)` (the `RAW` columns sum, sum
+        of squares, min, max, count of NaN/Inf entries, weight squares); per variable None or
+        (if tracked) a bool tensor over its last axis; bool, no gradient entry is NaN or Inf (the
+        entries are counted, one more pass, only at steps where some sum of squares is not
+        finite, which a sum of finite entries can also overflow to).
+    """
+    grads = [g if g.dtype == dtype else g.to(dtype) for g in grads]
+    weights = [w if w.dtype == dtype else w.to(dtype) for w in weights]
+    parts = [g.sum() for g in grads]
+    parts += torch._foreach_powsum(grads, 2)  # torch's multi-tensor reduction: one call for all
+    for g in grads:
+        parts += torch.aminmax(g)
+    parts += torch._foreach_powsum(weights, 2)
+    n = len(grads)
+    values = np.array(torch.stack(parts).tolist())  # one read from the device
+    table = np.zeros((n, 6))
+    table[:, 0], table[:, 1], table[:, 5] = values[:n], values[n : 2 * n], values[4 * n :]
+    table[:, 2:4] = values[2 * n : 4 * n].reshape(n, 2)  # min, max
+    if not np.isfinite(table[:, 1]).all():
+        table[:, 4] = torch.stack([(~torch.isfinite(g)).sum() for g in grads]).tolist()
     # A unit's largest |entry| is nonzero (NaN too): 6x faster on a CPU than `(g != 0).any(...)`.
     nonzero = [(g.abs().amax(dim=tuple(range(g.dim() - 1))) != 0) if track and g.dim() > 1 else ((g != 0) if track else None) for g, track in zip(grads, tracked, strict=True)]
-    return torch.cat([table, counts], dim=1), nonzero
+    return table, nonzero, not table[:, 4].any()
 
+
+def _stacked(values, fill):
+    """float64 NumPy `(len(values),)` from a list of 0-d tensors, Python numbers and None
+    (`fill`). The tensors are stacked by one operation per dtype: one read from the device."""
+    out = np.array([np.nan if torch.is_tensor(v) else (fill if v is None else float(v)) for v in values], dtype=np.float64)
+    by_dtype = {}
+    for i, v in enumerate(values):
+        if torch.is_tensor(v):
+            by_dtype.setdefault(v.dtype, []).append(i)
+    for where in by_dtype.values():
+        out[where] = torch.stack([values[i] for i in where]).detach().cpu().to(torch.float64).numpy()
+    return out
+
+
+#: A tracked variable whose units are all alive is no longer reduced for alive units in this
+#: run; checked every this many logged steps (one read from the device).
+ALIVE_CHECK_EVERY = 16
 
 #: optimizer -> the number the next train step gets, left by the last capture detached from it.
 _NEXT_STEP = weakref.WeakKeyDictionary()
 
 
+class _Record(NamedTuple):
+    """One logged step as the hooks leave it: host numbers, and references to the step's own
+    (0-d or small) device tensors, which nothing changes afterwards. Stacking them into rows
+    waits for a read (`TorchCapture.read`): writing each step into device buffers costs tens of
+    small torch operations, more than the reductions themselves on a CPU. The fields of `ROW`,
+    then the variables with a gradient (`present`) and their reductions: `table` `(len(present),
+    6)` (the first six `RAW` columns, on the host), and `update_squares` and `applied_squares`
+    `(len(present),)` tensors, or None where the host takes them from other columns."""
+
+    step: int
+    iterations: torch.Tensor
+    loss: object
+    learning_rate: object
+    loss_scale: object
+    applied: bool
+    skipped: bool
+    clipped: object
+    present: tuple
+    table: np.ndarray
+    update_squares: object
+    applied_squares: object
+
+
 class _Buffers:
-    """Ring buffers of `capacity` rows: torch tensors on the model's device.
+    """The last `capacity` logged steps: `_Record`s in a ring, and device tensors for what is large.
 
     Attributes:
         capacity: int.
-        rows: float64 `(capacity, len(ROW))`; steps: int64 `(capacity, 2)` (step, iterations);
-        stats: `(capacity, n_variables, len(RAW))`, the reductions behind the statistics; full, applied, weights, optimizer_state:
-        lists of `(capacity, *shape)` or None; alive: list of bool `(units,)` or None; noise, norms: the
-        per-example statistics `(capacity, len(NOISE_COLUMNS))` and norms `(capacity, width)`, or None.
+        records: list of `capacity` `_Record`s or None, indexed by slot.
+        full, applied, weights, optimizer_state: lists of `(capacity, *shape)` tensors or None;
+        alive: list of bool `(units,)` or None; noise, norms: the per-example statistics
+        `(capacity, len(NOISE_COLUMNS))` and norms `(capacity, width)`, or None.
     """
 
     def __init__(self, model_vars, capacity, keep_full, keep_applied, dtype, tracked, snapshot_vars, device, per_example=False):
         def zeros(shape, dt):
             return torch.zeros(tuple(shape), dtype=dt, device=device)
 
-        n = len(model_vars)
         torch_dtype = getattr(torch, dtype)
         self.capacity = capacity
-        self.rows = zeros((capacity, len(ROW)), torch.float64)
-        self.steps = zeros((capacity, 2), torch.int64)
-        self.stats = zeros((capacity, n, len(RAW)), torch_dtype)
-        self.first_nonfinite = torch.tensor(-1, dtype=torch.int64, device=device)
+        self.records = [None] * capacity
         self.full = [zeros((capacity, *v.shape), torch_dtype) for v in model_vars] if keep_full else None
         self.applied = [zeros((capacity, *v.shape), torch_dtype) for v in model_vars] if keep_full and keep_applied else None
         self.alive = [zeros(v.shape[-1:], torch.bool) if track else None for v, track in zip(model_vars, tracked, strict=True)]
@@ -114,6 +178,9 @@ class TorchCapture(HookedCapture):
         self._warned = set()
         self._pending = {}
         self._found = None  # while the hooked apply runs: what the inner hooks found
+        self._unchecked = []  # (step, finite gradients or skipped, loss) of logged steps not yet checked for NaN/Inf
+        self._first_nonfinite = None  # this run's first logged step with a non-finite loss or gradient
+        self._all_alive = set()  # tracked variables whose every unit was alive this run: no more to find
         self.taps = per_example_torch.TorchTaps(model, lambda: self._counter % self.every_n_steps == 0) if per_example else None
 
     @property
@@ -146,7 +213,8 @@ class TorchCapture(HookedCapture):
         for alive in self.buffers.alive:
             if alive is not None:
                 alive.zero_()
-        self.buffers.first_nonfinite.fill_(-1)
+        self._all_alive.clear()
+        self._unchecked, self._first_nonfinite = [], None
         if self.taps is not None:
             self.taps.forget()  # what an interrupted step recorded
         iterations = int(ops.convert_to_numpy(self.leaf._iterations))
@@ -154,34 +222,62 @@ class TorchCapture(HookedCapture):
         return self._counter
 
     def all_finite(self):
-        """Scalar bool tensor: no logged step of this run had a non-finite loss or gradient
-        (loss-scale skips aside)."""
-        return self.buffers.first_nonfinite < 0
+        """bool: no logged step of this run had a non-finite loss or gradient (loss-scale skips
+        aside). Checks the losses logged since the last call in one read from the device."""
+        unchecked, self._unchecked = self._unchecked, []
+        if self._first_nonfinite is None and unchecked:
+            losses = [loss for _, _, loss in unchecked if torch.is_tensor(loss)]
+            finite_losses = iter(torch.stack(losses).isfinite().tolist() if losses else [])
+            for step, finite_grads, loss in unchecked:
+                loss_finite = next(finite_losses) if torch.is_tensor(loss) else loss is not None and math.isfinite(loss)
+                if not (finite_grads and loss_finite):
+                    self._first_nonfinite = step
+                    break
+        return self._first_nonfinite is None
 
     def read(self, start, stop):
         """Rows `start` to `stop` as NumPy arrays: the same dict as `TensorFlowCapture.read`.
+        The steps' device tensors are stacked here, one operation per column.
 
         Raises:
             RuntimeError: if more than `capacity` rows were written since `start`.
         """
         buf = self.buffers
-        slots = torch.as_tensor(ring_slots(start, stop, buf.capacity), device=buf.rows.device)
+        ring = ring_slots(start, stop, buf.capacity)
+        records = [buf.records[i] for i in ring]
+        fills = {"loss": np.nan, "learning_rate": np.nan, "loss_scale": 1.0, "clipped": 0.0}
+        table = np.stack([_stacked([getattr(r, name) for r in records], fills.get(name, np.nan)) for name in ROW], axis=1).reshape(len(records), len(ROW))
+        raw = np.full((len(records), len(self.model_vars), len(RAW)), np.nan)
+        for present in {r.present for r in records}:
+            group = [i for i, r in enumerate(records) if r.present == present]
+            if not present:
+                continue
+            columns = np.zeros((len(group), len(present), len(RAW)))  # update squares: unread with `by_rate`
+            columns[:, :, :6] = [records[i].table for i in group]
+            columns[:, :, RAW.index("applied_squares")] = columns[:, :, 1]  # unread when `applied_same`
+            for name in ("update_squares", "applied_squares"):
+                if getattr(records[group[0]], name) is not None:
+                    columns[:, :, RAW.index(name)] = torch.stack([getattr(records[i], name) for i in group]).cpu().to(torch.float64).numpy()
+            raw[np.ix_(group, present)] = columns
+        slots = torch.as_tensor(ring)
 
         def host(t):
-            return t.index_select(0, slots).detach().cpu().numpy().copy()
+            return t.index_select(0, slots.to(t.device)).detach().cpu().numpy().copy()
 
         def rows(tensors):
             return None if tensors is None else [host(t) for t in tensors]
 
+        alive = [None if a is None else a.cpu().numpy().copy() for a in buf.alive]
+        self._all_alive.update(j for j, a in enumerate(alive) if a is not None and a.all())  # once alive, alive for the run
         rows_read = host_rows(
-            host(buf.rows),  # (n, len(ROW))
-            host(buf.steps),  # (n, 2)
-            host(buf.stats),  # (n, n_variables, len(RAW))
+            table,
+            table[:, :2].astype(np.int64),
+            raw.astype(np.dtype(self.dtype)),
             [math.prod(v.shape) for v in self.model_vars],
             self.applied_same,
             rows(buf.full),
             rows(buf.applied),
-            [None if a is None else a.cpu().numpy().copy() for a in buf.alive],
+            alive,
             rows(buf.weights),
             rows(buf.optimizer_state),
             rate_update=self.by_rate,
@@ -270,16 +366,15 @@ class TorchCapture(HookedCapture):
                 )
             scale = optimizer.dynamic_scale.value.detach().clone() if self.loss_scaling else (optimizer.loss_scale_factor or None)
             # Before the update, which may change the gradients in place (no copies needed).
-            reduced = _reductions([by_index[j] for j in present], getattr(torch, self.dtype), [buf.alive[j] is not None for j in present]) if present else None
+            tracked = [buf.alive[j] is not None and j not in self._all_alive for j in present]
+            with torch.no_grad():  # as Keras's trainer calls `apply`; a custom train step may not
+                reduced = _reductions([by_index[j] for j in present], [model_vars[j].value for j in present], getattr(torch, self.dtype), tracked) if present else None
             if buf.full is not None:
                 slot = self._count % buf.capacity
                 for j in present:
                     g = by_index[j].detach().to(getattr(torch, self.dtype))
                     buf.full[j][slot] = g if scale is None else g / torch.as_tensor(scale, dtype=g.dtype, device=g.device)
             noise = self.taps.statistics(by_index, scale, self.dtype) if self.taps is not None else None
-            # torch's fused multi-tensor norms: one call for all variables (keras.ops per tensor costs more here)
-            weights = [model_vars[j].value.detach().to(getattr(torch, self.dtype)) for j in present]
-            weight_squares = torch.stack(torch._foreach_norm(weights)) ** 2 if present else None
             # The weight change needs a copy, except for plain SGD, whose change the host takes from the learning rate.
             befores = None if self.by_rate else [v.value.detach().clone() for v in model_vars]
             state_before = [v.value.detach().clone() for v in self.snapshot_vars] if buf.weights is not None else None
@@ -288,7 +383,7 @@ class TorchCapture(HookedCapture):
                 result = original["apply"](grads, trainable_variables)
             finally:
                 self._found = None
-            self._write(step, loss, scale, present, reduced, weight_squares, befores, state_before, found, noise)
+            self._write(step, loss, scale, present, reduced, befores, state_before, found, noise)
             return result
 
         return ([] if self.taps is None else self.taps.hooks()) + [
@@ -300,9 +395,8 @@ class TorchCapture(HookedCapture):
         ]
 
     @torch.no_grad()
-    def _write(self, step, loss, scale, present, reduced, weight_squares, befores, state_before, found, noise=None):
-        buf, dtype, n = self.buffers, self.dtype, len(self.model_vars)
-        device = buf.rows.device
+    def _write(self, step, loss, scale, present, reduced, befores, state_before, found, noise=None):
+        buf, dtype = self.buffers, self.dtype
         slot = self._count % buf.capacity
         applied = bool(found.get("applied"))
         if not found.get("applied") and not self.loss_scaling and not self.leaf.gradient_accumulation_steps:
@@ -312,57 +406,39 @@ class TorchCapture(HookedCapture):
                 "the applied gradients, learning rates and clipping are not recorded",
             )
             applied = True
-        lr = found.get("lr", torch.tensor(float("nan"), dtype=torch.float64))
-        clipped = found.get("clipped")
-        clipped = torch.tensor(False, device=device) if clipped is None else clipped
-        values = torch.full((n, len(RAW)), float("nan"), dtype=getattr(torch, dtype), device=device)
-        finite_grads = torch.tensor(True, device=device)
+        table = update_squares = applied_squares = None
+        finite_grads = True
         if present:
-            if self.by_rate:
-                update_squares = torch.zeros_like(weight_squares)  # unread
-            else:
+            table, nonzero, finite_grads = reduced
+            if not self.by_rate:
                 compute = getattr(torch, dtype)
                 before = [befores[j].to(compute) for j in present]
                 changes = torch._foreach_sub([self.model_vars[j].value.detach().to(compute) for j in present], before)
                 update_squares = torch.stack(torch._foreach_norm(changes)) ** 2
-            table, nonzero = reduced
-            if self.applied_same:
-                applied_squares = table[:, 1]  # unread: the host takes the loss gradient's norm
-            else:
+            if not self.applied_same:
                 squares = found.get("squares", {})
-                applied_squares = torch.stack([squares.get(j, torch.zeros((), dtype=getattr(torch, dtype), device=device)) for j in present])
-            values[present] = torch.cat([table, torch.stack([weight_squares, update_squares, applied_squares.to(table.dtype)], dim=1)], dim=1)
-            finite_grads = torch.all(table[:, RAW.index("nonfinite")] == 0)
+                applied_squares = torch.stack([squares.get(j, torch.zeros((), dtype=getattr(torch, dtype), device=self.model_vars[j].value.device)) for j in present])
             for j, units in zip(present, nonzero, strict=True):
                 if units is not None:
                     buf.alive[j] |= units
-        loss_value = torch.tensor(float("nan"), dtype=torch.float64, device=device) if loss is None else torch.reshape(loss, ()).to(torch.float64)
-        skipped = torch.logical_and(~finite_grads, torch.tensor(not applied, device=device)) if self.loss_scaling else torch.tensor(False, device=device)
-        finite = torch.logical_or(torch.logical_and(finite_grads, torch.isfinite(loss_value)), skipped)
+                    if self._count % ALIVE_CHECK_EVERY == 0 and bool(buf.alive[j].all()):
+                        self._all_alive.add(j)  # every unit alive: nothing more to find this run
+        if torch.is_tensor(loss) and loss.dim():
+            loss = loss.reshape(())
+        skipped = self.loss_scaling and not finite_grads and not applied
         if buf.applied is not None and applied:
             for j, g in found.get("grads", {}).items():
                 buf.applied[j][slot] = g
         if buf.weights is not None:
             for target, value in zip(buf.weights + buf.optimizer_state, befores + state_before, strict=True):
                 target[slot] = value
-        iterations = self.leaf._iterations.value
-        buf.rows[slot] = torch.stack(
-            [
-                torch.tensor(float(step), dtype=torch.float64, device=device),
-                iterations.to(torch.float64),
-                loss_value,
-                torch.as_tensor(lr, device=device).to(torch.float64),
-                torch.as_tensor(1.0 if scale is None else scale, device=device).to(torch.float64),
-                torch.tensor(float(applied), dtype=torch.float64, device=device),
-                skipped.to(torch.float64),
-                torch.as_tensor(clipped, device=device).to(torch.float64),
-            ]
-        )
-        buf.steps[slot, 0] = step
-        buf.steps[slot, 1] = iterations.to(torch.int64)
-        buf.stats[slot] = values.to(buf.stats.dtype)
+        buf.records[slot] = _Record(
+            step, self.leaf._iterations.value.detach().clone(), loss, found.get("lr"), scale, applied, skipped,
+            found.get("clipped"), tuple(present), table, update_squares, applied_squares,
+        )  # fmt: skip
         if noise is not None:
             per_example_torch.write(buf, slot, *noise)
-        first = buf.first_nonfinite
-        first.copy_(torch.where(torch.logical_and(~finite, first < 0), torch.tensor(step, device=device), first))
+        self._unchecked.append((step, finite_grads or skipped, 0.0 if skipped else loss))  # a skipped step counts as finite
+        if len(self._unchecked) >= buf.capacity:
+            self.all_finite()  # keeps no more references than the ring
         self._count += 1

@@ -379,6 +379,29 @@ def test_dead_relu_units_are_flagged():
     assert "DEAD UNITS" in str(health)
 
 
+
+def test_alive_units_are_found_however_late_they_first_fire():
+    # The torch capture stops looking for alive units in a layer once all of them were seen
+    # alive (checked every few logged steps). Layer 0: unit 1 fires only on the inputs of the
+    # last batch of each epoch (x2 > 0), unit 3 never; layer 1: every unit always. 24 steps,
+    # unshuffled, cover several checks. A shortcut taken too early would call unit 1 dead.
+    X = np.abs(np.random.default_rng(0).normal(size=(48, 3))).astype("float32")
+    X[:40, 2] = 0.0
+    X[40:, 2] = 3.0
+    y = np.ones((48, 1), "float32")
+    model = dense_model([3, 4, 4, 1], ["relu", "relu", "linear"], seed=0)
+    kernel, bias, k1, b1, k2, b2 = model.get_weights()
+    kernel = np.abs(kernel) + 0.1
+    kernel[:, 1] = [-1.0, -1.0, 5.0]  # pre-activation -x0 - x1 + 5 x2: positive only where x2 = 3
+    kernel[:, 3] = -1.0  # never fires
+    k1 = np.abs(k1) + 0.1  # positive inputs, positive kernel: every unit of layer 1 fires
+    model.set_weights([kernel, np.zeros_like(bias), k1, np.zeros_like(b1), np.abs(k2) + 0.1, b2])
+    compile_model(model, "sgd", learning_rate=1e-4)
+    logger = GradientLogger()
+    model.fit(X, y, epochs=4, batch_size=8, shuffle=False, callbacks=[logger], verbose=0)
+    assert len(logger.steps) == 24
+    assert logger.health().dead_units == {logger.names[0]: [3]}
+
 def diverging_model():
     X = np.linspace(0, 300, 30, dtype="float32")[:, None]
     y = 0.05 * X + 7
