@@ -149,15 +149,16 @@ class _Buffers:
 
 
 class TorchCapture(HookedCapture):
-    """Hooks on one model's optimizer that write each logged train step into device buffers
-    (torch backend). Build it with `kerasbp.logger.hooks.capture_for`. Implements the
-    interface of `TensorFlowCapture`.
+    """Hooks on one model's optimizer that record each logged train step (torch backend): its
+    reductions on the host, the rest of its row as references to its device tensors
+    (`_Buffers`). Build it with `kerasbp.logger.hooks.capture_for`. Implements the interface of
+    `TensorFlowCapture`.
 
     Args:
         model: a compiled, built `keras.Model` on the torch backend.
         optimizer: its optimizer (built).
         every_n_steps: int, log the train steps whose 0-based number is a multiple of it.
-        capacity: int, rows of the ring buffers.
+        capacity: int, logged steps the ring holds between two reads.
         keep_full: bool, keep whole gradients.
         snapshots: bool, keep the weights and optimizer variables before each logged step.
         tracked: tuple of bool per variable: track its alive units (relu kernels).
