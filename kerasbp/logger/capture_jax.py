@@ -255,7 +255,7 @@ class JaxCapture(HookedCapture):
         the model back the train function it had."""
         if not self.attached:
             return
-        state = self._live_state()
+        state = live_optimizer_values(self.model)
         if state is not None:  # the trainer has not written the state back yet (an interrupted fit)
             for name, v in self.buffers.variables.items():
                 v.assign(state[self._positions[name]])
@@ -326,10 +326,6 @@ class JaxCapture(HookedCapture):
         return rows_read
 
     # --------------------------------------------------------------------------- reading values
-    def _live_state(self):
-        """The optimizer variables of the step in flight, or None (see `live_optimizer_values`)."""
-        return live_optimizer_values(self.model) if self.attached else None
-
     def _value(self, name):
         """A copy of buffer `name`'s latest value as a NumPy array."""
         return latest_value(self.model, self.buffers.variables[name], self._positions[name] if self.attached else None)

@@ -268,8 +268,6 @@ class TorchCapture(HookedCapture):
         def rows(tensors):
             return None if tensors is None else [host(t) for t in tensors]
 
-        alive = [None if a is None else a.cpu().numpy().copy() for a in buf.alive]
-        self._all_alive.update(j for j, a in enumerate(alive) if a is not None and a.all())  # once alive, alive for the run
         rows_read = host_rows(
             table,
             table[:, :2].astype(np.int64),
@@ -278,7 +276,7 @@ class TorchCapture(HookedCapture):
             self.applied_same,
             rows(buf.full),
             rows(buf.applied),
-            alive,
+            [None if a is None else a.cpu().numpy().copy() for a in buf.alive],
             rows(buf.weights),
             rows(buf.optimizer_state),
             rate_update=self.by_rate,
