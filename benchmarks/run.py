@@ -30,6 +30,10 @@ from runs in the same process.
    rounds, is what only the five reductions per variable that the statistics need add in a
    TensorFlow graph, each its own kernel and pass over memory (a graph cannot fuse them; XLA
    can, but its CPU reductions are slower still: row "SGD, XLA").
+6. On JAX and torch, the same question one train step at a time (`benchmarks/step_floor.py`):
+   `fit`'s own train step of 784-256-256-10 (batch 128, SGD), the step with only the bare
+   reductions the statistics need (floor), and the step with a `GradientLogger`, each step timed
+   to its end and the three in turn; medians, and medians of the per-turn ratios to the step.
 """
 
 import argparse
@@ -48,6 +52,7 @@ import kerasbp as kb
 import keras
 import numpy as np
 from kerasbp.reference import SGD, NumpyMLP
+import step_floor
 from paired import fit_runs, paired_rounds, summary, timed, wide_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -198,9 +203,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     repeats = args.repeats or (1 if args.quick else 5)
     if args.quick:
-        sizes = dict(steps=200, fit_epochs=5, n_samples=512, epochs=1, memory_steps=20, ttr_epochs=100, updates=20)
+        sizes = dict(steps=200, fit_epochs=5, n_samples=512, epochs=1, memory_steps=20, ttr_epochs=100, updates=20, floor_steps=20)
     else:
-        sizes = dict(steps=10_000, fit_epochs=200, n_samples=20_000, epochs=2, memory_steps=500, ttr_epochs=1000, updates=500)
+        sizes = dict(steps=10_000, fit_epochs=200, n_samples=20_000, epochs=2, memory_steps=500, ttr_epochs=1000, updates=500, floor_steps=1000)
     backend = keras.backend.backend()
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}, keras {keras.__version__} on {backend}"
     results = {"machine": machine, "backend": backend, "repeats": repeats, "sizes": sizes}
@@ -230,6 +235,10 @@ def main(argv=None):
 
     if backend != "tensorflow":
         print(f"   (table 5 measures TensorFlow's graph executor: run it without KERAS_BACKEND={backend})")
+        results["step_floor"] = c = step_floor.bench_step_floor(sizes["floor_steps"], kb.GradientLogger)
+        print(f"6. One train step of 784-256-256-10 on {backend}, {sizes['floor_steps']} of each in turn, median microseconds")
+        print(f"   {'':26}{'step':>8}{'floor':>8}{'logged':>8}{'x floor':>9}{'x logged':>10}")
+        print(f"   {'SGD, batch 128':26}{c['step_us']:8.0f}{c['floor_us']:8.0f}{c['logged_us']:8.0f}{c['floor_ratio']:9.3f}{c['logged_ratio']:10.3f}")
         return _write_json(args.json, results)
 
     import in_step  # TensorFlow's own loop: imported on its backend only, where TensorFlow is installed
