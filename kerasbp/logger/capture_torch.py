@@ -325,7 +325,8 @@ class TorchCapture(HookedCapture):
             found = self._found
             if found is not None:
                 found["applied"] = True
-                found["lr"] = ops.cast(learning_rate, "float64")
+                lr = getattr(learning_rate, "value", learning_rate)  # a Keras variable's tensor
+                found["lr"] = lr.detach().clone() if torch.is_tensor(lr) else float(lr)  # a copy: Keras assigns in place
                 found["grads"] = {index[id(v)]: g for g, v in zip(grads, trainable_variables, strict=True) if id(v) in index and g is not None}
                 if not self.applied_same and found["grads"]:
                     keys = list(found["grads"])

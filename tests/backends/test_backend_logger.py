@@ -201,6 +201,27 @@ def test_sgd_logged_gradient_is_the_applied_update():
         np.testing.assert_allclose(applied, grads[j], rtol=0, atol=tolerance)
 
 
+def test_each_row_keeps_the_learning_rate_of_its_own_step():
+    # A callback lowers the learning rate in place after epoch 0, and a schedule halves it every
+    # 3 steps: each logged step has the rate its update used, not the latest one.
+    X, y = regression_data(n=12)
+
+    class Lower(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.optimizer.learning_rate.assign(0.01)
+
+    constant = compile_model(dense_model([2, 3, 1], ["tanh", "linear"], seed=0), "sgd", learning_rate=0.05)
+    decayed = dense_model([2, 3, 1], ["tanh", "linear"], seed=0)
+    decayed.compile(keras.optimizers.SGD(keras.optimizers.schedules.ExponentialDecay(0.1, 3, 0.5, staircase=True)), "mse")
+    for model, callbacks, want in (
+        (constant, [Lower()], [0.05] * 3 + [0.01] * 3),
+        (decayed, [], [0.1 * 0.5 ** (s // 3) for s in range(6)]),
+    ):
+        logger = GradientLogger()
+        model.fit(X, y, epochs=2, batch_size=4, shuffle=False, callbacks=[*callbacks, logger], verbose=0)
+        np.testing.assert_allclose(logger.learning_rates, want, rtol=1e-6)
+
+
 @pytest.mark.skipif(BACKEND != "jax", reason="JAX's 64-bit mode")
 def test_float32_without_64_bit_mode_in_a_fresh_process():
     # Users on JAX run without JAX_ENABLE_X64: the rows are float32 there. The same twin check.
