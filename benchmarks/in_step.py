@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 from kerasbp.logger import hooks
-from paired import timed, wide_model
+from paired import rotated, timed, wide_model
 
 tf.get_logger().setLevel("ERROR")  # each figure traces loops of its own, which TensorFlow warns of as "retracing"
 
@@ -82,9 +82,9 @@ def bench_in_step_cost(updates, repeats, jit_compile=False, optimizer="SGD"):
     for loop in loops.values():
         loop()
     times = {name: [] for name in loops}
-    for _ in range(repeats):
-        for name, loop in loops.items():
-            times[name].append(timed(loop) / updates * 1e6)
+    for r in range(repeats):
+        for name in rotated(list(loops), r):
+            times[name].append(timed(loops[name]) / updates * 1e6)
 
     def added(name):
         return statistics.median(b - a for a, b in zip(times["plain"], times[name], strict=True))

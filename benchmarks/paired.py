@@ -47,16 +47,26 @@ def timed(run):
     return time.perf_counter() - start
 
 
+def rotated(names, turn):
+    """`names` (a list) starting from its `turn`-th entry, modulo its length: run in this order
+    at each turn, every entry takes every place in the order equally often."""
+    k = turn % len(names)
+    return names[k:] + names[:k]
+
+
 def paired_rounds(runs, repeats, with_cpu=False):
     """Time `runs` (dict name -> callable) in paired rounds; return dict name -> list of wall
     seconds, and with `with_cpu` also the same for the process's CPU time (all threads), which
-    is steadier than wall time on a machine others load: `(wall, cpu)`."""
+    is steadier than wall time on a machine others load: `(wall, cpu)`. Each round starts one
+    variant later than the last (round r runs them from the r-th on): whichever place in a
+    round is slower, every variant takes it equally often over `len(runs)` rounds (`rotated`)."""
     for run in runs.values():
         run()  # warm-up: tracing
     times = {name: [] for name in runs}
     cpu = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
+    for r in range(repeats):
+        for name in rotated(list(runs), r):
+            run = runs[name]
             start, start_cpu = time.perf_counter(), time.process_time()
             run()
             times[name].append(time.perf_counter() - start)

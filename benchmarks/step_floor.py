@@ -21,7 +21,7 @@ import time
 import keras
 import numpy as np
 from keras import ops
-from paired import wide_data, wide_model
+from paired import rotated, wide_data, wide_model
 
 FLOOR_ROWS = 256  # the floor's ring buffer, as the logger's default capacity
 
@@ -131,7 +131,7 @@ def _stepper(model, callbacks, X, y):
 def bench_step_floor(steps, logger_factory):
     """One train step of 784-256-256-10 (batch 128, SGD): plain, with the bare reductions (floor)
     and with a logger (`logger_factory()`, statistics every step), the three in turn `steps`
-    times after 20 warm-up steps each.
+    times after 20 warm-up steps each, each turn starting one kind later than the last.
 
     Returns:
         dict: `step_us`, `floor_us`, `logged_us` (median microseconds per step) and
@@ -155,8 +155,9 @@ def bench_step_floor(steps, logger_factory):
         for _ in range(20):
             step()
     times = {name: [] for name in steppers}
-    for _ in range(steps):
-        for name, step in steppers.items():
+    for turn in range(steps):
+        for name in rotated(list(steppers), turn):
+            step = steppers[name]
             start = time.perf_counter()
             step()
             times[name].append(time.perf_counter() - start)

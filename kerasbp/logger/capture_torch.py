@@ -49,11 +49,13 @@ def _reductions(grads, weights, dtype, tracked):
         tracked: list of bools, per variable: whether to find its units with a nonzero gradient.
 
     Returns:
-        `(table, nonzero, finite)`: float64 NumPy `(n_variables, 6)` (the `RAW` columns sum, sum
-        of squares, min, max, count of NaN/Inf entries, weight squares); per variable None or
-        (if tracked) a bool tensor over its last axis; bool, no gradient entry is NaN or Inf (the
-        entries are counted, one more pass, only at steps where some sum of squares is not
-        finite, which a sum of finite entries can also overflow to).
+        `(values, nonzero, finite)`: a list of `6 * n_variables` floats, `n_variables` each of
+        the gradients' sums, sums of squares, (minimum, maximum) pairs (two each), weights' sums
+        of squares and counts of NaN/Inf entries (`_table` puts them in `RAW` columns when the
+        rows are read); per variable None or (if tracked) a bool tensor over its last axis;
+        bool, no gradient entry is NaN or Inf (the entries are counted, one more pass, only at
+        steps where some sum of squares is not finite, which a sum of finite entries can also
+        overflow to).
     """
     grads = [g if g.dtype == dtype else g.to(dtype) for g in grads]
     weights = [w if w.dtype == dtype else w.to(dtype) for w in weights]
@@ -63,15 +65,23 @@ def _reductions(grads, weights, dtype, tracked):
         parts += torch.aminmax(g)
     parts += torch._foreach_powsum(weights, 2)
     n = len(grads)
-    values = np.array(torch.stack(parts).tolist())  # one read from the device
-    table = np.zeros((n, 6))
-    table[:, 0], table[:, 1], table[:, 5] = values[:n], values[n : 2 * n], values[4 * n :]
-    table[:, 2:4] = values[2 * n : 4 * n].reshape(n, 2)  # min, max
-    if not np.isfinite(table[:, 1]).all():
-        table[:, 4] = torch.stack([(~torch.isfinite(g)).sum() for g in grads]).tolist()
+    values = torch.stack(parts).tolist()  # one read from the device
+    counts = [0] * n
+    if not all(map(math.isfinite, values[n : 2 * n])):
+        counts = torch.stack([(~torch.isfinite(g)).sum() for g in grads]).tolist()
     # A unit's largest |entry| is nonzero (NaN too): 6x faster on a CPU than `(g != 0).any(...)`.
     nonzero = [(g.abs().amax(dim=tuple(range(g.dim() - 1))) != 0) if track and g.dim() > 1 else ((g != 0) if track else None) for g, track in zip(grads, tracked, strict=True)]
-    return table, nonzero, not table[:, 4].any()
+    return values + counts, nonzero, not any(counts)
+
+
+def _table(values, n):
+    """float64 NumPy `(len(values), n, 6)`, the first six `RAW` columns, from `_reductions`'
+    lists of `6 * n` floats (one per logged step)."""
+    values = np.asarray(values, dtype=np.float64).reshape(len(values), 6, n)
+    table = np.empty((len(values), n, 6))
+    table[:, :, [0, 1, 5, 4]] = values[:, [0, 1, 4, 5]].transpose(0, 2, 1)  # sums, squares, weights' squares, counts
+    table[:, :, 2:4] = values[:, 2:4].reshape(len(values), n, 2)  # (min, max) pairs, in turn
+    return table
 
 
 def _stacked(values, fill):
@@ -100,8 +110,8 @@ class _Record(NamedTuple):
     (0-d or small) device tensors, which nothing changes afterwards. Stacking them into rows
     waits for a read (`TorchCapture.read`): writing each step into device buffers costs tens of
     small torch operations, more than the reductions themselves on a CPU. The fields of `ROW`,
-    then the variables with a gradient (`present`) and their reductions: `table` `(len(present),
-    6)` (the first six `RAW` columns, on the host), and `update_squares` and `applied_squares`
+    then the variables with a gradient (`present`) and their reductions: `reduced`, host floats
+    (`_reductions`' list, `6 * len(present)`), and `update_squares` and `applied_squares`
     `(len(present),)` tensors, or None where the host takes them from other columns."""
 
     step: int
@@ -113,7 +123,7 @@ class _Record(NamedTuple):
     skipped: bool
     clipped: object
     present: tuple
-    table: np.ndarray
+    reduced: list
     update_squares: object
     applied_squares: object
 
@@ -183,6 +193,14 @@ class TorchCapture(HookedCapture):
         self._first_nonfinite = None  # this run's first logged step with a non-finite loss or gradient
         self._all_alive = set()  # tracked variables whose every unit was alive this run: no more to find
         self.taps = per_example_torch.TorchTaps(model, lambda: self._counter % self.every_n_steps == 0) if per_example else None
+        self._tensors()
+
+    def _tensors(self):
+        # The variables' torch tensors, which Keras updates in place: on a CPU each `.value`
+        # costs about 5 us (Keras checks for stateless and autocast scopes).
+        self._values = [v.value for v in self.model_vars]
+        self._state_values = None if self.snapshot_vars is None else [v.value for v in self.snapshot_vars]
+        self._iterations = self.leaf._iterations.value
 
     @property
     def count(self):
@@ -216,6 +234,7 @@ class TorchCapture(HookedCapture):
                 alive.zero_()
         self._all_alive.clear()
         self._unchecked, self._first_nonfinite = [], None
+        self._tensors()
         if self.taps is not None:
             self.taps.forget()  # what an interrupted step recorded
         iterations = int(ops.convert_to_numpy(self.leaf._iterations))
@@ -254,7 +273,7 @@ class TorchCapture(HookedCapture):
             if not present:
                 continue
             columns = np.zeros((len(group), len(present), len(RAW)))  # update squares: unread with `by_rate`
-            columns[:, :, :6] = [records[i].table for i in group]
+            columns[:, :, :6] = _table([records[i].reduced for i in group], len(present))
             columns[:, :, RAW.index("applied_squares")] = columns[:, :, 1]  # unread when `applied_same`
             for name in ("update_squares", "applied_squares"):
                 if getattr(records[group[0]], name) is not None:
@@ -327,8 +346,9 @@ class TorchCapture(HookedCapture):
                 found["applied"] = True
                 lr = getattr(learning_rate, "value", learning_rate)  # a Keras variable's tensor
                 found["lr"] = lr.detach().clone() if torch.is_tensor(lr) else float(lr)  # a copy: Keras assigns in place
-                found["grads"] = {index[id(v)]: g for g, v in zip(grads, trainable_variables, strict=True) if id(v) in index and g is not None}
-                if not self.applied_same and found["grads"]:
+                if not self.applied_same:  # else the applied gradient is the one `apply` reduced
+                    found["grads"] = {index[id(v)]: g for g, v in zip(grads, trainable_variables, strict=True) if id(v) in index and g is not None}
+                if found.get("grads"):
                     keys = list(found["grads"])
                     norms = torch._foreach_norm([found["grads"][j].detach().to(getattr(torch, dtype)) for j in keys])
                     found["squares"] = {j: norm**2 for j, norm in zip(keys, norms, strict=True)}
@@ -368,7 +388,7 @@ class TorchCapture(HookedCapture):
             # Before the update, which may change the gradients in place (no copies needed).
             tracked = [buf.alive[j] is not None and j not in self._all_alive for j in present]
             with torch.no_grad():  # as Keras's trainer calls `apply`; a custom train step may not
-                reduced = _reductions([by_index[j] for j in present], [model_vars[j].value for j in present], getattr(torch, self.dtype), tracked) if present else None
+                reduced = _reductions([by_index[j] for j in present], [self._values[j] for j in present], getattr(torch, self.dtype), tracked) if present else None
             if buf.full is not None:
                 slot = self._count % buf.capacity
                 for j in present:
@@ -376,8 +396,8 @@ class TorchCapture(HookedCapture):
                     buf.full[j][slot] = g if scale is None else g / torch.as_tensor(scale, dtype=g.dtype, device=g.device)
             noise = self.taps.statistics(by_index, scale, self.dtype) if self.taps is not None else None
             # The weight change needs a copy, except for plain SGD, whose change the host takes from the learning rate.
-            befores = None if self.by_rate else [v.value.detach().clone() for v in model_vars]
-            state_before = [v.value.detach().clone() for v in self.snapshot_vars] if buf.weights is not None else None
+            befores = None if self.by_rate else [v.detach().clone() for v in self._values]
+            state_before = [v.detach().clone() for v in self._state_values] if buf.weights is not None else None
             self._found = found = {}
             try:
                 result = original["apply"](grads, trainable_variables)
@@ -406,18 +426,18 @@ class TorchCapture(HookedCapture):
                 "the applied gradients, learning rates and clipping are not recorded",
             )
             applied = True
-        table = update_squares = applied_squares = None
+        values = update_squares = applied_squares = None
         finite_grads = True
         if present:
-            table, nonzero, finite_grads = reduced
+            values, nonzero, finite_grads = reduced
             if not self.by_rate:
                 compute = getattr(torch, dtype)
                 before = [befores[j].to(compute) for j in present]
-                changes = torch._foreach_sub([self.model_vars[j].value.detach().to(compute) for j in present], before)
+                changes = torch._foreach_sub([self._values[j].detach().to(compute) for j in present], before)
                 update_squares = torch.stack(torch._foreach_norm(changes)) ** 2
             if not self.applied_same:
                 squares = found.get("squares", {})
-                applied_squares = torch.stack([squares.get(j, torch.zeros((), dtype=getattr(torch, dtype), device=self.model_vars[j].value.device)) for j in present])
+                applied_squares = torch.stack([squares.get(j, torch.zeros((), dtype=getattr(torch, dtype), device=self._values[j].device)) for j in present])
             for j, units in zip(present, nonzero, strict=True):
                 if units is not None:
                     buf.alive[j] |= units
@@ -433,8 +453,8 @@ class TorchCapture(HookedCapture):
             for target, value in zip(buf.weights + buf.optimizer_state, befores + state_before, strict=True):
                 target[slot] = value
         buf.records[slot] = _Record(
-            step, self.leaf._iterations.value.detach().clone(), loss, found.get("lr"), scale, applied, skipped,
-            found.get("clipped"), tuple(present), table, update_squares, applied_squares,
+            step, self._iterations.detach().clone(), loss, found.get("lr"), scale, applied, skipped,
+            found.get("clipped"), tuple(present), values, update_squares, applied_squares,
         )  # fmt: skip
         if noise is not None:
             per_example_torch.write(buf, slot, *noise)
