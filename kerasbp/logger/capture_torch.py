@@ -50,9 +50,10 @@ def _reductions(grads, weights, dtype, tracked):
 
     Returns:
         `(values, nonzero, finite)`: a list of `6 * n_variables` floats, `n_variables` each of
-        the gradients' sums, sums of squares, (minimum, maximum) pairs (two each), weights' sums
-        of squares and counts of NaN/Inf entries (`_table` puts them in `RAW` columns when the
-        rows are read); per variable None or (if tracked) a bool tensor over its last axis;
+        the gradients' sums, sums of squares, (minimum, maximum) pairs (two each), counts of
+        NaN/Inf entries and weights' sums of squares: the first six `RAW` columns (`_table`
+        arranges them when the rows are read); per variable None or (if tracked) a bool tensor
+        over its last axis;
         bool, no gradient entry is NaN or Inf (the entries are counted, one more pass, only at
         steps where some sum of squares is not finite, which a sum of finite entries can also
         overflow to).
@@ -71,16 +72,15 @@ def _reductions(grads, weights, dtype, tracked):
         counts = torch.stack([(~torch.isfinite(g)).sum() for g in grads]).tolist()
     # A unit's largest |entry| is nonzero (NaN too): 6x faster on a CPU than `(g != 0).any(...)`.
     nonzero = [(g.abs().amax(dim=tuple(range(g.dim() - 1))) != 0) if track and g.dim() > 1 else ((g != 0) if track else None) for g, track in zip(grads, tracked, strict=True)]
-    return values + counts, nonzero, not any(counts)
+    return values[: 4 * n] + counts + values[4 * n :], nonzero, not any(counts)
 
 
 def _table(values, n):
     """float64 NumPy `(len(values), n, 6)`, the first six `RAW` columns, from `_reductions`'
     lists of `6 * n` floats (one per logged step)."""
     values = np.asarray(values, dtype=np.float64).reshape(len(values), 6, n)
-    table = np.empty((len(values), n, 6))
-    table[:, :, [0, 1, 5, 4]] = values[:, [0, 1, 4, 5]].transpose(0, 2, 1)  # sums, squares, weights' squares, counts
-    table[:, :, 2:4] = values[:, 2:4].reshape(len(values), n, 2)  # (min, max) pairs, in turn
+    table = values.transpose(0, 2, 1).copy()
+    table[:, :, 2:4] = values[:, 2:4].reshape(len(values), n, 2)  # the (min, max) pairs come in turn
     return table
 
 
@@ -347,13 +347,11 @@ class TorchCapture(HookedCapture):
                 lr = getattr(learning_rate, "value", learning_rate)  # a Keras variable's tensor
                 found["lr"] = lr.detach().clone() if torch.is_tensor(lr) else float(lr)  # a copy: Keras assigns in place
                 if not self.applied_same:  # else the applied gradient is the one `apply` reduced
-                    found["grads"] = {index[id(v)]: g for g, v in zip(grads, trainable_variables, strict=True) if id(v) in index and g is not None}
-                if found.get("grads"):
-                    keys = list(found["grads"])
-                    norms = torch._foreach_norm([found["grads"][j].detach().to(getattr(torch, dtype)) for j in keys])
-                    found["squares"] = {j: norm**2 for j, norm in zip(keys, norms, strict=True)}
+                    found["grads"] = applied = {index[id(v)]: g for g, v in zip(grads, trainable_variables, strict=True) if id(v) in index and g is not None}
+                    norms = torch._foreach_norm([g.detach().to(getattr(torch, dtype)) for g in applied.values()]) if applied else []
+                    found["squares"] = {j: norm**2 for j, norm in zip(applied, norms, strict=True)}
                     if buf.applied is not None:
-                        found["grads"] = {j: g.detach().clone() for j, g in found["grads"].items()}
+                        found["grads"] = {j: g.detach().clone() for j, g in applied.items()}
             return original["update"](grads, trainable_variables, learning_rate)
 
         def apply(grads, trainable_variables=None):
