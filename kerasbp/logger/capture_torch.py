@@ -6,8 +6,11 @@ Where the torch trainer applies gradients (Keras 3.15, `keras/src/backend/torch/
 the hooks are those of `TensorFlowCapture` (see `capture.py`), run eagerly: `apply` and
 `scale_loss` of the optimizer, `_backend_update_step` and `_clip_gradients` of the innermost
 one. The reductions behind the statistics (`_reductions`) run on the device, one torch
-operation each, and are read to the host together: one read per logged step, which also says
-whether the gradient holds NaN or Inf (then, and only then, the entries are counted). The rest
+operation each. On a CPU they are read to the host together, one read per logged step, which
+costs nothing there and says whether the gradient holds NaN or Inf (then, and only then, the
+entries are counted). On an accelerator (CUDA, MPS) such a read would wait for the device to
+finish the step, so nothing is read during the step: the entries are counted at every step, on
+the device, and the reductions are read with the rest of the rows (`READ_EACH_STEP`). The rest
 of a row (loss, learning rate, iterations, ...) stays on the device as references to the step's
 own tensors (`_Record`), stacked when the callback collects rows: writing each step into device
 buffers costs tens of small operations, more than the reductions on a CPU. Whole gradients,
@@ -36,27 +39,30 @@ from keras import ops
 from kerasbp.logger import per_example_torch, statistics
 from kerasbp.logger.hooks import RAW, ROW, HookedCapture, host_rows, ring_slots
 
-def _reductions(grads, weights, dtype, tracked):
+def _reductions(grads, weights, dtype, tracked, read):
     """`kerasbp.logger.statistics.step_reductions` with torch's own operations, and the weights'
-    sums of squares, read to the host together: one operation per reduction and one read from
-    the device, where `keras.ops` costs about 3 ms a step on a CPU in Python overhead alone (on a
-    CPU each torch operation costs a few microseconds before it reads any memory).
+    sums of squares: one operation per reduction, where `keras.ops` costs about 3 ms a step on a
+    CPU in Python overhead alone (on a CPU each torch operation costs a few microseconds before
+    it reads any memory).
 
     Args:
         grads, weights: lists of tensors of the same shapes, the variables' gradients (still
             multiplied by the loss scale) and values.
         dtype: the torch dtype to compute in.
         tracked: list of bools, per variable: whether to find its units with a nonzero gradient.
+        read: bool, read the reductions to the host now (one read), and count NaN/Inf entries
+            (one more pass) only at steps where some sum of squares is not finite, which a sum
+            of finite entries can also overflow to; if False, read nothing and count them on
+            the device at every step.
 
     Returns:
-        `(values, nonzero, finite)`: a list of `6 * n_variables` floats, `n_variables` each of
+        `(values, nonzero, finite)`: `values`, `6 * n_variables` numbers, `n_variables` each of
         the gradients' sums, sums of squares, (minimum, maximum) pairs (two each), counts of
         NaN/Inf entries and weights' sums of squares: the first six `RAW` columns (`_table`
-        arranges them when the rows are read); per variable None or (if tracked) a bool tensor
-        over its last axis;
-        bool, no gradient entry is NaN or Inf (the entries are counted, one more pass, only at
-        steps where some sum of squares is not finite, which a sum of finite entries can also
-        overflow to).
+        arranges them when the rows are read), a list of floats if `read`, else a tensor on the
+        gradients' device; `nonzero`, per variable None or (if tracked) a bool tensor over its
+        last axis; `finite`, no gradient entry is NaN or Inf: a bool if `read`, else a 0-d bool
+        tensor.
     """
     grads = [g if g.dtype == dtype else g.to(dtype) for g in grads]
     weights = [w if w.dtype == dtype else w.to(dtype) for w in weights]
@@ -64,20 +70,26 @@ def _reductions(grads, weights, dtype, tracked):
     parts += torch._foreach_powsum(grads, 2)  # torch's multi-tensor reduction: one call for all
     for g in grads:
         parts += torch.aminmax(g)
-    parts += torch._foreach_powsum(weights, 2)
+    # A unit's largest |entry| is nonzero (NaN too): 6x faster on a CPU than `(g != 0).any(...)`.
+    nonzero = [(g.abs().amax(dim=tuple(range(g.dim() - 1))) != 0) if track and g.dim() > 1 else ((g != 0) if track else None) for g, track in zip(grads, tracked, strict=True)]
     n = len(grads)
+    if not read:
+        counts = torch.stack([(~torch.isfinite(g)).sum() for g in grads]).to(dtype)
+        values = torch.stack(parts[: 4 * n] + list(counts) + list(torch._foreach_powsum(weights, 2)))
+        return values, nonzero, counts.sum() == 0
+    parts += torch._foreach_powsum(weights, 2)
     values = torch.stack(parts).tolist()  # one read from the device
     counts = [0] * n
     if not all(map(math.isfinite, values[n : 2 * n])):
         counts = torch.stack([(~torch.isfinite(g)).sum() for g in grads]).tolist()
-    # A unit's largest |entry| is nonzero (NaN too): 6x faster on a CPU than `(g != 0).any(...)`.
-    nonzero = [(g.abs().amax(dim=tuple(range(g.dim() - 1))) != 0) if track and g.dim() > 1 else ((g != 0) if track else None) for g, track in zip(grads, tracked, strict=True)]
     return values[: 4 * n] + counts + values[4 * n :], nonzero, not any(counts)
 
 
 def _table(values, n):
     """float64 NumPy `(len(values), n, 6)`, the first six `RAW` columns, from `_reductions`'
-    lists of `6 * n` floats (one per logged step)."""
+    `values` of logged steps (lists of `6 * n` floats, or tensors, read here in one go)."""
+    if values and torch.is_tensor(values[0]):
+        values = torch.stack(values).cpu().to(torch.float64).numpy()
     values = np.asarray(values, dtype=np.float64).reshape(len(values), 6, n)
     table = values.transpose(0, 2, 1).copy()
     table[:, :, 2:4] = values[:, 2:4].reshape(len(values), n, 2)  # the (min, max) pairs come in turn
@@ -97,6 +109,12 @@ def _stacked(values, fill):
     return out
 
 
+#: Device types (`torch.device.type`) on which each logged step's reductions are read to the
+#: host in the step. On a CPU the read costs nothing (the step ran synchronously) and lets NaN/Inf
+#: entries be counted only at the steps that have some; on an accelerator it would make the host
+#: wait for the device at every step.
+READ_EACH_STEP = ("cpu",)
+
 #: A tracked variable whose units are all alive is no longer reduced for alive units in this
 #: run; checked every this many logged steps (one read from the device).
 ALIVE_CHECK_EVERY = 16
@@ -110,9 +128,10 @@ class _Record(NamedTuple):
     (0-d or small) device tensors, which nothing changes afterwards. Stacking them into rows
     waits for a read (`TorchCapture.read`): writing each step into device buffers costs tens of
     small torch operations, more than the reductions themselves on a CPU. The fields of `ROW`,
-    then the variables with a gradient (`present`) and their reductions: `reduced`, host floats
-    (`_reductions`' list, `6 * len(present)`), and `update_squares` and `applied_squares`
-    `(len(present),)` tensors, or None where the host takes them from other columns."""
+    then the variables with a gradient (`present`) and their reductions: `reduced`, `_reductions`'
+    `6 * len(present)` values (host floats, or a tensor on an accelerator), and `update_squares`
+    and `applied_squares`, `(len(present),)` tensors, or None where the host takes them from
+    other columns. `skipped` is a bool, or a 0-d bool tensor on an accelerator."""
 
     step: int
     iterations: torch.Tensor
@@ -120,10 +139,10 @@ class _Record(NamedTuple):
     learning_rate: object
     loss_scale: object
     applied: bool
-    skipped: bool
+    skipped: object
     clipped: object
     present: tuple
-    reduced: list
+    reduced: object
     update_squares: object
     applied_squares: object
 
@@ -183,6 +202,7 @@ class TorchCapture(HookedCapture):
     def __init__(self, model, optimizer, every_n_steps, capacity, keep_full, snapshots, tracked, per_example=False, per_replica=False):
         super().__init__(model, optimizer, every_n_steps, snapshots, per_example, per_replica)
         device = self.model_vars[0].value.device
+        self._read_each_step = device.type in READ_EACH_STEP
         self.buffers = _Buffers(self.model_vars, capacity, keep_full, not self.applied_same, self.dtype, tracked, self.snapshot_vars, device, per_example)
         self._count = 0  # rows written (host-side: every step is eager)
         self._counter = 0  # the next train step's number
@@ -243,12 +263,16 @@ class TorchCapture(HookedCapture):
 
     def all_finite(self):
         """bool: no logged step of this run had a non-finite loss or gradient (loss-scale skips
-        aside). Checks the losses logged since the last call in one read from the device."""
+        aside). Checks the steps logged since the last call: one read from the device for their
+        losses, and on an accelerator one for their gradients' NaN/Inf flags."""
         unchecked, self._unchecked = self._unchecked, []
         if self._first_nonfinite is None and unchecked:
             losses = [loss for _, _, loss in unchecked if torch.is_tensor(loss)]
             finite_losses = iter(torch.stack(losses).isfinite().tolist() if losses else [])
+            flags = [finite for _, finite, _ in unchecked if torch.is_tensor(finite)]  # from an accelerator
+            finite_flags = iter(torch.stack(flags).tolist() if flags else [])
             for step, finite_grads, loss in unchecked:
+                finite_grads = next(finite_flags) if torch.is_tensor(finite_grads) else finite_grads
                 loss_finite = next(finite_losses) if torch.is_tensor(loss) else loss is not None and math.isfinite(loss)
                 if not (finite_grads and loss_finite):
                     self._first_nonfinite = step
@@ -386,7 +410,8 @@ class TorchCapture(HookedCapture):
             # Before the update, which may change the gradients in place (no copies needed).
             tracked = [buf.alive[j] is not None and j not in self._all_alive for j in present]
             with torch.no_grad():  # as Keras's trainer calls `apply`; a custom train step may not
-                reduced = _reductions([by_index[j] for j in present], [self._values[j] for j in present], getattr(torch, self.dtype), tracked) if present else None
+                grads_present, weights_present = [by_index[j] for j in present], [self._values[j] for j in present]
+                reduced = _reductions(grads_present, weights_present, getattr(torch, self.dtype), tracked, self._read_each_step) if present else None
             if buf.full is not None:
                 slot = self._count % buf.capacity
                 for j in present:
@@ -439,11 +464,13 @@ class TorchCapture(HookedCapture):
             for j, units in zip(present, nonzero, strict=True):
                 if units is not None:
                     buf.alive[j] |= units
-                    if self._count % ALIVE_CHECK_EVERY == 0 and bool(buf.alive[j].all()):
+                    if self._read_each_step and self._count % ALIVE_CHECK_EVERY == 0 and bool(buf.alive[j].all()):
                         self._all_alive.add(j)  # every unit alive: nothing more to find this run
         if torch.is_tensor(loss) and loss.dim():
             loss = loss.reshape(())
-        skipped = self.loss_scaling and not finite_grads and not applied
+        skipped = False  # a loss-scale skip: non-finite gradients not applied
+        if self.loss_scaling and not applied:
+            skipped = ~finite_grads if torch.is_tensor(finite_grads) else not finite_grads
         if buf.applied is not None and applied:
             for j, g in found.get("grads", {}).items():
                 buf.applied[j][slot] = g
@@ -456,7 +483,11 @@ class TorchCapture(HookedCapture):
         )  # fmt: skip
         if noise is not None:
             per_example_torch.write(buf, slot, *noise)
-        self._unchecked.append((step, finite_grads or skipped, 0.0 if skipped else loss))  # a skipped step counts as finite
+        if torch.is_tensor(skipped):  # a skipped step counts as finite
+            checked = (finite_grads | skipped, loss if not torch.is_tensor(loss) else torch.where(skipped, torch.zeros_like(loss), loss))
+        else:
+            checked = (True, 0.0) if skipped else (finite_grads, loss)
+        self._unchecked.append((step, *checked))
         if len(self._unchecked) >= buf.capacity:
             self.all_finite()  # keeps no more references than the ring
         self._count += 1

@@ -401,11 +401,9 @@ def test_dead_relu_units_are_flagged():
 
 
 
-def test_alive_units_are_found_however_late_they_first_fire():
-    # The torch capture stops looking for alive units in a layer once all of them were seen
-    # alive (checked every few logged steps). Layer 0: unit 1 fires only on the inputs of the
-    # last batch of each epoch (x2 > 0), unit 3 never; layer 1: every unit always. 24 steps,
-    # unshuffled, cover several checks. A shortcut taken too early would call unit 1 dead.
+def late_firing_model():
+    """Layer 0: unit 1 fires only on the inputs of the last batch of each epoch (x2 > 0, batches
+    of 8 unshuffled), unit 3 never; layer 1: every unit always. Returns `(model, X, y)`."""
     X = np.abs(np.random.default_rng(0).normal(size=(48, 3))).astype("float32")
     X[:40, 2] = 0.0
     X[40:, 2] = 3.0
@@ -418,6 +416,14 @@ def test_alive_units_are_found_however_late_they_first_fire():
     k1 = np.abs(k1) + 0.1  # positive inputs, positive kernel: every unit of layer 1 fires
     model.set_weights([kernel, np.zeros_like(bias), k1, np.zeros_like(b1), np.abs(k2) + 0.1, b2])
     compile_model(model, "sgd", learning_rate=1e-4)
+    return model, X, y
+
+
+def test_alive_units_are_found_however_late_they_first_fire():
+    # The torch capture stops looking for alive units in a layer once all of them were seen
+    # alive (checked every few logged steps). 24 steps, unshuffled, cover several checks. A
+    # shortcut taken too early would call unit 1 dead.
+    model, X, y = late_firing_model()
     logger = GradientLogger()
     model.fit(X, y, epochs=4, batch_size=8, shuffle=False, callbacks=[logger], verbose=0)
     assert len(logger.steps) == 24
@@ -534,18 +540,100 @@ def test_clipping_flag_and_applied_gradients(kwargs, clipped):
         np.testing.assert_allclose(applied, LIN_KERNEL_GRAD, rtol=1e-6)
 
 
+def overflowing_model():
+    """Under mixed_float16, targets of 1e4: the float16 loss scaled by 2**15 overflows,
+    LossScaleOptimizer skips the step and halves its scale. Returns `(model, X, y)`."""
+    X = np.linspace(-1, 1, 16, dtype="float32")[:, None]
+    return compile_model(linear_model(seed=0), "sgd", learning_rate=1e-3), X, 1e4 * X
+
+
 @pytest.mark.usefixtures("mixed_float16")
 def test_mixed_float16_overflow_skips_are_rows_not_errors():
-    # Targets of 1e4: the float16 loss scaled by 2**15 overflows, LossScaleOptimizer skips the
-    # step and halves its scale. A skip is a row with applied=False and skipped=True, never reported.
-    X = np.linspace(-1, 1, 16, dtype="float32")[:, None]
-    y = 1e4 * X
-    model = compile_model(linear_model(seed=0), "sgd", learning_rate=1e-3)
+    # A skip is a row with applied=False and skipped=True, never reported.
+    model, X, y = overflowing_model()
     logger = GradientLogger(on_nonfinite="raise")
     model.fit(X, y, epochs=2, batch_size=8, shuffle=False, callbacks=[logger], verbose=0)
     assert logger.skipped.any() and not logger.applied[logger.skipped].any()
     assert logger.loss_scales[0] == 2.0**15 and logger.loss_scales[-1] < 2.0**15
     assert logger.first_nonfinite is None and logger.health().skipped == int(logger.skipped.sum())
+
+
+def health_report(logger):
+    """`str(logger.health())` with the variables' names (which number the models) as positions."""
+    text = str(logger.health())
+    for j, name in enumerate(logger.names):
+        text = text.replace(f"'{name}'", f"variable {j}")
+    return text
+
+
+#: torch.Tensor methods that read a tensor to the host (and on an accelerator wait for it).
+HOST_READS = ("tolist", "item", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__")
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="the torch capture's choice of reading each step")
+@pytest.mark.parametrize("case", ["diverging", "overflowing", "late_firing"])
+def test_on_an_accelerator_no_step_reads_to_the_host_and_the_log_is_the_same(case, monkeypatch, request):
+    # On a CPU the capture reads each logged step's reductions at once (`READ_EACH_STEP`); on an
+    # accelerator it reads nothing during the step and counts NaN/Inf entries on the device.
+    # Taken here on the CPU, that path must log the same: counts of non-finite entries, loss-scale
+    # skips, the first non-finite step, dead units. And none of the hooks may read a tensor.
+    import torch
+
+    from kerasbp.logger import capture_torch
+
+    if case == "overflowing":
+        request.getfixturevalue("mixed_float16")
+    make = {"diverging": diverging_model, "overflowing": overflowing_model, "late_firing": late_firing_model}[case]
+    epochs = {"diverging": 3, "overflowing": 2, "late_firing": 4}[case]
+    batch_size = 1 if case == "diverging" else 8
+
+    def run():
+        model, X, y = make()
+        logger = GradientLogger(per_example=case == "late_firing")  # its hooks may not read either
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # the diverging loss is reported
+            model.fit(X, y, epochs=epochs, batch_size=batch_size, shuffle=False, callbacks=[logger], verbose=0)
+        return logger
+
+    in_step = []
+
+    def recorded(name):
+        original = getattr(torch.Tensor, name)
+
+        def method(self, *args, **kwargs):
+            frame, calls = sys._getframe(1), []  # the capture's functions on the stack
+            ours = frame.f_code.co_filename.startswith(os.path.dirname(capture_torch.__file__))  # not Keras's own reads
+            while frame is not None:
+                if frame.f_code.co_filename == capture_torch.__file__:
+                    calls.append(frame.f_code.co_name)
+                frame = frame.f_back
+            if ours and calls and not {"read", "all_finite", "start_run"} & set(calls):  # those run between steps
+                in_step.append(f"{name} in {calls[0]}")
+            return original(self, *args, **kwargs)
+
+        return method
+
+    on_cpu = run()
+    monkeypatch.setattr(capture_torch, "READ_EACH_STEP", ())
+    for name in HOST_READS:
+        monkeypatch.setattr(torch.Tensor, name, recorded(name))
+    on_device = run()
+    assert sorted(set(in_step)) == []  # names the method and the hook that called it
+    assert len(on_cpu.steps) == len(on_device.steps) >= 4
+    np.testing.assert_array_equal(on_device.stats_array(), on_cpu.stats_array())
+    for name in ("steps", "losses", "applied", "skipped", "loss_scales"):
+        np.testing.assert_array_equal(getattr(on_device, name), getattr(on_cpu, name))
+    assert on_device.first_nonfinite == on_cpu.first_nonfinite
+    if case == "late_firing":
+        np.testing.assert_array_equal(on_device.per_example_norms(), on_cpu.per_example_norms())
+        assert np.isfinite(on_device.per_example_norms()).all()
+    assert health_report(on_device) == health_report(on_cpu)
+    expected = {
+        "diverging": lambda log: log.first_nonfinite is not None and (log.stats_array()[:, :, STATS.index("nonfinite")] > 0).any(),
+        "overflowing": lambda log: log.skipped.any() and log.first_nonfinite is None,
+        "late_firing": lambda log: log.health().dead_units == {log.names[0]: [3]},
+    }
+    assert expected[case](on_device)
 
 
 REFUSED = [({"tensorboard_dir": "tb"}, RuntimeError, "the TensorFlow backend")]  # per_example=True: tests/backends/test_backend_per_example.py
