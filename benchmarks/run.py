@@ -105,6 +105,7 @@ def bench_overhead(n_samples, epochs, repeats):
     variants = {
         "fit": None,
         "fit_logger_stats_every_step": lambda: kb.GradientLogger(),
+        "fit_logger_stats_every_4": lambda: kb.GradientLogger(every_n_steps=4),
         "fit_logger_full_every_50": lambda: kb.GradientLogger(record="full", every_n_steps=50),
     }
     runs = fit_runs(variants, X, y, epochs)

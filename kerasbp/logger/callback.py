@@ -168,8 +168,8 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
         self.first_nonfinite = None  # {"step", "epoch", "layer", "variable"} of the first NaN/Inf gradient logged
         self.missing = []  # names of variables whose gradient came back None
         self._capture = None
-        self._n_read = self._unread_calls = 0
-        self._rows_per_call = 1
+        self._n_read = self._unread_rows = self._calls = 0
+        self._rows_per_call = self._steps_per_call = 1
         self._pending = True
         self._acted_on_nonfinite = False
         self._writer = None
@@ -239,6 +239,7 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
         # holds MIN_STATS_ROWS or more and the host reads it only now and then; full gradients
         # are read after every call.
         self._rows_per_call = steps_per_call // self.every_n_steps + 1
+        self._steps_per_call = steps_per_call
         capacity = self._rows_per_call if keep_full else max(self._rows_per_call, MIN_STATS_ROWS)
         self._dtype = np.float64 if any(v.dtype == "float64" for v in model.trainable_weights) else np.float32
         same = hooks.applied_same(optimizer)
@@ -266,7 +267,7 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
         # first non-finite step; train steps continue over the fits of this logger.
         self._fit_start = self._capture.start_run(next_step)
         self._n_read = self._capture.count
-        self._unread_calls = 0
+        self._unread_rows = self._calls = 0
         self._acted_on_nonfinite = False
         self._steps_per_epoch = self.params.get("steps") or None
         if had_rows and self.applied_same and not same and self.record == "full":
@@ -322,12 +323,23 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
 
     def on_train_batch_begin(self, batch, logs=None):
         self._raise_refused()
-        # Read the device buffer only when the coming call could overflow it: a read per step
-        # would cost more than the statistics.
-        if (self._unread_calls + 1) * self._rows_per_call > self._capture.buffers.capacity:
+        # Read the device buffer only when the coming call could overflow it: a read waits for
+        # the device, and a read per step would cost more than the statistics.
+        rows = self._rows_in_next_call()
+        if self._unread_rows + rows > self._capture.buffers.capacity:
             self._collect()
         self._pending = True  # the train function is about to run: rows will follow
-        self._unread_calls += 1
+        self._unread_rows += rows
+        self._calls += 1
+
+    def _rows_in_next_call(self):
+        """Rows the coming call of the train function can write: with one train step per call
+        exactly 1 or 0, since this run's train steps are numbered from `_fit_start` on (only
+        steps whose number is a multiple of `every_n_steps` are logged); with more, at most
+        `_rows_per_call`."""
+        if self._steps_per_call == 1:
+            return int((self._fit_start + self._calls) % self.every_n_steps == 0)
+        return self._rows_per_call
 
     def on_train_batch_end(self, batch, logs=None):
         # "stop" and "raise" must act at the step a non-finite gradient appears. With "warn" this
@@ -383,7 +395,7 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
         if not self._pending:
             return  # nothing ran since the last read (e.g. epoch ends replayed by kerasbp.train)
         self._pending = False
-        self._unread_calls = 0
+        self._unread_rows = 0
         count = self._capture.count
         if count <= self._n_read:
             return
