@@ -51,6 +51,7 @@ from kerasbp.comparison_report import TOLERANCES, ComparisonReport, changed_diff
 from kerasbp.data import batch_slices
 from kerasbp.logger import GradientLogger
 from kerasbp.models import keras_loss
+from kerasbp.native_logs import quiet_native_logs
 from kerasbp.precision import floatx
 from kerasbp.reference import OPTIMIZERS, NumpyMLP, get_loss, optimizer_from_keras, state_from_keras
 from kerasbp.reference.schedules import Schedule
@@ -150,7 +151,8 @@ def _copy(model, dtype):
         if activation is not None:
             layer.activation = keras.activations.linear
         try:
-            config = layer.get_config()
+            with quiet_native_logs():  # on JAX and torch, Keras's first serialization imports TensorFlow if installed
+                config = layer.get_config()
         finally:
             if activation is not None:
                 layer.activation = activation
