@@ -45,7 +45,7 @@ _EXIT_TRAINING = """exit status:
 _LOG_HELP = (
     "save the gradient log: PATH.npz holds the whole log (read it back with "
     "kerasbp.load_gradient_log(PATH)), PATH.csv the statistics table, one row per logged step and "
-    "variable (an export to read, not to load back); any other suffix is refused (default: not saved)"
+    "variable (an export to read, not to load back); the suffix in any case, any other is refused (default: not saved)"
 )
 
 

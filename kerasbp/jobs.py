@@ -350,7 +350,8 @@ def run_linear(
     seed = check_seed(seed)
     if csv is not None:
         if x_columns is None or y_column is None:  # given but empty: load_xy_csv says what is wrong with it
-            raise ValueError("`csv` needs `x_columns` and `y_column`: the input column names and the target column's name")
+            missing = " and ".join(f"`{name}`" for name, value in (("x_columns", x_columns), ("y_column", y_column)) if value is None)
+            raise ValueError(f"`csv` needs `x_columns` and `y_column`: the input column names and the target column's name. Received: csv={csv!r} without {missing}")
         X, y = load_xy_csv(csv, x_columns, y_column)
         columns = [c.strip() for c in x_columns.split(",")] if isinstance(x_columns, str) else [c.strip() for c in x_columns]
         target = y_column.strip()
