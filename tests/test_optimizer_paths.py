@@ -357,12 +357,19 @@ def test_loss_scaling_with_accumulation_logs_the_same_rows_every_n_and_eagerly(v
     assert every.skipped.any() and every.applied.any() and (~every.applied & ~every.skipped).any()
     rows = np.isin(every.steps, other.steps)
     assert other.steps.tolist() == every.steps[rows].tolist()
+    # Eagerly TensorFlow may run other float16 kernels than in a graph: on a 2026-12 Xeon, Keras's
+    # own running loss (no logger) parted between the two at one step of this run, where the
+    # logged loss differed by 2.4e-5 and the gradients by up to one float16 ulp (2**-10) of their
+    # largest entry.
+    # So eagerly the rows agree to float16 precision; in a graph every third step, exactly.
+    eager = "run_eagerly" in variant
     for name in ("iterations", "applied", "skipped", "clipped", "loss_scales", "learning_rates", "losses"):
-        np.testing.assert_allclose(getattr(other, name), getattr(every, name)[rows], rtol=1e-6, err_msg=name)
-    for a, b in zip(other.applied_gradients(), every.applied_gradients(), strict=True):
-        np.testing.assert_allclose(a, b[rows], rtol=1e-5)
-    for a, b in zip(other.gradients(), every.gradients(), strict=True):
-        np.testing.assert_allclose(a, b[rows], rtol=1e-5)
+        np.testing.assert_allclose(getattr(other, name), getattr(every, name)[rows], rtol=1e-4 if eager and name == "losses" else 1e-6, err_msg=name)
+    for a, b in zip(other.applied_gradients() + other.gradients(), every.applied_gradients() + every.gradients(), strict=True):
+        if eager:
+            np.testing.assert_allclose(a, b[rows], rtol=0, atol=2**-8 * np.nanmax(np.abs(b[rows][np.isfinite(b[rows])])))
+        else:
+            np.testing.assert_allclose(a, b[rows], rtol=1e-5)
 
 
 # --------------------------------------------------------------------------- the test matrix
