@@ -116,7 +116,8 @@ def _stacked(values, fill):
 READ_EACH_STEP = ("cpu",)
 
 #: A tracked variable whose units are all alive is no longer reduced for alive units in this
-#: run; checked every this many logged steps (one read from the device).
+#: run; checked every this many logged steps (one read from the device), where `READ_EACH_STEP`
+#: reads anyway: elsewhere every logged step reduces the tracked variables.
 ALIVE_CHECK_EVERY = 16
 
 #: optimizer -> the number the next train step gets, left by the last capture detached from it.
