@@ -169,7 +169,7 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
         self.missing = []  # names of variables whose gradient came back None
         self._capture = None
         self._n_read = self._unread_rows = self._calls = 0
-        self._rows_per_call = self._steps_per_call = 1
+        self._steps_per_call = 1
         self._pending = True
         self._acted_on_nonfinite = False
         self._writer = None
@@ -235,12 +235,12 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
                 self._optimizer_state = [[] for _ in state]
         steps_per_call = int(self.params.get("steps_per_call") or getattr(model, "steps_per_execution", 1) or 1)
         keep_full = self.record == "full" or self.tensorboard_dir is not None
-        # Rows one call of the train function can write. Statistics are small, so their buffer
-        # holds MIN_STATS_ROWS or more and the host reads it only now and then; full gradients
-        # are read after every call.
-        self._rows_per_call = steps_per_call // self.every_n_steps + 1
+        # Statistics are small, so their buffer holds MIN_STATS_ROWS or more and the host reads
+        # it only now and then; the full gradients' buffer holds what one call can write, read
+        # before a call that could overflow it (`_rows_in_next_call`).
         self._steps_per_call = steps_per_call
-        capacity = self._rows_per_call if keep_full else max(self._rows_per_call, MIN_STATS_ROWS)
+        rows_per_call = steps_per_call // self.every_n_steps + 1  # at most
+        capacity = rows_per_call if keep_full else max(rows_per_call, MIN_STATS_ROWS)
         self._dtype = np.float64 if any(v.dtype == "float64" for v in model.trainable_weights) else np.float32
         same = hooks.applied_same(optimizer)
         n_params = sum(math.prod(s) for s in self.shapes)
@@ -335,11 +335,10 @@ class GradientLogger(keras.callbacks.Callback, GradientLog):
     def _rows_in_next_call(self):
         """Rows the coming call of the train function can write: with one train step per call
         exactly 1 or 0, since this run's train steps are numbered from `_fit_start` on (only
-        steps whose number is a multiple of `every_n_steps` are logged); with more, at most
-        `_rows_per_call`."""
+        steps whose number is a multiple of `every_n_steps` are logged); with more, an upper bound."""
         if self._steps_per_call == 1:
             return int((self._fit_start + self._calls) % self.every_n_steps == 0)
-        return self._rows_per_call
+        return self._steps_per_call // self.every_n_steps + 1
 
     def on_train_batch_end(self, batch, logs=None):
         # "stop" and "raise" must act at the step a non-finite gradient appears. With "warn" this

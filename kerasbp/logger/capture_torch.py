@@ -72,13 +72,11 @@ def _reductions(grads, weights, dtype, tracked, read):
         parts += torch.aminmax(g)
     # A unit's largest |entry| is nonzero (NaN too): 6x faster on a CPU than `(g != 0).any(...)`.
     nonzero = [(g.abs().amax(dim=tuple(range(g.dim() - 1))) != 0) if track and g.dim() > 1 else ((g != 0) if track else None) for g, track in zip(grads, tracked, strict=True)]
-    n = len(grads)
+    n, weight_squares = len(grads), list(torch._foreach_powsum(weights, 2))
     if not read:
         counts = torch.stack([(~torch.isfinite(g)).sum() for g in grads]).to(dtype)
-        values = torch.stack(parts[: 4 * n] + list(counts) + list(torch._foreach_powsum(weights, 2)))
-        return values, nonzero, counts.sum() == 0
-    parts += torch._foreach_powsum(weights, 2)
-    values = torch.stack(parts).tolist()  # one read from the device
+        return torch.stack(parts + list(counts) + weight_squares), nonzero, counts.sum() == 0
+    values = torch.stack(parts + weight_squares).tolist()  # one read from the device
     counts = [0] * n
     if not all(map(math.isfinite, values[n : 2 * n])):
         counts = torch.stack([(~torch.isfinite(g)).sum() for g in grads]).tolist()
@@ -412,7 +410,7 @@ class TorchCapture(HookedCapture):
             tracked = [buf.alive[j] is not None and j not in self._all_alive for j in present]
             with torch.no_grad():  # as Keras's trainer calls `apply`; a custom train step may not
                 grads_present, weights_present = [by_index[j] for j in present], [self._values[j] for j in present]
-                reduced = _reductions(grads_present, weights_present, getattr(torch, self.dtype), tracked, self._read_each_step) if present else None
+                reduced = _reductions(grads_present, weights_present, getattr(torch, self.dtype), tracked, read=self._read_each_step) if present else None
             if buf.full is not None:
                 slot = self._count % buf.capacity
                 for j in present:

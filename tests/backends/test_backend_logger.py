@@ -576,7 +576,7 @@ def health_report(logger):
 HOST_READS = ("tolist", "item", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__")
 
 
-@pytest.mark.skipif(BACKEND != "torch", reason="the torch capture's choice of reading each step")
+@pytest.mark.skipif(BACKEND != "torch", reason="READ_EACH_STEP is the torch capture's: JAX never reads inside its compiled step")
 @pytest.mark.parametrize("case", ["diverging", "overflowing", "late_firing"])
 def test_on_an_accelerator_no_step_reads_to_the_host_and_the_log_is_the_same(case, monkeypatch, request):
     # On a CPU the capture reads each logged step's reductions at once (`READ_EACH_STEP`); on an
